@@ -1,0 +1,417 @@
+"""Typed run configs: dataclasses filled from a YAML recipe plus dotted command-line overrides.
+
+One config file is one run. A recipe is a YAML mapping whose keys mirror the dataclass fields; a
+command line adds ``key.sub=value`` overrides (values parsed as YAML, so ``train.steps=100`` is an
+int and ``model.channel_mults=[1,2]`` a list). Everything is validated before any work starts:
+an unknown key (with the closest valid name), a wrong type, a value out of range or a missing
+file is one :class:`ConfigError` line naming the key; the scripts print it and exit with status 2.
+
+Field checks live in the field's metadata, next to the default they constrain::
+
+    steps: int = field(default=1000, metadata=check(min=1))
+    kind: Literal["vae", "rae", "ae"] = "vae"                 # choices come from the Literal
+    root: str | None = field(default=None, metadata=check(path="dir"))
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as one line for the user."""
+
+
+def check(*, min=None, max=None, path=None, power_of_two=False, help=None):  # noqa: A002
+    """Field metadata: numeric bounds (inclusive), ``path="file"|"dir"`` existence, powers of two."""
+    return {"min": min, "max": max, "path": path, "power_of_two": power_of_two, "help": help}
+
+
+# ----------------------------------------------------------------------------- shared sections
+
+
+@dataclass
+class DataConfig:
+    """Which dataset and split sizes; see ``latentdiff.data.build_dataset``."""
+
+    name: str = "shapes"
+    root: str | None = field(default=None, metadata=check(path="dir"))
+    download: bool = False
+    image_size: int | None = field(default=None, metadata=check(min=1))  # None: the dataset's default
+    train_size: int | None = field(default=None, metadata=check(min=1))  # None: the dataset's default
+    test_size: int | None = field(default=None, metadata=check(min=1))
+    seed: int = 0
+    num_workers: int = field(default=0, metadata=check(min=0))
+    options: dict = field(default_factory=dict)  # dataset-specific keyword arguments
+
+
+@dataclass
+class TrainConfig:
+    """The shared training loop (``latentdiff.training``): optimiser, schedule, EMA, logging, checkpoints."""
+
+    steps: int = field(default=10_000, metadata=check(min=1))
+    batch_size: int = field(default=64, metadata=check(min=1))
+    grad_accum: int = field(default=1, metadata=check(min=1))
+    lr: float = field(default=2e-4, metadata=check(min=0.0))
+    weight_decay: float = field(default=0.0, metadata=check(min=0.0))
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = field(default=0, metadata=check(min=0))
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = field(default=0.1, metadata=check(min=0.0, max=1.0))  # cosine floor, fraction of lr
+    grad_clip: float | None = field(default=1.0, metadata=check(min=0.0))  # None: no clipping
+    ema_decay: float | None = field(default=0.999, metadata=check(min=0.0, max=1.0))  # None: no EMA
+    ema_warmup: bool = True  # decay_n = min(decay, (1 + n) / (10 + n)), so early EMA is not stuck at init
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+    log_every: int = field(default=50, metadata=check(min=1))
+    eval_every: int = field(default=1000, metadata=check(min=1))
+    image_every: int = field(default=1000, metadata=check(min=1))
+    checkpoint_every: int = field(default=1000, metadata=check(min=1))
+    max_minutes: float | None = field(default=None, metadata=check(min=0.0))  # wall-clock budget
+
+
+# ----------------------------------------------------------------------------- stage one
+
+
+@dataclass
+class AEModelConfig:
+    """Autoencoder architecture; see ``autoencoders.build_autoencoder``."""
+
+    kind: Literal["vae", "rae", "ae"] = "vae"
+    base_channels: int = field(default=32, metadata=check(min=1))
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = field(default=1, metadata=check(min=0))
+    latent_channels: int = field(default=4, metadata=check(min=1))
+    latent_dim: int | None = field(default=None, metadata=check(min=1))  # vector latents via a flattening head
+    attention: bool = False
+    dropout: float = field(default=0.0, metadata=check(min=0.0, max=1.0))
+    spectral_norm: bool = False  # RAE decoder regulariser, applied to the decoder's convolutions
+
+
+@dataclass
+class AELossConfig:
+    """Stage-one objective; see ``autoencoders.losses.AutoencoderLoss``."""
+
+    reconstruction: Literal["l1", "l2"] = "l2"
+    reconstruction_weight: float = field(default=1.0, metadata=check(min=0.0))
+    kl_weight: float = field(default=1e-6, metadata=check(min=0.0))  # β (VAE)
+    kl_warmup_steps: int = field(default=0, metadata=check(min=0))
+    latent_l2_weight: float = field(default=1e-4, metadata=check(min=0.0))  # RAE: ‖z‖² penalty
+    decoder_regulariser: Literal["none", "grad_penalty", "weight_decay", "spectral_norm"] = "none"
+    decoder_reg_weight: float = field(default=1e-6, metadata=check(min=0.0))
+    perceptual_weight: float = field(default=0.0, metadata=check(min=0.0))  # LPIPS; needs its backbone
+    perceptual_net: Literal["alex", "vgg", "squeeze"] = "vgg"
+    disc_weight: float = field(default=0.0, metadata=check(min=0.0))  # PatchGAN; 0 switches it off
+    disc_start: int = field(default=0, metadata=check(min=0))
+    disc_layers: int = field(default=3, metadata=check(min=1))
+    disc_channels: int = field(default=64, metadata=check(min=1))
+
+
+@dataclass
+class AERunConfig:
+    """``train_ae.py``: one autoencoder run."""
+
+    name: str = "shapes_ae_kl"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: AEModelConfig = field(default_factory=AEModelConfig)
+    loss: AELossConfig = field(default_factory=AELossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_samples: int = field(default=2000, metadata=check(min=1))  # test images scored at each evaluation
+
+
+# ----------------------------------------------------------------------------- stage two
+
+
+@dataclass
+class DiffusionConfig:
+    """``latentdiff.GaussianDiffusion`` arguments."""
+
+    num_timesteps: int = field(default=1000, metadata=check(min=1))
+    beta_schedule: Literal["linear", "cosine"] = "linear"
+    beta_start: float = field(default=1e-4, metadata=check(min=0.0, max=1.0))
+    beta_end: float = field(default=0.02, metadata=check(min=0.0, max=1.0))
+    variance: Literal["beta_tilde", "beta"] = "beta_tilde"
+    prediction: Literal["eps", "v", "x0"] = "eps"
+    loss_weighting: Literal["simple", "vlb", "min_snr"] = "simple"
+    min_snr_gamma: float = field(default=5.0, metadata=check(min=0.0))
+
+
+@dataclass
+class DenoiserConfig:
+    """The ε network: a UNet for spatial latents, a residual MLP for vector latents and points."""
+
+    kind: Literal["auto", "unet", "mlp"] = "auto"  # auto: unet for C×H×W inputs, mlp for vectors
+    channels: int = field(default=64, metadata=check(min=1))
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2])
+    num_res_blocks: int = field(default=2, metadata=check(min=1))
+    attention_resolutions: list[int] = field(default_factory=lambda: [4])
+    num_heads: int = field(default=4, metadata=check(min=1))
+    dropout: float = field(default=0.0, metadata=check(min=0.0, max=1.0))
+    hidden: int = field(default=256, metadata=check(min=1))  # MLP width
+    num_blocks: int = field(default=4, metadata=check(min=1))  # MLP residual blocks
+
+
+@dataclass
+class AERefConfig:
+    """The frozen stage-one autoencoder. ``run: null`` trains directly on the data (2-D toys)."""
+
+    run: str | None = field(default=None, metadata=check(path="dir"))
+    checkpoint: Literal["best", "last"] = "best"
+    use_ema: bool = True
+
+
+@dataclass
+class LatentConfig:
+    """Latent cache and normalisation (``latentdiff.latents``)."""
+
+    normalisation: Literal["scale", "channel", "none"] = "scale"
+    cache_dir: str | None = None  # None: <out_dir>/latent_cache
+    encode_batch_size: int = field(default=256, metadata=check(min=1))
+
+
+@dataclass
+class ConditioningConfig:
+    """Attribute conditioning for classifier-free guidance."""
+
+    enabled: bool = False
+    drop_attribute_prob: float = field(default=0.1, metadata=check(min=0.0, max=1.0))
+    drop_all_prob: float = field(default=0.1, metadata=check(min=0.0, max=1.0))
+
+
+@dataclass
+class SampleConfig:
+    """Defaults for sample grids logged during training and for ``sample.py``."""
+
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    steps: int | None = field(default=50, metadata=check(min=1))  # None: all T
+    eta: float = field(default=0.0, metadata=check(min=0.0))
+    num: int = field(default=64, metadata=check(min=1))
+    guidance_scale: float = 3.0
+    seed: int = 0
+
+
+@dataclass
+class LDMRunConfig:
+    """``train_diffusion.py``: one latent diffusion run (or a diffusion directly on data when ae.run is null)."""
+
+    name: str = "shapes_ldm_kl"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    ae: AERefConfig = field(default_factory=AERefConfig)
+    latents: LatentConfig = field(default_factory=LatentConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    bound_every: int = field(default=2000, metadata=check(min=1))  # bits/dim on held-out latents
+    bound_examples: int = field(default=256, metadata=check(min=1))
+
+
+# ----------------------------------------------------------------------------- building and checking
+
+
+def _type_name(tp) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str):
+    """Return ``value`` checked (and mildly coerced: int -> float, list -> tuple) against type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0] if len(errors) == 1 else ConfigError(
+            f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}{hint}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # a bug in a config class
+
+
+def _check_value(value, meta: dict, key: str):
+    if value is None or not meta:
+        return
+    items = value if isinstance(value, list | tuple) else [value]
+    for v in items:
+        if meta.get("min") is not None and v < meta["min"]:
+            raise ConfigError(f"{key}: {value!r} is below the minimum {meta['min']}")
+        if meta.get("max") is not None and v > meta["max"]:
+            raise ConfigError(f"{key}: {value!r} is above the maximum {meta['max']}")
+        if meta.get("power_of_two") and (v < 1 or v & (v - 1)):
+            raise ConfigError(f"{key}: {v!r} must be a power of two")
+    kind = meta.get("path")
+    if kind:
+        p = Path(value).expanduser()
+        if kind == "dir" and not p.is_dir():
+            raise ConfigError(f"{key}: folder {value!r} does not exist")
+        if kind == "file" and not p.is_file():
+            raise ConfigError(f"{key}: file {value!r} does not exist")
+
+
+def from_dict(cls, data: dict | None, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, validating every key, type and range."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint} (valid: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, data.get(name), prefix=f"{prefix}{name}.")
+        elif name in data:
+            value = _coerce(data[name], tp, prefix + name)
+            _check_value(value, dict(f.metadata), prefix + name)
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict (lists, not tuples) that YAML and ``torch.load(weights_only=True)`` accept."""
+
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def _set_dotted(data: dict, dotted: str, value):
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | tuple = ()):
+    """Read a YAML recipe (optional), apply ``key.sub=value`` overrides, validate, return a ``cls``."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(data, key.strip(), value)
+    return from_dict(cls, data)
+
+
+def dump_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def parse_cli(cls, argv=None, description: str = "", extra_args=None):
+    """The training commands' shared command line: ``--config FILE [--print-config] [--resume] key=value ...``.
+
+    Returns ``(cfg, args)``. Config errors print one line and exit with status 2.
+    ``extra_args(parser)`` may add script-specific flags.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML recipe, e.g. configs/shapes/ae_kl.yaml")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in <out_dir>/<name> (also automatic when its last.pt exists)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.steps=500")
+    if extra_args:
+        extra_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(cls, args.config, args.overrides)
+    except ConfigError as e:
+        exit_with_error(e)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        sys.exit(0)
+    return cfg, args
+
+
+def exit_with_error(err, status: int = 2):
+    """Print one clear line (no traceback) and exit."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(status)

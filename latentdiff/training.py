@@ -1,0 +1,573 @@
+"""The one training loop both stages use.
+
+A *task* says what to train; this module says how. A task provides
+
+    task.model                       nn.Module: trained, EMA-tracked, saved as "model"
+    task.extra_modules -> dict       other trained modules (e.g. a discriminator), saved by name
+    task.losses(batch, step)         -> ({group: scalar or None}, {name: float}) for one micro-batch;
+                                        backward of the sum must give each module only its own gradient
+    task.evaluate(model, step)       -> {metric: float} on held-out data (optional)
+    task.log_images(writer, model, step)   image grids for TensorBoard (optional)
+    task.best_metric                 (name, "min" | "max") for best.pt (optional)
+    task.state() / task.load_state(d)      extra plain state stored in checkpoints (optional)
+
+and the loop does the rest: AdamW, warm-up then constant or cosine learning rate, gradient
+accumulation and clipping, EMA of the weights, optional autocast and ``torch.compile``, a seeded
+and resumable data order, atomic checkpoints that resume bit-exactly on the CPU, TensorBoard
+scalars, a progress bar, SIGINT/SIGTERM handling and NaN detection. Under ``torchrun`` gradients
+are averaged across ranks and only rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from latentdiff.config import TrainConfig
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingError(RuntimeError):
+    """A problem that stops training, phrased as one line for the user."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit, phrased as one line."""
+
+
+# ----------------------------------------------------------------------------- devices and ranks
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA, then MPS, then CPU. Under torchrun each rank takes its LOCAL_RANK's GPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise TrainingError(f"train.device: {name!r} is not a device (use auto, cpu, cuda, cuda:1, mps)") from None
+
+
+def distributed_init() -> tuple[int, int]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns (rank, world_size)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash (even ``kill -9``) at any moment leaves either the old file or the new one, never half of
+    one. A full disk raises a one-line CheckpointError and leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; "
+                              f"the previous checkpoint is untouched") from None
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load with ``weights_only=True`` (never runs code from the file); corrupt files are one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, bit rot: all one message
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a latentdiff checkpoint "
+                              f"({first}); delete it or point to another one") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a latentdiff checkpoint (no 'model' entry)")
+    return state
+
+
+# ----------------------------------------------------------------------------- EMA and LR
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (buffers are copied).
+
+    θ_ema ← d θ_ema + (1 − d) θ, with d_n = min(decay, (1 + n) / (10 + n)) when warm-up is on, so the
+    average is not dominated by the random initialisation early in training.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
+        self.decay, self.warmup, self.num_updates = decay, warmup, 0
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        ema_p = list(self.module.parameters())
+        p = [x.detach() for x in model.parameters()]
+        torch._foreach_lerp_(ema_p, p, 1.0 - d)
+        for eb, b in zip(self.module.buffers(), model.buffers()):
+            eb.copy_(b)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.num_updates = int(state["num_updates"])
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant, or cosine decay to ``min_lr_ratio * lr``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.min_lr_ratio * cfg.lr
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+class ResumableSampler(Sampler):
+    """Seeded shuffling whose position is a pure function of (seed, epoch, offset).
+
+    Epoch e uses ``randperm(N)`` from a generator seeded with ``seed + e``; each rank takes every
+    ``world``-th index (like DistributedSampler, dropping the tail so ranks stay equal). Resuming at
+    step s sets the epoch and offset, so the batches after a resume are exactly those a straight run
+    would have seen.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.per_rank = n // world
+        self.epoch, self.offset = 0, 0
+
+    def __len__(self):
+        return self.per_rank - self.offset
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.n, generator=g)[: self.per_rank * self.world]
+        mine = perm[self.rank :: self.world]
+        return iter(mine[self.offset :].tolist())
+
+
+class BatchStream:
+    """Endless micro-batches over a dataset, epoch after epoch, positioned by the number consumed."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, num_workers: int = 0, rank=0, world=1):
+        n = len(dataset)
+        self.batch_size = batch_size
+        self.sampler = ResumableSampler(n, seed, rank, world)
+        self.batches_per_epoch = self.sampler.per_rank // batch_size
+        if self.batches_per_epoch < 1:
+            raise TrainingError(f"the dataset has {n} examples, fewer than one batch of {batch_size} per "
+                                f"process; lower train.batch_size")
+        self.loader_kwargs = dict(batch_size=batch_size, drop_last=True, num_workers=num_workers,
+                                  persistent_workers=False)
+        self.dataset = dataset
+        self.consumed = 0
+        self._it = None
+
+    def seek(self, consumed_batches: int) -> None:
+        self.consumed = consumed_batches
+        self._it = None
+
+    def __next__(self):
+        if self._it is None:
+            epoch, within = divmod(self.consumed, self.batches_per_epoch)
+            self.sampler.epoch, self.sampler.offset = epoch, within * self.batch_size
+            # A private generator: creating a DataLoader iterator draws a base seed, and drawing it from
+            # the global RNG would make a resumed run's noise differ from a straight run's.
+            g = torch.Generator().manual_seed(self.sampler.seed + epoch)
+            self._it = iter(DataLoader(self.dataset, sampler=self.sampler, generator=g, **self.loader_kwargs))
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self._it = None
+            return next(self)
+        self.consumed += 1
+        if self.consumed % self.batches_per_epoch == 0:
+            self._it = None  # next epoch, new permutation
+        return batch
+
+
+def to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """Run ``task`` for ``cfg.steps`` optimiser steps, writing into ``run_dir``.
+
+    Args:
+        task: see the module docstring.
+        train_set: a map-style dataset whose items the task's ``losses`` understands.
+        cfg: the ``train`` section of the run config.
+        run_dir: ``runs/<name>``; checkpoints go to ``run_dir/checkpoints``, TensorBoard to ``run_dir/tb``.
+        config_dict: the whole resolved run config, stored in every checkpoint.
+        device: where the task's modules already are.
+    """
+
+    def __init__(self, task, train_set, cfg: TrainConfig, run_dir, config_dict: dict, device,
+                 num_workers: int = 0):
+        self.task, self.cfg, self.device = task, cfg, torch.device(device)
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.config_dict = config_dict
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.main = self.rank == 0
+        self.step = 0
+        self.best = None
+        self.stop_reason = None
+
+        self.modules = {"model": task.model, **getattr(task, "extra_modules", {})}
+        groups = []
+        for name, module in self.modules.items():
+            params = [p for p in module.parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "name": name})
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                                           weight_decay=cfg.weight_decay)
+        self.ema = EMA(task.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay is not None else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        if cfg.compile:
+            task.model.compile()
+        self.stream = BatchStream(train_set, cfg.batch_size, cfg.seed, num_workers, self.rank, self.world)
+        self.writer = None
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights used for evaluation and samples: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.task.model
+
+    def state_dict(self) -> dict:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "model": self.task.model.state_dict(),
+            "extra_modules": {k: m.state_dict() for k, m in self.modules.items() if k != "model"},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "best": self.best,
+            "config": self.config_dict,
+            "task": self.task.state() if hasattr(self.task, "state") else {},
+        }
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.task.model.load_state_dict(state["model"])
+            for k, sd in state.get("extra_modules", {}).items():
+                self.modules[k].load_state_dict(sd)
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().splitlines()[0][:160]
+            raise CheckpointError(f"checkpoint does not fit this run's model ({first}); "
+                                  f"use a new run name or the config it was trained with") from None
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step = int(state["step"])
+        self.best = state.get("best")
+        if hasattr(self.task, "load_state"):
+            self.task.load_state(state.get("task", {}))
+        self.stream.seek(self.step * self.cfg.grad_accum)
+
+    def save(self, name: str = "last.pt") -> None:
+        if self.main:
+            save_checkpoint(self.state_dict(), self.ckpt_dir / name)
+
+    def try_resume(self) -> bool:
+        """Continue from ``checkpoints/last.pt`` when it exists. Returns whether it did."""
+        path = self.ckpt_dir / "last.pt"
+        if not path.exists():
+            return False
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        return True
+
+    # -- one optimiser step ----------------------------------------------------------------------
+    def _autocast(self):
+        if self.cfg.amp == "off":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _average_gradients(self) -> None:
+        """Under torchrun, all-reduce the gradients (mean over ranks) in one flat buffer."""
+        if self.world == 1:
+            return
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, cfg)
+        self.optimizer.zero_grad(set_to_none=True)
+        logs_sum: dict[str, float] = {}
+        for _ in range(cfg.grad_accum):
+            batch = to_device(next(self.stream), self.device)
+            with self._autocast():
+                losses, logs = self.task.losses(batch, self.step)
+            total = sum(v for v in losses.values() if v is not None)
+            if not torch.isfinite(total.detach()):
+                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items())
+                raise TrainingError(f"loss is {float(total.detach())} at step {self.step} ({terms}); the last good "
+                                    f"checkpoint is kept; lower train.lr or check the data")
+            self.scaler.scale(total / cfg.grad_accum).backward()
+            for k, v in logs.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / cfg.grad_accum
+        self._average_gradients()
+        self.scaler.unscale_(self.optimizer)
+        for group in self.optimizer.param_groups:
+            norm = torch.nn.utils.clip_grad_norm_(group["params"], cfg.grad_clip or float("inf"))
+            logs_sum[f"grad_norm/{group['name']}"] = float(norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.task.model)
+        self.step += 1
+        logs_sum["lr"] = lr_at(self.step - 1, cfg)
+        return logs_sum
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            self.stop_reason = signal.Signals(signum).name
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread (e.g. called from a notebook worker)
+                pass
+        return previous
+
+    def _evaluate(self) -> dict:
+        if not hasattr(self.task, "evaluate"):
+            return {}
+        metrics = self.task.evaluate(self.eval_model, self.step)
+        if self.writer is not None:
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"eval/{k}", v, self.step)
+        best_spec = getattr(self.task, "best_metric", None)
+        if best_spec and best_spec[0] in metrics:
+            name, mode = best_spec
+            value = metrics[name]
+            better = self.best is None or (value < self.best if mode == "min" else value > self.best)
+            if better:
+                self.best = value
+                self.save("best.pt")
+        return metrics
+
+    def fit(self) -> dict:
+        """Train until ``cfg.steps`` (or the time budget, or a signal). Returns the last evaluation."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        if self.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
+            if self.step == 0:
+                import yaml
+
+                text = yaml.safe_dump(self.config_dict, sort_keys=False)
+                self.writer.add_text("config", "```\n" + text + "\n```", 0)
+        previous = self._install_signal_handlers()
+        use_bar = self.main and sys.stderr.isatty()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not use_bar, dynamic_ncols=True)
+        start, last_log_t, last_log_step = time.time(), time.time(), self.step
+        metrics: dict = {}
+        try:
+            while self.step < cfg.steps:
+                logs = self.train_step()
+                bar.update(1)
+                if use_bar:
+                    bar.set_postfix(loss=f"{logs.get('loss', next(iter(logs.values()))):.4f}")
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    now = time.time()
+                    ips = (self.step - last_log_step) * cfg.batch_size * cfg.grad_accum * self.world / max(
+                        now - last_log_t, 1e-9)
+                    last_log_t, last_log_step = now, self.step
+                    if self.writer is not None:
+                        for k, v in logs.items():
+                            self.writer.add_scalar(f"train/{k}", v, self.step)
+                        self.writer.add_scalar("train/images_per_sec", ips, self.step)
+                    if self.main and not use_bar:
+                        terms = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if "/" not in k)
+                        print(f"step {self.step}/{cfg.steps} {terms} {ips:.1f} img/s", flush=True)
+                out_of_time = cfg.max_minutes is not None and time.time() - start > 60 * cfg.max_minutes
+                finishing = self.step == cfg.steps or out_of_time or self.stop_reason is not None
+                if self.main and hasattr(self.task, "log_images") and (
+                        self.step % cfg.image_every == 0 or finishing):
+                    self.task.log_images(self.writer, self.eval_model, self.step)
+                if self.step % cfg.eval_every == 0 or finishing:
+                    metrics = self._evaluate()
+                if self.step % cfg.checkpoint_every == 0 or finishing:
+                    self.save("last.pt")
+                if out_of_time:
+                    self.stop_reason = f"time budget of {cfg.max_minutes} min"
+                if self.stop_reason is not None:
+                    break
+        finally:
+            bar.close()
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            if self.writer is not None:
+                self.writer.flush()
+        if self.writer is not None and self.step >= cfg.steps and metrics:
+            hparams = {k: v for k, v in _flatten(self.config_dict).items() if isinstance(v, int | float | str | bool)}
+            self.writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in metrics.items()}, run_name="hparams")
+            self.writer.close()
+        return metrics
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for the run; CPU kernels are deterministic, so CPU runs repeat bit for bit."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- run folders
+
+# Keys that may change when a run is continued: they do not alter what has been trained so far.
+RESUMABLE_KEYS = ("train.steps", "train.max_minutes", "train.log_every", "train.eval_every",
+                  "train.image_every", "train.checkpoint_every", "train.device", "data.num_workers",
+                  "data.root", "data.download", "latents.cache_dir", "latents.encode_batch_size",
+                  "sample.", "bound_every", "bound_examples", "eval_samples", "ae.run", "out_dir")
+
+
+def prepare_run_dir(run_dir: str | Path, config_dict: dict, resume: bool) -> bool:
+    """Create ``run_dir`` with its resolved ``config.yaml``; return True when an earlier run continues.
+
+    Re-running into a folder that holds ``checkpoints/last.pt`` continues that run, provided the config
+    only differs in keys listed in RESUMABLE_KEYS (e.g. more ``train.steps``); anything else is one
+    clear error, so a run folder always matches the config that trained it.
+    """
+    import yaml
+
+    from latentdiff.config import ConfigError
+
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():
+        old_path = run_dir / "config.yaml"
+        old = yaml.safe_load(old_path.read_text()) if old_path.exists() else {}
+        a, b = _flatten(old or {}), _flatten(config_dict)
+        changed = [k for k in sorted(set(a) | set(b))
+                   if a.get(k) != b.get(k) and not any(k == r or (r.endswith(".") and k.startswith(r))
+                                                      for r in RESUMABLE_KEYS)]
+        if changed:
+            diffs = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
+            raise ConfigError(f"{run_dir} already holds a run trained with other settings ({diffs}); "
+                              f"pick another name=... or delete that folder")
+    elif resume:
+        raise ConfigError(f"--resume: {last} does not exist, so there is nothing to continue")
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
+    return last.exists()
+
+
+def train(task, train_set, cfg: TrainConfig, run_dir, config_dict: dict, device, resume: bool,
+          num_workers: int = 0, argv: list[str] | None = None) -> Trainer:
+    """What both training commands do once their task is built: resume or start, fit, report.
+
+    Prints how to resume after SIGINT/SIGTERM or a time budget; raises TrainingError on NaN.
+    """
+    trainer = Trainer(task, train_set, cfg, run_dir, config_dict, device, num_workers)
+    resuming = prepare_run_dir(run_dir, config_dict, resume)
+    if resuming:
+        trainer.try_resume()
+        if is_main_process():
+            print(f"resuming {run_dir} from step {trainer.step}", flush=True)
+    trainer.fit()
+    if is_main_process():
+        if trainer.stop_reason is not None:
+            cmd = " ".join(argv if argv is not None else sys.argv)
+            print(f"stopped at step {trainer.step} ({trainer.stop_reason}); checkpoint saved to "
+                  f"{trainer.ckpt_dir / 'last.pt'}; resume with: python {cmd}", flush=True)
+        print(f"TensorBoard logs: tensorboard --logdir {Path(run_dir) / 'tb'}", flush=True)
+    return trainer
