@@ -15,10 +15,8 @@ Field checks live in the field's metadata, next to the default they constrain::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -384,34 +382,3 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | tupl
 
 def dump_yaml(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def parse_cli(cls, argv=None, description: str = "", extra_args=None):
-    """The training commands' shared command line: ``--config FILE [--print-config] [--resume] key=value ...``.
-
-    Returns ``(cfg, args)``. Config errors print one line and exit with status 2.
-    ``extra_args(parser)`` may add script-specific flags.
-    """
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", help="YAML recipe, e.g. configs/shapes/ae_kl.yaml")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in <out_dir>/<name> (also automatic when its last.pt exists)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.steps=500")
-    if extra_args:
-        extra_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(cls, args.config, args.overrides)
-    except ConfigError as e:
-        exit_with_error(e)
-    if args.print_config:
-        print(dump_yaml(cfg), end="")
-        sys.exit(0)
-    return cfg, args
-
-
-def exit_with_error(err, status: int = 2):
-    """Print one clear line (no traceback) and exit."""
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(status)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from latentdiff.config import AERunConfig, ConfigError, LDMRunConfig, from_dict, load_config, parse_cli, to_dict
+from latentdiff.cli import parse_cli
+from latentdiff.config import AERunConfig, ConfigError, LDMRunConfig, from_dict, load_config, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,58 @@
+"""The commands' shared plumbing: the command line, and bad input as one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import contextmanager
+
+from latentdiff.config import ConfigError, dump_yaml, load_config
+
+
+def parse_cli(cls, argv=None, description: str = "", extra_args=None):
+    """The training commands' shared command line: ``--config FILE [--print-config] [--resume] key=value ...``.
+
+    Returns ``(cfg, args)``. Config errors print one line and exit with status 2.
+    ``extra_args(parser)`` may add script-specific flags.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML recipe, e.g. configs/shapes/ae_kl.yaml")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in <out_dir>/<name> (also automatic when its last.pt exists)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.steps=500")
+    if extra_args:
+        extra_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(cls, args.config, args.overrides)
+    except ConfigError as e:
+        exit_with_error(e)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        sys.exit(0)
+    return cfg, args
+
+
+def exit_with_error(err, status: int = 2):
+    """Print one clear line (no traceback) and exit."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(status)
+
+
+@contextmanager
+def user_errors():
+    """Turn the project's expected failures into one line on stderr and exit status 2.
+
+    Config, dataset, checkpoint and training problems are raised as exceptions whose message is
+    already the line a user needs. ``LATENTDIFF_DEBUG=1`` shows the full traceback instead.
+    """
+    from latentdiff.training import CheckpointError, TrainingError
+
+    try:
+        yield
+    except (ConfigError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("LATENTDIFF_DEBUG"):
+            raise
+        exit_with_error(e)

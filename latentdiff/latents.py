@@ -1,0 +1,192 @@
+"""Encode a dataset once into a memory-mapped latent cache; latent normalisation statistics.
+
+Stage two never runs the encoder during training: the dataset is encoded once (with a progress
+bar) into ``<cache_dir>/<key>/``, where ``key`` hashes the autoencoder checkpoint and the data
+config, so a second run reuses the cache and a changed autoencoder or data config builds a new
+one. A VAE stores its posterior mean and log-variance, so training draws a fresh z ~ q(z|x) every
+time it sees an image; a deterministic autoencoder stores z. Arrays are ``.npy`` files opened with
+``mmap_mode="r"``, so a dataset larger than RAM is read from disk page by page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+CACHE_FORMAT = 1
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, hex: the autoencoder's identity, recorded in every stage-two checkpoint."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(ae_hash: str, data_config: dict, split: str) -> str:
+    """Key of one cache entry: the autoencoder's hash plus everything that decides the images."""
+    relevant = {k: v for k, v in data_config.items() if k not in ("root", "download", "num_workers")}
+    blob = json.dumps({"ae": ae_hash, "data": relevant, "split": split, "format": CACHE_FORMAT}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class LatentCache(Dataset):
+    """A built cache: items are ``(mean, logvar, attrs)``; ``logvar`` is empty for a deterministic AE."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / "meta.json").read_text())
+        self.mean = np.load(self.folder / "mean.npy", mmap_mode="r")
+        self.logvar = np.load(self.folder / "logvar.npy", mmap_mode="r") if self.meta["stochastic"] else None
+        self.attrs = np.load(self.folder / "attrs.npy", mmap_mode="r")
+
+    @property
+    def stochastic(self) -> bool:
+        return self.logvar is not None
+
+    @property
+    def latent_shape(self) -> tuple:
+        return tuple(self.mean.shape[1:])
+
+    def __len__(self):
+        return self.mean.shape[0]
+
+    def __getitem__(self, i):
+        mean = torch.from_numpy(np.array(self.mean[i]))
+        logvar = torch.from_numpy(np.array(self.logvar[i])) if self.logvar is not None else torch.empty(0)
+        return mean, logvar, torch.from_numpy(np.array(self.attrs[i])).long()
+
+
+@torch.no_grad()
+def build_latent_cache(autoencoder, dataset, folder: str | Path, batch_size: int = 256, device="cpu",
+                       progress: bool = True, meta: dict | None = None) -> LatentCache:
+    """Encode ``dataset`` (items ``(image, attrs)``) into ``folder`` unless it is already there.
+
+    The arrays are written into ``folder.tmp-<pid>`` and renamed when complete, so an interrupted
+    encode never leaves a half-written cache that a later run would trust.
+    """
+    from tqdm import tqdm
+
+    folder = Path(folder)
+    if (folder / "meta.json").exists():
+        return LatentCache(folder)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    autoencoder.eval()
+    stochastic = not getattr(autoencoder, "is_deterministic", False)
+    n = len(dataset)
+    shape = tuple(autoencoder.latent_shape)
+    mean = np.lib.format.open_memmap(tmp / "mean.npy", mode="w+", dtype=np.float32, shape=(n, *shape))
+    logvar = (np.lib.format.open_memmap(tmp / "logvar.npy", mode="w+", dtype=np.float32, shape=(n, *shape))
+              if stochastic else None)
+    attrs = None
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    i = 0
+    for x, a in tqdm(loader, desc="encoding latents", disable=not progress, dynamic_ncols=True):
+        posterior = autoencoder.encode(x.to(device))
+        b = x.shape[0]
+        if stochastic:
+            mean[i : i + b] = posterior.mean.float().cpu().numpy()
+            logvar[i : i + b] = posterior.logvar.float().cpu().numpy()
+        else:
+            mean[i : i + b] = posterior.mode().float().cpu().numpy()
+        if attrs is None:
+            attrs = np.zeros((n, *a.shape[1:]), dtype=np.int64)
+        attrs[i : i + b] = a.numpy()
+        i += b
+    mean.flush()
+    if logvar is not None:
+        logvar.flush()
+    np.save(tmp / "attrs.npy", attrs if attrs is not None else np.zeros((n, 0), dtype=np.int64))
+    info = {"format": CACHE_FORMAT, "stochastic": stochastic, "n": n, "latent_shape": list(shape), **(meta or {})}
+    (tmp / "meta.json").write_text(json.dumps(info, indent=1))
+    del mean, logvar
+    if folder.exists():  # another process finished first; theirs is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+    return LatentCache(folder)
+
+
+def sample_latents(mean: torch.Tensor, logvar: torch.Tensor, generator=None) -> torch.Tensor:
+    """z ~ q(z|x) = N(mean, exp(logvar)) by reparameterisation; ``mean`` itself when logvar is empty."""
+    if logvar.numel() == 0:
+        return mean
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + torch.exp(0.5 * logvar) * noise
+
+
+@dataclass
+class LatentNormaliser:
+    """z_n = (z − shift) · scale, per channel (dim 1) or one global scale.
+
+    ``scale`` mode is LDM's "scale factor" (1/std of the latents, shift 0); ``channel`` standardises
+    each channel; ``none`` is the identity. The log-determinant of the map, needed to express a
+    likelihood of z_n as one of z, is ``log_det_jacobian``.
+    """
+
+    shift: torch.Tensor  # (C,) or scalar
+    scale: torch.Tensor
+
+    def _view(self, v: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        v = v.to(z.device, z.dtype)
+        return v.view(1, -1, *([1] * (z.dim() - 2))) if v.dim() == 1 else v
+
+    def normalise(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self._view(self.shift, z)) * self._view(self.scale, z)
+
+    def denormalise(self, z_n: torch.Tensor) -> torch.Tensor:
+        return z_n / self._view(self.scale, z_n) + self._view(self.shift, z_n)
+
+    def log_det_jacobian(self, latent_shape: tuple) -> float:
+        """log |det ∂z_n/∂z| for one example of ``latent_shape`` (nats)."""
+        per_elem = torch.log(self.scale.double().abs())
+        if per_elem.dim() == 0:
+            return float(per_elem) * int(np.prod(latent_shape))
+        spatial = int(np.prod(latent_shape[1:])) if len(latent_shape) > 1 else 1
+        return float(per_elem.sum()) * spatial
+
+    def state(self) -> dict:
+        return {"shift": self.shift.clone(), "scale": self.scale.clone()}
+
+    @classmethod
+    def from_state(cls, d: dict) -> LatentNormaliser:
+        return cls(shift=d["shift"], scale=d["scale"])
+
+    @classmethod
+    def identity(cls) -> LatentNormaliser:
+        return cls(torch.tensor(0.0), torch.tensor(1.0))
+
+
+def fit_normaliser(mean, logvar=None, mode: str = "scale", max_examples: int = 20_000) -> LatentNormaliser:
+    """Normalisation statistics of z ~ q(z|x), from arrays of posterior means (and log-variances).
+
+    ``mean``: (N, *latent_shape) array or tensor (a memory map is fine: only the first
+    ``max_examples`` are read). For a VAE the aggregate posterior's moments are exact from the cached
+    Gaussians, E[z] = E[μ] and Var[z] = Var[μ] + E[σ²] (law of total variance), no sampling needed.
+    """
+    if mode == "none":
+        return LatentNormaliser.identity()
+    n = min(len(mean), max_examples)
+    mu = torch.as_tensor(np.array(mean[:n])).double()
+    var_extra = torch.as_tensor(np.array(logvar[:n])).double().exp() if logvar is not None else torch.zeros_like(mu)
+    if mode == "scale":
+        total_var = mu.var(unbiased=False) + var_extra.mean()
+        return LatentNormaliser(torch.tensor(0.0), (1.0 / total_var.sqrt()).float())
+    if mode == "channel":
+        dims = [0] + list(range(2, mu.dim()))
+        centre = mu.mean(dim=dims)
+        var = mu.var(dim=dims, unbiased=False) + var_extra.mean(dim=dims)
+        return LatentNormaliser(centre.float(), (1.0 / var.clamp_min(1e-12).sqrt()).float())
+    raise ValueError(f"latents.normalisation: {mode!r} is not one of 'scale', 'channel', 'none'")

@@ -1,0 +1,175 @@
+"""LatentDiffusion: frozen autoencoder + latent normaliser + diffusion + denoiser, as one object.
+
+    ldm = LatentDiffusion.from_run("runs/shapes_ldm_kl")
+    images = ldm.sample(16, attrs={"color": "red", "shape": "triangle"}, guidance_scale=3.0)
+    z = ldm.encode(images)            # normalised latents, the space the diffusion lives in
+    images = ldm.decode(z)
+    strip = ldm.interpolate(images[0], images[1], 8)
+
+Images are float tensors in [-1, 1], NCHW. Without an autoencoder (the 2-D toys) the "latents"
+are the data themselves and encode/decode only normalise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from latentdiff.conditioning import UNSPECIFIED, ConditionalDenoiser
+from latentdiff.latents import LatentNormaliser, file_hash
+from latentdiff.training import CheckpointError, load_checkpoint
+
+
+class LatentDiffusion(nn.Module):
+    """Sampling, encoding and decoding through a trained two-stage model.
+
+    Args:
+        diffusion: a ``GaussianDiffusion``.
+        denoiser: ε-network ``(z_t, t, cond) -> ε``; a ``ConditionalDenoiser`` for attribute runs.
+        autoencoder: the frozen stage-one model, or None to diffuse directly over data.
+        normaliser: maps autoencoder latents to the unit-scale space the diffusion was trained in.
+        latent_shape: shape of one latent (e.g. (4, 8, 8) or (2,)).
+        schema: the dataset's ``AttributeSchema`` (for ``attrs={"color": "red"}``), or None.
+    """
+
+    def __init__(self, diffusion, denoiser: nn.Module, autoencoder: nn.Module | None,
+                 normaliser: LatentNormaliser, latent_shape: tuple, schema=None, config: dict | None = None):
+        super().__init__()
+        self.diffusion = diffusion
+        self.denoiser = denoiser
+        self.autoencoder = autoencoder
+        self.normaliser = normaliser
+        self.latent_shape = tuple(latent_shape)
+        self.schema = schema
+        self.config = config or {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def conditional(self) -> bool:
+        return isinstance(self.denoiser, ConditionalDenoiser)
+
+    # -- latent space ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] → normalised latents (B, *latent_shape).
+
+        ``sample=False`` takes the posterior mode (the mean of a VAE), ``True`` draws z ~ q(z|x).
+        """
+        x = images.to(self.device)
+        if self.autoencoder is None:
+            return self.normaliser.normalise(x)
+        posterior = self.autoencoder.encode(x)
+        z = posterior.sample(generator=generator) if sample else posterior.mode()
+        return self.normaliser.normalise(z)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents → images in [-1, 1] (clamped; the decoder itself is unbounded)."""
+        z = self.normaliser.denormalise(latents.to(self.device))
+        if self.autoencoder is None:
+            return z
+        return self.autoencoder.decode(z).clamp(-1, 1)
+
+    # -- conditions ------------------------------------------------------------------------------
+    def make_condition(self, n: int, attrs=None) -> torch.Tensor | None:
+        """``attrs``: None, a dict {name: value}, or a (n, A) LongTensor → (n, A) indices or None."""
+        if attrs is None:
+            return None
+        if not self.conditional:
+            raise ValueError("this run was trained without attribute conditioning; sample without attrs, "
+                             "or train with conditioning.enabled=true (or use classifier guidance)")
+        if isinstance(attrs, dict):
+            if self.schema is None:
+                raise ValueError("this run has no attribute schema")
+            row = self.schema.parse(attrs)
+            return row.view(1, -1).expand(n, -1).to(self.device)
+        attrs = torch.as_tensor(attrs, dtype=torch.long, device=self.device)
+        return attrs.view(1, -1).expand(n, -1) if attrs.dim() == 1 else attrs
+
+    # -- sampling --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_latents(self, n: int, attrs=None, guidance_scale: float = 1.0, sampler: str = "ddim",
+                       steps: int | None = 50, eta: float = 0.0, generator=None, noise=None,
+                       progress: bool = False, classifier_guidance=None, **kw) -> torch.Tensor:
+        """n normalised latents from the reverse process (see ``GaussianDiffusion.sample``)."""
+        cond = self.make_condition(n, attrs)
+        uncond = None
+        if cond is not None and guidance_scale != 1.0:
+            uncond = torch.full_like(cond, UNSPECIFIED)
+        if cond is None:
+            guidance_scale = 1.0  # nothing to guide towards: the unconditional model
+        return self.diffusion.sample(self.denoiser, (n, *self.latent_shape), sampler=sampler, steps=steps,
+                                     eta=eta, cond=cond, guidance_scale=guidance_scale, uncond=uncond,
+                                     generator=generator, noise=noise, progress=progress,
+                                     classifier_guidance=classifier_guidance, **kw)
+
+    @torch.no_grad()
+    def sample(self, n: int, attrs=None, guidance_scale: float = 1.0, sampler: str = "ddim",
+               steps: int | None = 50, eta: float = 0.0, generator=None, noise=None, progress: bool = False,
+               return_latents: bool = False, batch_size: int | None = None, **kw):
+        """n images in [-1, 1]: sample latents, then decode. With ``return_latents`` also the latents."""
+        batch_size = batch_size or n
+        images, latents = [], []
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            part_attrs = attrs[start : start + b] if isinstance(attrs, torch.Tensor) and attrs.dim() == 2 else attrs
+            part_noise = noise[start : start + b] if noise is not None else None
+            z = self.sample_latents(b, part_attrs, guidance_scale, sampler, steps, eta, generator,
+                                    part_noise, progress, **kw)
+            latents.append(z)
+            images.append(self.decode(z))
+        images, latents = torch.cat(images), torch.cat(latents)
+        return (images, latents) if return_latents else images
+
+    @torch.no_grad()
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, n: int = 8, steps: int = 50,
+                    attrs=None) -> torch.Tensor:
+        """n images between a and b: DDIM-invert both to x_T, slerp, run DDIM (η = 0) back, decode."""
+        z0 = self.encode(torch.stack([a, b]))  # a, b: single images (C, H, W), or points for the toys
+        cond = self.make_condition(2, attrs)
+        z_T = self.diffusion.ddim_invert(self.denoiser, z0, steps=steps, cond=cond)
+        weights = torch.linspace(0, 1, n, device=z_T.device)
+        path = torch.stack([slerp(z_T[0], z_T[1], float(w)) for w in weights])
+        return self.decode(self.sample_latents(n, attrs, sampler="ddim", steps=steps, eta=0.0, noise=path))
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "last", use_ema: bool = True,
+                 device: str | torch.device = "cpu") -> LatentDiffusion:
+        """Rebuild a trained stage-two run (and its autoencoder) from ``runs/<name>``."""
+        from latentdiff.builders import build_ldm_from_checkpoint
+
+        run_dir = Path(run_dir)
+        path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+        if not path.exists() and checkpoint == "best":
+            path = run_dir / "checkpoints" / "last.pt"
+        state = load_checkpoint(path, map_location=device)
+        return build_ldm_from_checkpoint(state, use_ema=use_ema, device=device)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
+    """Spherical interpolation (Shoemake, 1985), the right path between two Gaussian noise draws."""
+    a_flat, b_flat = a.flatten().double(), b.flatten().double()
+    cos = torch.dot(a_flat, b_flat) / (a_flat.norm() * b_flat.norm())
+    omega = torch.arccos(cos.clamp(-1, 1))
+    if omega.abs() < 1e-6:
+        return ((1 - w) * a + w * b)
+    s = torch.sin(omega)
+    return ((torch.sin((1 - w) * omega) / s) * a.double() + (torch.sin(w * omega) / s) * b.double()).to(a.dtype)
+
+
+def check_autoencoder_identity(path: str | Path, expected_hash: str) -> None:
+    """The autoencoder a diffusion run was trained on must be the one loaded now."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"the autoencoder checkpoint {path} this diffusion run was trained on is missing; "
+                              f"restore it or retrain the diffusion with ae.run=<its run>")
+    actual = file_hash(path)
+    if actual != expected_hash:
+        raise CheckpointError(f"the autoencoder checkpoint {path} changed since this diffusion run was trained "
+                              f"(hash {actual[:12]} != {expected_hash[:12]}); retrain the diffusion on it")

@@ -1,0 +1,181 @@
+"""What each stage trains, in the shape the shared loop expects (see ``latentdiff.training``).
+
+``AutoencoderTask``: stage one, reconstruction (+ KL / RAE / LPIPS / GAN terms) of images.
+``DiffusionTask``: stage two, the ε objective on (normalised) latent codes or directly on data.
+"""
+
+from __future__ import annotations
+
+import torch
+from latentdiff.metrics.image import mse, psnr, ssim
+from torch import nn
+
+from latentdiff.conditioning import drop_attributes
+from latentdiff.latents import LatentNormaliser, sample_latents
+from latentdiff.viz import image_grid, scatter_image
+
+
+class AutoencoderTask:
+    """Stage one. Batches are ``(images, attrs)``; ``best.pt`` is the best test PSNR.
+
+    Args:
+        model: the autoencoder (VAE / RAE / AE).
+        objective: ``autoencoders.AutoencoderObjective`` (its discriminator, if any, trains alongside).
+        test_images: held-out images (N, C, H, W) scored at every evaluation.
+        grid_images: a fixed validation batch shown as input | reconstruction grids.
+    """
+
+    best_metric = ("psnr", "max")
+
+    def __init__(self, model: nn.Module, objective, test_images: torch.Tensor, grid_images: torch.Tensor,
+                 eval_batch_size: int = 250):
+        self.model, self.objective = model, objective
+        disc = getattr(objective, "discriminator", None)
+        self.extra_modules = {"discriminator": disc} if disc is not None else {}
+        self.test_images, self.grid_images = test_images, grid_images
+        self.eval_batch_size = eval_batch_size
+
+    def losses(self, batch, step):
+        x = batch[0]
+        return self.objective.losses(x, step)
+
+    @torch.no_grad()
+    def reconstruct(self, model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic reconstructions (posterior mode) and the latents, batched."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        recons, latents = [], []
+        for chunk in images.split(self.eval_batch_size):
+            z = model.encode(chunk.to(device)).mode()
+            recons.append(model.decode(z).clamp(-1, 1).cpu())
+            latents.append(z.cpu())
+        model.train(was_training)
+        return torch.cat(recons), torch.cat(latents)
+
+    @torch.no_grad()
+    def evaluate(self, model, step) -> dict:
+        recon, _ = self.reconstruct(model, self.test_images)
+        x = self.test_images
+        return {"mse": float(mse(recon, x)), "psnr": float(psnr(recon, x)), "ssim": float(ssim(recon, x))}
+
+    @torch.no_grad()
+    def log_images(self, writer, model, step) -> None:
+        if writer is None:
+            return
+        recon, z = self.reconstruct(model, self.grid_images)
+        pairs = torch.stack([self.grid_images, recon], dim=1).flatten(0, 1)  # input, output, input, ...
+        writer.add_image("reconstructions/input_output", image_grid(pairs, nrow=8), step)
+        channel_dims = [0] + list(range(2, z.dim()))
+        for c, (m, s) in enumerate(zip(z.mean(channel_dims), z.std(channel_dims))):
+            writer.add_scalar(f"latents/mean_{c}", float(m), step)
+            writer.add_scalar(f"latents/std_{c}", float(s), step)
+        writer.add_histogram("latents/values", z.flatten(), step)
+
+
+class DiffusionTask:
+    """Stage two. Batches are ``(mean, logvar, attrs)`` from a latent cache, or ``(x, attrs)`` data.
+
+    A VAE's cached posterior gives a fresh z ~ q(z|x) at every visit; z is normalised, attributes are
+    randomly dropped for classifier-free guidance, and the ε loss of a random timestep is taken.
+    Logs the loss per quarter of the timestep range; evaluates a fixed held-out ε loss (for best.pt)
+    and, every ``bound_every`` steps, the variational bound in bits/dim.
+
+    Args:
+        diffusion: ``GaussianDiffusion``.
+        model: the denoiser (``ConditionalDenoiser`` when ``conditional``).
+        normaliser: applied to every z before diffusion.
+        heldout: normalised held-out latents (N, *latent_shape) for the validation loss and the bound.
+        render: ``render(model, step) -> {tag: image (3, H, W)}`` pictures for TensorBoard.
+    """
+
+    best_metric = ("val_loss", "min")
+
+    def __init__(self, diffusion, model: nn.Module, normaliser: LatentNormaliser, heldout: torch.Tensor,
+                 from_cache: bool, conditional: bool = False, drop_attribute_prob: float = 0.1,
+                 drop_all_prob: float = 0.1, render=None, bound_every: int = 2000, bound_timesteps: int = 100,
+                 extra_state: dict | None = None):
+        self.diffusion, self.model, self.normaliser = diffusion, model, normaliser
+        self.extra_modules = {}
+        self.heldout = heldout
+        self.from_cache, self.conditional = from_cache, conditional
+        self.p_attr, self.p_all = drop_attribute_prob, drop_all_prob
+        self.render = render
+        self.bound_every, self.bound_timesteps = bound_every, bound_timesteps
+        self.extra_state = extra_state or {}
+        # Fixed timesteps and noise for the validation loss, so its changes are the model's alone.
+        g = torch.Generator().manual_seed(1234)
+        T = diffusion.num_timesteps
+        self.val_t = torch.randint(0, T, (heldout.shape[0],), generator=g)
+        self.val_noise = torch.randn(heldout.shape, generator=g)
+
+    def state(self) -> dict:
+        return {"normaliser": self.normaliser.state(), **self.extra_state}
+
+    def load_state(self, state: dict) -> None:
+        if "normaliser" in state:
+            self.normaliser = LatentNormaliser.from_state(state["normaliser"])
+
+    def losses(self, batch, step):
+        if self.from_cache:
+            mean, logvar, attrs = batch
+            z = sample_latents(mean, logvar)
+        else:
+            z, attrs = batch
+        z = self.normaliser.normalise(z)
+        cond = drop_attributes(attrs, self.p_attr, self.p_all) if self.conditional else None
+        T = self.diffusion.num_timesteps
+        t = torch.randint(0, T, (z.shape[0],), device=z.device)
+        per_example = self.diffusion.training_loss(self.model, z, cond=cond, t=t, reduce=False)
+        loss = per_example.mean()
+        logs = {"loss": loss.detach()}
+        quarter = (t * 4) // T
+        for q in range(4):
+            mask = quarter == q
+            if mask.any():
+                logs[f"loss_by_t/q{q + 1}"] = per_example.detach()[mask].mean()
+        return {"model": loss}, logs
+
+    @torch.no_grad()
+    def evaluate(self, model, step) -> dict:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        z, t, noise = self.heldout.to(device), self.val_t.to(device), self.val_noise.to(device)
+        val = self.diffusion.training_loss(model, z, t=t, noise=noise, reduce=False).mean()
+        metrics = {"val_loss": float(val)}
+        if step % self.bound_every == 0 or step == 0:
+            bound = self.diffusion.nll_bound(model, z, mc_timesteps=self.bound_timesteps)
+            metrics["bpd"] = float(torch.as_tensor(bound["bpd"]).mean())
+        model.train(was_training)
+        return metrics
+
+    @torch.no_grad()
+    def log_images(self, writer, model, step) -> None:
+        if writer is None or self.render is None:
+            return
+        was_training = model.training
+        model.eval()
+        for tag, image in self.render(model, step).items():
+            writer.add_image(tag, image, step)
+        model.train(was_training)
+
+
+def toy_render(diffusion, data_points: torch.Tensor, normaliser: LatentNormaliser, n: int = 2000,
+               steps: int | None = None, sampler: str = "ddpm", seed: int = 0, out_png=None):
+    """``render`` for 2-D toys: a scatter of samples (white) over the data (blue), also saved as PNG."""
+
+    def render(model, step):
+        g = torch.Generator().manual_seed(seed)
+        device = next(model.parameters()).device
+        noise = torch.randn(n, *data_points.shape[1:], generator=g).to(device)
+        z = diffusion.sample(model, noise.shape, sampler=sampler, steps=steps, noise=noise)
+        points = normaliser.denormalise(z).cpu()
+        image = scatter_image(points, reference=data_points[:n])
+        if out_png is not None:
+            from latentdiff.viz import save_png
+
+            save_png(image, out_png)
+        return {"samples/scatter": image}
+
+    return render
