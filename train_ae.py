@@ -47,7 +47,7 @@ def main(argv=None):
         n_params = sum(p.numel() for p in model.parameters())
         print(f"{cfg.model.kind} autoencoder: {n_params / 1e6:.2f} M parameters, latents "
               f"{tuple(model.latent_shape)} for images {shape}; run folder {run_dir}", flush=True)
-        train(task, train_set, cfg.train, run_dir, to_dict(cfg), device, args.resume,
+        return train(task, train_set, cfg.train, run_dir, to_dict(cfg), device, args.resume,
               num_workers=cfg.data.num_workers, argv=[Path(__file__).name, *(argv or sys.argv[1:])])
 
 

@@ -144,7 +144,7 @@ def main(argv=None):
         n_params = sum(p.numel() for p in denoiser.parameters())
         print(f"denoiser: {n_params / 1e6:.2f} M parameters on latents {tuple(latent_shape)}"
               f"{' (attribute-conditional)' if conditional else ''}; run folder {run_dir}", flush=True)
-        train(task, train_data, cfg.train, run_dir, to_dict(cfg), device, args.resume,
+        return train(task, train_data, cfg.train, run_dir, to_dict(cfg), device, args.resume,
               num_workers=cfg.data.num_workers, argv=[Path(__file__).name, *(argv or sys.argv[1:])])
 
 

@@ -166,7 +166,8 @@ class DenoiserConfig:
 class AERefConfig:
     """The frozen stage-one autoencoder. ``run: null`` trains directly on the data (2-D toys)."""
 
-    run: str | None = field(default=None, metadata=check(path="dir"))
+    run: str | None = field(default=None, metadata=check(
+        path="dir", help="train the autoencoder first (train_ae.py) or point ae.run at its run folder"))
     checkpoint: Literal["best", "last"] = "best"
     use_ema: bool = True
 
@@ -300,10 +301,11 @@ def _check_value(value, meta: dict, key: str):
     kind = meta.get("path")
     if kind:
         p = Path(value).expanduser()
+        hint = f"; {meta['help']}" if meta.get("help") else ""
         if kind == "dir" and not p.is_dir():
-            raise ConfigError(f"{key}: folder {value!r} does not exist")
+            raise ConfigError(f"{key}: folder {value!r} does not exist{hint}")
         if kind == "file" and not p.is_file():
-            raise ConfigError(f"{key}: file {value!r} does not exist")
+            raise ConfigError(f"{key}: file {value!r} does not exist{hint}")
 
 
 def from_dict(cls, data: dict | None, prefix: str = ""):

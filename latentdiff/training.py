@@ -273,6 +273,8 @@ class Trainer:
         self.step = 0
         self.best = None
         self.stop_reason = None
+        self.last_metrics: dict = {}  # the latest evaluation, e.g. for benchmarks
+        self.train_seconds = 0.0  # wall time inside fit(), this process
 
         self.modules = {"model": task.model, **getattr(task, "extra_modules", {})}
         groups = []
@@ -413,6 +415,7 @@ class Trainer:
         if not hasattr(self.task, "evaluate"):
             return {}
         metrics = self.task.evaluate(self.eval_model, self.step)
+        self.last_metrics = dict(metrics)
         if self.writer is not None:
             for k, v in metrics.items():
                 self.writer.add_scalar(f"eval/{k}", v, self.step)
@@ -477,6 +480,7 @@ class Trainer:
                 if self.stop_reason is not None:
                     break
         finally:
+            self.train_seconds += time.time() - start
             bar.close()
             for sig, h in previous.items():
                 signal.signal(sig, h)

@@ -65,8 +65,10 @@ def test_every_recipe_in_configs_loads():
     recipes = sorted((ROOT / "configs").rglob("*.yaml"))
     assert recipes, "no recipes found"
     for path in recipes:
-        cls = AERunConfig if path.name.startswith("ae") else LDMRunConfig
-        load_config(cls, path)
+        if path.name.startswith("ae"):
+            load_config(AERunConfig, path)
+        else:  # the autoencoder run a recipe points at need not be trained yet
+            load_config(LDMRunConfig, path, ["ae.run=null"])
 
 
 def test_print_config_shows_the_resolved_config():

@@ -1,0 +1,127 @@
+"""Tiny end-to-end runs of the commands: both stages on shapes, the cache, sample.py, clear errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+AE_TINY = ["train.steps=12", "data.train_size=256", "data.test_size=64", "eval_samples=32",
+           "train.batch_size=32", "train.eval_every=6", "train.image_every=6", "model.base_channels=16"]
+LDM_TINY = ["train.steps=12", "data.train_size=256", "data.test_size=64", "bound_examples=16",
+            "train.batch_size=32", "train.eval_every=6", "train.image_every=12", "bound_every=12",
+            "sample.num=12", "sample.steps=4", "denoiser.channels=32"]
+
+
+def cli(script, *args, check=True, cwd=None):
+    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
+                            text=True, cwd=cwd or ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cli("train_ae.py", "--config", ROOT / "configs/shapes/ae_kl.yaml", f"out_dir={out}", *AE_TINY)
+    first = cli("train_diffusion.py", "--config", ROOT / "configs/shapes/ldm_kl.yaml", f"out_dir={out}",
+                f"ae.run={out / 'shapes_ae_kl'}", *LDM_TINY)
+    return out, first
+
+
+def test_both_stages_write_checkpoints_configs_and_sample_grids(runs):
+    out, first = runs
+    for name in ("shapes_ae_kl", "shapes_ldm_kl"):
+        assert (out / name / "checkpoints" / "last.pt").exists()
+        assert (out / name / "config.yaml").exists()
+    assert (out / "shapes_ldm_kl" / "samples" / "latest.png").exists()
+    assert "encoding latents" in first.stderr or "latent cache" not in first.stdout
+
+
+def test_a_second_diffusion_run_hits_the_latent_cache(runs):
+    out, _ = runs
+    again = cli("train_diffusion.py", "--config", ROOT / "configs/shapes/ldm_kl.yaml", f"out_dir={out}",
+                f"ae.run={out / 'shapes_ae_kl'}", "name=second", *LDM_TINY)
+    assert "latent cache hit" in again.stdout
+    assert len(list((out / "latent_cache").iterdir())) == 2  # train and test splits, nothing rebuilt
+
+
+def test_sample_writes_grid_and_npz_of_the_documented_layout_reproducibly(runs, tmp_path):
+    out, _ = runs
+    args = ["--run", out / "shapes_ldm_kl", "--num", 6, "--steps", 4, "--attr", "color=red", "--no-progress",
+            "--seed", 3]
+    cli("sample.py", *args, "--out", tmp_path / "a.png", "--npz", tmp_path / "a.npz", cwd=tmp_path)
+    cli("sample.py", *args, "--out", tmp_path / "b.png", "--npz", tmp_path / "b.npz")
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert a["images"].shape == (6, 3, 32, 32) and a["images"].dtype == np.float32
+    assert a["images"].min() >= -1 and a["images"].max() <= 1
+    assert a["latents"].shape == (6, 4, 8, 8)
+    assert list(a["attribute_names"]) == ["shape", "color", "size"] and a["attributes"][0, 1] == 1
+    assert np.array_equal(a["images"], b["images"]), "one seed, one result"
+    assert (tmp_path / "a.png").stat().st_size > 100
+
+
+def test_unknown_attribute_value_is_one_clear_line(runs):
+    out, _ = runs
+    r = cli("sample.py", "--run", out / "shapes_ldm_kl", "--num", 2, "--attr", "color=purple", check=False)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "purple" in lines[0] and "red" in lines[0]
+
+
+def test_changed_autoencoder_is_a_clear_error_and_rebuilds_the_cache(runs, tmp_path):
+    out, _ = runs
+    import shutil
+
+    ae_copy = tmp_path / "ae_copy"
+    shutil.copytree(out / "shapes_ae_kl", ae_copy)
+    ldm_copy = tmp_path / "ldm_copy"
+    shutil.copytree(out / "shapes_ldm_kl", ldm_copy)
+    # Point the copied diffusion run at the copied autoencoder, then change that autoencoder.
+    ckpt = ldm_copy / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    ae_ckpt = ae_copy / "checkpoints" / Path(state["task"]["ae"]["path"]).name
+    state["task"]["ae"]["path"] = str(ae_ckpt)
+    torch.save(state, ckpt)
+    ae_state = torch.load(ae_ckpt, weights_only=True)
+    for v in ae_state["ema"]["module"].values():
+        if v.is_floating_point():
+            v.add_(0.01)
+    torch.save(ae_state, ae_ckpt)
+    r = cli("sample.py", "--run", ldm_copy, "--num", 2, check=False)
+    assert r.returncode == 2 and "changed since this diffusion run was trained" in r.stderr
+    # training on the changed autoencoder encodes a fresh cache
+    r = cli("train_diffusion.py", "--config", ROOT / "configs/shapes/ldm_kl.yaml", f"out_dir={out}",
+            f"ae.run={ae_copy}", "name=third", *LDM_TINY)
+    assert "latent cache hit" not in r.stdout
+    assert len(list((out / "latent_cache").iterdir())) == 4
+
+
+def test_autoencoder_with_other_image_shape_is_a_clear_error(runs):
+    out, _ = runs
+    r = cli("train_diffusion.py", "--config", ROOT / "configs/shapes/ldm_kl.yaml", f"out_dir={out}",
+            f"ae.run={out / 'shapes_ae_kl'}", "name=bad", "data.image_size=64", *LDM_TINY, check=False)
+    assert r.returncode == 2 and "trained on images (3, 32, 32)" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_quickstart_tiny_runs_the_whole_pipeline(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "quickstart.py"), "--tiny", "--out-dir", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    grid = tmp_path / "shapes_ldm_kl" / "samples" / "triangles_by_color.png"
+    assert grid.exists() and "TensorBoard" in r.stdout
+    npz = np.load(grid.with_suffix(".npz"))
+    assert npz["images"].shape[0] == 48 and set(npz["attributes"][:, 0]) == {2}  # all triangles
+
+
+def test_toy_swissroll_trains_directly_on_points(tmp_path):
+    cli("train_diffusion.py", "--config", ROOT / "configs/toy/swissroll.yaml", f"out_dir={tmp_path}",
+        "train.steps=30", "data.train_size=2000", "data.test_size=500", "train.eval_every=30",
+        "train.image_every=30", "bound_every=30", "sample.num=200", "diffusion.num_timesteps=100")
+    assert (tmp_path / "toy_swissroll" / "samples" / "latest.png").exists()
