@@ -61,7 +61,7 @@ def test_sample_writes_grid_and_npz_of_the_documented_layout_reproducibly(runs, 
     assert a["images"].shape == (6, 3, 32, 32) and a["images"].dtype == np.float32
     assert a["images"].min() >= -1 and a["images"].max() <= 1
     assert a["latents"].shape == (6, 4, 8, 8)
-    assert list(a["attribute_names"]) == ["shape", "color", "size"] and a["attributes"][0, 1] == 1
+    assert list(a["attribute_names"]) == ["color", "size", "shape"] and a["attributes"][0, 0] == 0  # red
     assert np.array_equal(a["images"], b["images"]), "one seed, one result"
     assert (tmp_path / "a.png").stat().st_size > 100
 
@@ -117,7 +117,7 @@ def test_quickstart_tiny_runs_the_whole_pipeline(tmp_path):
     grid = tmp_path / "shapes_ldm_kl" / "samples" / "triangles_by_color.png"
     assert grid.exists() and "TensorBoard" in r.stdout
     npz = np.load(grid.with_suffix(".npz"))
-    assert npz["images"].shape[0] == 48 and set(npz["attributes"][:, 0]) == {2}  # all triangles
+    assert npz["images"].shape[0] == 48 and set(npz["attributes"][:, 2]) == {2}  # all triangles
 
 
 def test_toy_swissroll_trains_directly_on_points(tmp_path):
