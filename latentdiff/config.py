@@ -52,6 +52,23 @@ class DataConfig:
     num_workers: int = field(default=0, metadata=check(min=0))
     options: dict = field(default_factory=dict)  # dataset-specific keyword arguments
 
+    def __post_init__(self):
+        # Checked here, before any work: a misspelt dataset or option is one line with the closest name.
+        from latentdiff.data import dataset_names, dataset_options
+
+        names = dataset_names()
+        if self.name not in names:
+            close = difflib.get_close_matches(self.name, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"data.name: unknown dataset {self.name!r}{hint} (valid: {', '.join(names)})")
+        valid = dataset_options(self.name)
+        for key in self.options:
+            if key not in valid:
+                close = difflib.get_close_matches(str(key), valid, n=1)
+                hint = f"; did you mean 'data.options.{close[0]}'?" if close else ""
+                raise ConfigError(f"data.options.{key}: not an option of dataset {self.name!r}{hint} "
+                                  f"(valid: {', '.join(valid) or 'none'})")
+
 
 @dataclass
 class TrainConfig:

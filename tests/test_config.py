@@ -76,3 +76,10 @@ def test_print_config_shows_the_resolved_config():
                           str(ROOT / "configs/shapes/ae_kl.yaml"), "train.steps=3", "--print-config"],
                          capture_output=True, text=True, check=True).stdout
     assert yaml.safe_load(out)["train"]["steps"] == 3
+
+
+def test_unknown_dataset_and_dataset_option_are_caught_before_work():
+    with pytest.raises(ConfigError, match=r"data.name: unknown dataset 'fashion_mnsit'; did you mean 'fashion_mnist'"):
+        load_config(AERunConfig, None, ["data.name=fashion_mnsit"])
+    with pytest.raises(ConfigError, match=r"data.options.antialiass: .*did you mean 'data.options.antialias'"):
+        load_config(AERunConfig, None, ["data.options={antialiass: 2}"])

@@ -33,10 +33,12 @@ def test_schema_parse_gives_indices_and_unspecified_for_missing_attributes():
 
 def test_schema_rejects_unknown_names_and_values_listing_the_valid_ones():
     s = small_schema()
-    with pytest.raises(ValueError, match="valid attributes: color, smiling"):
+    with pytest.raises(ValueError, match="did you mean 'color'\\? valid attributes: color, smiling"):
         s.parse({"colour": "red"})
     with pytest.raises(ValueError, match="valid values: red, green"):
         s.parse({"color": "blue"})
+    with pytest.raises(ValueError, match="did you mean 'green'"):
+        s.parse({"color": "gren"})
     with pytest.raises(ValueError, match="binary"):
         s.parse({"smiling": "maybe"})
 
@@ -246,6 +248,19 @@ def test_download_uses_torchvision_into_root(tmp_path, monkeypatch, no_system_co
     assert calls == [(str(tmp_path / "dl"), False, True)] and len(data) == 2
 
 
+def test_failed_download_is_one_line_naming_the_target(tmp_path, monkeypatch, no_system_copies):
+    import torchvision
+
+    def offline(root, train, download):  # what torchvision raises without a network: several lines
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://example, URLError")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(FileNotFoundError) as err:
+        build_dataset("fashion_mnist", "train", root=str(tmp_path / "dl"), download=True)
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "dl") in msg and "Error downloading" in msg
+
+
 # ----------------------------------------------------------------------------------------------- CIFAR-10
 
 
@@ -355,6 +370,19 @@ def test_image_folder_error_mode_greyscale_and_missing_csv_rows(tmp_path):
     red_luma = 0.299 * 255  # PIL's ITU-R 601-2 luma of pure red
     assert abs(float(grey[0][0].mean()) - (red_luma / 127.5 - 1)) < 0.01
     (tmp_path / "labels.csv").write_text("filename,kind\na.png,dog\n")
+    with pytest.raises(ValueError, match="has no row"):
+        build_dataset("image_folder", "train", root=str(tmp_path), attributes_csv="labels.csv")
+
+
+def test_image_folder_csv_numeric_categories_sort_by_value_and_header_only_csv_is_empty(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "labels.csv").write_text("filename,age\na.png,10\nb.png,2\nc.png,1\n")
+    data = build_dataset("image_folder", "train", root=str(tmp_path), image_size=4,
+                         attributes_csv="labels.csv")
+    assert data.schema.values == [["1", "2", "10"]]  # by value, not "1" < "10" < "2"
+    assert data.attributes[:, 0].tolist() == [2, 1, 0]
+    (tmp_path / "labels.csv").write_text("filename,age\n")
     with pytest.raises(ValueError, match="has no row"):
         build_dataset("image_folder", "train", root=str(tmp_path), attributes_csv="labels.csv")
 

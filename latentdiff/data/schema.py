@@ -8,12 +8,19 @@ has index 0 for off and 1 for on.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 import torch
 
 UNSPECIFIED = -1
 _BINARY_WORDS = {"1": 1, "on": 1, "true": 1, "yes": 1, "0": 0, "off": 0, "false": 0, "no": 0}
+
+
+def _closest(word: str, choices: list[str]) -> str:
+    """ "did you mean 'x'? " for the closest choice (difflib), or "" when none is close."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 @dataclass
@@ -50,7 +57,8 @@ class AttributeSchema:
     def _position(self, name: str) -> int:
         if name not in self.names:
             valid = ", ".join(self.names) if self.names else "none (this dataset has no attributes)"
-            raise ValueError(f"unknown attribute {name!r}; valid attributes: {valid}")
+            raise ValueError(f"unknown attribute {name!r}; {_closest(name, self.names)}"
+                             f"valid attributes: {valid}")
         return self.names.index(name)
 
     def value_names(self, i: int) -> list[str]:
@@ -71,7 +79,7 @@ class AttributeSchema:
                                  f"(got {value!r})")
             return _BINARY_WORDS[word]
         if str(value) not in vals:
-            raise ValueError(f"unknown value {value!r} for attribute {name!r}; "
+            raise ValueError(f"unknown value {value!r} for attribute {name!r}; {_closest(str(value), vals)}"
                              f"valid values: {', '.join(vals)}")
         return vals.index(str(value))
 
