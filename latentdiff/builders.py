@@ -84,7 +84,7 @@ def build_denoiser(cfg: DenoiserConfig, latent_shape: tuple, num_values: list[in
     if kind == "unet":
         net = UNet(in_channels=latent_shape[0], channels=cfg.channels, channel_mults=tuple(cfg.channel_mults),
                    num_res_blocks=cfg.num_res_blocks, attention_resolutions=tuple(cfg.attention_resolutions),
-                   dropout=cfg.dropout, num_heads=cfg.num_heads, cond_dim=cond_dim)
+                   dropout=cfg.dropout, num_heads=cfg.num_heads, cond_dim=cond_dim, image_size=latent_shape[-1])
     else:
         dim = int(torch.tensor(latent_shape).prod())
         if len(latent_shape) != 1:

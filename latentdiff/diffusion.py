@@ -1,0 +1,403 @@
+"""GaussianDiffusion: the DDPM of Ho et al. 2020 over any tensor (B, ...).
+
+Equation numbers are those of Ho et al. 2020 ("Denoising Diffusion Probabilistic Models") unless
+another paper is named. Timesteps are int64 indices 0..T−1; index i is the paper's t = i + 1.
+The schedule lives in float64 on the CPU; each coefficient is gathered, then cast to the dtype and
+device of the tensor it multiplies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from latentdiff.guidance import apply_classifier_guidance, classifier_free_guidance, repeat_condition
+from latentdiff.samplers import ddim_invert_loop, sample_loop
+from latentdiff.schedules import make_beta_schedule, posterior_coefficients, spaced_timesteps
+
+VARIANCES = ("beta_tilde", "beta")
+PREDICTIONS = ("eps", "v", "x0")
+LOSS_WEIGHTINGS = ("simple", "vlb", "min_snr")
+
+
+class ReverseStep(NamedTuple):
+    """p_θ(x_{t−1} | x_t) = N(mean, variance) and the predictions it was built from (all like x_t)."""
+
+    mean: torch.Tensor
+    variance: torch.Tensor  # (B, 1, ..., 1)
+    x0_hat: torch.Tensor
+    eps_hat: torch.Tensor
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) per element, in nats (closed form for Gaussians)."""
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1)
+
+
+def gaussian_nll(x, mean, logvar):
+    """−log N(x; mean, e^logvar) per element, in nats (a continuous density, not a discretised one)."""
+    return 0.5 * (math.log(2 * math.pi) + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+
+
+def _model_device(model) -> torch.device:
+    params = getattr(model, "parameters", None)
+    first = next(params(), None) if params is not None else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+class GaussianDiffusion:
+    """Forward process, posterior, reverse process, training loss, samplers and variational bound.
+
+    Args:
+        num_timesteps: T (at least 2).
+        beta_schedule: "linear" (Ho et al.) or "cosine" (Nichol & Dhariwal 2021).
+        beta_start, beta_end: β_1 and β_T of the linear schedule.
+        variance: reverse-process variance σ_t² — "beta_tilde" (β̃_t, Eq. 7) or "beta" (β_t); Ho et al.
+            §3.2 found both give similar samples. For the bound, β̃_1 = 0 is replaced by β̃_2 (as in
+            Nichol & Dhariwal's code): σ_1² is the variance of the decoder p(x_0 | x_1), which would
+            otherwise be a delta and make L_0 infinite.
+        prediction: what the network outputs — "eps" (ε, Eq. 11), "x0", or "v" = √ᾱ ε − √(1−ᾱ) x0
+            (Salimans & Ho 2022, §4).
+        loss_weighting: per-timestep weight of the squared error in the prediction's own space —
+            "simple" (1: L_simple, Eq. 14, for ε), "vlb" (the weights that make the loss equal L_{t−1}
+            per dimension, Eq. 12), "min_snr" (min(SNR, γ) in x0 space, Hang et al. 2023).
+        min_snr_gamma: γ of "min_snr".
+    """
+
+    def __init__(self, num_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
+                 beta_end: float = 0.02, variance: str = "beta_tilde", prediction: str = "eps",
+                 loss_weighting: str = "simple", min_snr_gamma: float = 5.0):
+        for name, value, allowed in (("variance", variance, VARIANCES),
+                                     ("prediction", prediction, PREDICTIONS),
+                                     ("loss_weighting", loss_weighting, LOSS_WEIGHTINGS)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
+        if num_timesteps < 2:
+            raise ValueError(f"num_timesteps must be at least 2, got {num_timesteps}")
+        if min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
+        self.num_timesteps = num_timesteps
+        self.variance, self.prediction, self.loss_weighting = variance, prediction, loss_weighting
+        self.min_snr_gamma = min_snr_gamma
+
+        betas = make_beta_schedule(beta_schedule, num_timesteps, beta_start, beta_end)
+        self.betas = betas
+        self.alphas = 1 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, 0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1 - self.alphas_cumprod).sqrt()
+        self.snr = self.alphas_cumprod / (1 - self.alphas_cumprod)  # signal-to-noise ratio ᾱ/(1−ᾱ)
+        _, self.posterior_mean_coef1, self.posterior_mean_coef2, self.posterior_variance = \
+            posterior_coefficients(self.alphas_cumprod, self.alphas_cumprod_prev)
+        # β̃_1 = 0: log and σ_1² use β̃_2 instead (see the class docstring).
+        clipped = torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]])
+        self.posterior_log_variance_clipped = clipped.log()
+        self.reverse_variance = betas.clone() if variance == "beta" else clipped
+        self.loss_weights = self._loss_weights()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """values[t] (float64 schedule) as (B, 1, ..., 1) in the dtype/device of ``like``."""
+        out = values[t.long().cpu()].to(like.dtype).to(like.device)  # cast on the CPU: MPS has no float64
+        return out.view(-1, *([1] * (like.dim() - 1)))
+
+    def _check_t(self, t: torch.Tensor, batch: int) -> None:
+        if t.shape != (batch,):
+            raise ValueError(f"t must be a ({batch},) tensor of timestep indices, got shape {tuple(t.shape)}")
+        if t.min() < 0 or t.max() >= self.num_timesteps:
+            raise ValueError(f"timestep indices must lie in 0..{self.num_timesteps - 1}, got "
+                             f"{int(t.min())}..{int(t.max())}")
+
+    def _loss_weights(self) -> torch.Tensor:
+        """(T,) float64 per-timestep weights of the squared prediction error (see the class docstring).
+
+        Eq. 12 gives the ε-space weight β_t² / (2 σ_t² α_t (1 − ᾱ_t)) per dimension. Errors in other spaces
+        map to ε space linearly: ε − ε̂ = −√SNR (x0 − x̂0) and ε − ε̂ = √ᾱ (v − v̂), hence the factors.
+        """
+        snr = self.snr
+        if self.loss_weighting == "simple":
+            return torch.ones_like(snr)
+        if self.loss_weighting == "vlb":
+            eps_weight = self.betas**2 / (2 * self.reverse_variance * self.alphas * (1 - self.alphas_cumprod))
+            to_eps = {"eps": torch.ones_like(snr), "x0": snr, "v": self.alphas_cumprod}[self.prediction]
+            return eps_weight * to_eps
+        clipped = snr.clamp(max=self.min_snr_gamma)  # Hang et al. 2023: x0-space weight min(SNR, γ)
+        return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[self.prediction]
+
+    # -- forward process and posterior -------------------------------------------------------------
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε, a draw from q(x_t | x0) (Eq. 4). x0, noise: (B, ...); t: (B,)."""
+        if noise is None:
+            noise = torch.randn_like(x0)
+        return self._gather(self.sqrt_alphas_cumprod, t, x0) * x0 + \
+            self._gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        """q(x_{t−1} | x_t, x0) = N(μ̃_t, β̃_t I) (Eqs. 6-7). Returns mean (B, ...), variance (B, 1, ..., 1)."""
+        mean = self._gather(self.posterior_mean_coef1, t, x_t) * x0 + \
+            self._gather(self.posterior_mean_coef2, t, x_t) * x_t
+        return mean, self._gather(self.posterior_variance, t, x_t)
+
+    # -- conversions between predictions ---------------------------------------------------------------
+    def predict_x0_from_eps(self, x_t, t, eps):
+        """x0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t, Eq. 4 solved for x0."""
+        return (x_t - self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / \
+            self._gather(self.sqrt_alphas_cumprod, t, x_t)
+
+    def predict_eps_from_x0(self, x_t, t, x0):
+        """ε = (x_t − √ᾱ_t x0) / √(1−ᾱ_t), Eq. 4 solved for ε."""
+        return (x_t - self._gather(self.sqrt_alphas_cumprod, t, x_t) * x0) / \
+            self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+
+    def velocity(self, x0, eps, t):
+        """v = √ᾱ_t ε − √(1−ᾱ_t) x0 (Salimans & Ho 2022, §4)."""
+        return self._gather(self.sqrt_alphas_cumprod, t, x0) * eps - \
+            self._gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+    def predict_x0_from_v(self, x_t, t, v):
+        """x0 = √ᾱ_t x_t − √(1−ᾱ_t) v (Salimans & Ho 2022, §4; uses ᾱ + (1 − ᾱ) = 1)."""
+        return self._gather(self.sqrt_alphas_cumprod, t, x_t) * x_t - \
+            self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+
+    def predict_eps_from_v(self, x_t, t, v):
+        """ε = √(1−ᾱ_t) x_t + √ᾱ_t v (Salimans & Ho 2022, §4)."""
+        return self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t + \
+            self._gather(self.sqrt_alphas_cumprod, t, x_t) * v
+
+    def eps_and_x0(self, model_output, x_t, t):
+        """(ε̂, x̂0) from the network output, whatever ``prediction`` it makes. All (B, ...)."""
+        if self.prediction == "eps":
+            return model_output, self.predict_x0_from_eps(x_t, t, model_output)
+        if self.prediction == "x0":
+            return self.predict_eps_from_x0(x_t, t, model_output), model_output
+        return self.predict_eps_from_v(x_t, t, model_output), self.predict_x0_from_v(x_t, t, model_output)
+
+    # -- reverse process -------------------------------------------------------------------------------
+    def predict(self, model, x_t: torch.Tensor, t: torch.Tensor, cond=None, guidance_scale: float = 1.0,
+                uncond=None, classifier_guidance=None, clip_denoised: bool = False):
+        """(ε̂, x̂0) at (x_t, t) after classifier-free guidance, classifier guidance and optional clipping.
+
+        Args:
+            model: ``model(x_t, t, cond)`` → tensor like x_t (ε, x0 or v per ``prediction``).
+            x_t: (B, ...); t: (B,) int64 indices.
+            cond, uncond, guidance_scale: see :func:`latentdiff.guidance.classifier_free_guidance`.
+            classifier_guidance: None or ``(grad_log_prob, scale)``, see
+                :func:`latentdiff.guidance.apply_classifier_guidance`.
+            clip_denoised: clamp x̂0 to [−1, 1] and recompute ε̂ from it (for data known to lie there).
+        """
+        out = classifier_free_guidance(model, x_t, t, cond, uncond, guidance_scale)
+        if out.shape != x_t.shape:
+            raise ValueError(f"the model returned shape {tuple(out.shape)} for inputs {tuple(x_t.shape)}; "
+                             f"it must return a tensor shaped like x_t")
+        eps, x0 = self.eps_and_x0(out.to(x_t.dtype), x_t, t)
+        if classifier_guidance is not None:
+            if not (isinstance(classifier_guidance, tuple | list) and len(classifier_guidance) == 2):
+                raise ValueError("classifier_guidance must be a pair (grad_log_prob(x_t, t), scale)")
+            grad_log_prob, scale = classifier_guidance
+            root = self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+            eps = apply_classifier_guidance(eps, x_t, t, root, grad_log_prob, scale)
+            x0 = self.predict_x0_from_eps(x_t, t, eps)
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+            eps = self.predict_eps_from_x0(x_t, t, x0)
+        return eps, x0
+
+    def p_mean_variance(self, model, x_t: torch.Tensor, t: torch.Tensor, cond=None,
+                        **predict_kwargs) -> ReverseStep:
+        """p_θ(x_{t−1} | x_t) = N(μ_θ, σ_t² I) with μ_θ = μ̃_t(x_t, x̂0), Eq. 7 with x̂0 in place of x0.
+
+        Without clipping or guidance this is μ_θ = (x_t − β_t/√(1−ᾱ_t) ε̂) / √α_t (Eq. 11); going through
+        x̂0 lets clipping and x0/v predictions share one formula. ``predict_kwargs`` go to :meth:`predict`.
+        """
+        eps, x0 = self.predict(model, x_t, t, cond, **predict_kwargs)
+        mean, _ = self.q_posterior(x0, x_t, t)
+        return ReverseStep(mean, self._gather(self.reverse_variance, t, x_t), x0, eps)
+
+    # -- training ------------------------------------------------------------------------------------
+    def training_loss(self, model, x0: torch.Tensor, cond=None, t: torch.Tensor | None = None,
+                      noise: torch.Tensor | None = None, reduce: bool = True, return_t: bool = False,
+                      generator: torch.Generator | None = None):
+        """Weighted squared error of the network's prediction at a random t (Eq. 14 for "simple" with ε).
+
+        Per example: w_t · mean over dimensions of ‖target − model(x_t, t, cond)‖², with x_t from Eq. 4
+        and target ε, x0 or v. With loss_weighting="vlb" the per-example value times the number of
+        dimensions D is L_{t−1} minus its constant (Eq. 12).
+
+        Args:
+            model: ``model(x_t, t, cond)`` → tensor like x_t.
+            x0: (B, ...) clean inputs; cond: the model's condition for x0 (or None).
+            t: (B,) indices, uniform over 0..T−1 when None; noise: (B, ...) ε, standard normal when None.
+            reduce: return the batch mean (a scalar); otherwise the (B,) per-example losses.
+            return_t: also return the t used, as ``(loss, t)``.
+            generator: draws t and noise reproducibly (on the generator's device).
+        Returns:
+            loss, or (loss, t).
+        """
+        batch = x0.shape[0]
+        gen_device = generator.device if generator is not None else x0.device
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=gen_device)
+            t = t.to(x0.device)
+        self._check_t(t, batch)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype)
+            noise = noise.to(x0.device)
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, x0 {tuple(x0.shape)}; they must match")
+        x_t = self.q_sample(x0, t, noise)
+        out = model(x_t, t, cond)
+        if out.shape != x0.shape:
+            raise ValueError(f"the model returned shape {tuple(out.shape)} for inputs {tuple(x0.shape)}; "
+                             f"it must return a tensor shaped like x_t")
+        if self.prediction == "eps":
+            target = noise
+        elif self.prediction == "x0":
+            target = x0
+        else:
+            target = self.velocity(x0, noise, t)
+        error = (out - target) ** 2
+        per_example = error.flatten(1).mean(1) * self._gather(self.loss_weights, t, error).flatten()
+        loss = per_example.mean() if reduce else per_example
+        return (loss, t) if return_t else loss
+
+    # -- sampling ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, model, shape, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+               cond=None, guidance_scale: float = 1.0, uncond=None, generator: torch.Generator | None = None,
+               progress: bool = False, clip_denoised: bool = False, timestep_spacing: str = "linspace",
+               noise: torch.Tensor | None = None, return_trajectory: bool = False, trajectory_every: int = 1,
+               classifier_guidance=None, device=None):
+        """Draw x0 ~ p_θ by running the reverse process from x_T ~ N(0, I).
+
+        Args:
+            model: ``model(x_t, t, cond)`` → tensor like x_t.
+            shape: (B, ...) of the samples.
+            sampler: "ddpm" (ancestral, Algorithm 2, σ_t² per ``variance``) or "ddim" (Song et al. 2021,
+                Eq. 12).
+            steps: number of reverse steps (None: all T). DDPM with fewer steps uses the respaced
+                process of Nichol & Dhariwal 2021 §4 (its β's recomputed from ᾱ on the subsequence).
+            eta: DDIM's η (0: deterministic; 1: the ancestral sampler with σ² = β̃). DDIM only.
+            cond, guidance_scale, uncond: classifier-free guidance (``uncond`` needed when w != 1).
+            generator: makes x_T and every step's noise reproducible.
+            progress: show a tqdm bar.
+            clip_denoised: clamp x̂0 to [−1, 1] at every step (off: latents are unbounded).
+            timestep_spacing: "linspace", "leading" or "trailing" (see ``schedules.spaced_timesteps``).
+            noise: x_T to start from (B, ...), instead of drawing it.
+            return_trajectory: also return a dict {"t": (K,), "x_t": (K, B, ...), "x0_pred": (K, B, ...)}
+                of the state and x̂0 at every ``trajectory_every``-th step and at the last step.
+            classifier_guidance: None or ``(grad_log_prob(x_t, t), scale)``.
+            device: where to sample when ``noise`` is not given (default: the model's device).
+        Returns:
+            samples (B, ...) (the last step returns x̂0), or (samples, trajectory).
+        """
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim'")
+        if sampler == "ddpm" and eta != 0.0:
+            raise ValueError("eta applies to the ddim sampler only; use sampler='ddim' (eta=1 is ancestral)")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        if trajectory_every < 1:
+            raise ValueError(f"trajectory_every must be >= 1, got {trajectory_every}")
+        timesteps = spaced_timesteps(self.num_timesteps, steps, timestep_spacing)
+        if noise is None:
+            device = device or _model_device(model)
+            gen_device = generator.device if generator is not None else device
+            noise = torch.randn(tuple(shape), generator=generator, device=gen_device).to(device)
+        elif tuple(noise.shape) != tuple(shape):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, not shape={tuple(shape)}; match them")
+        return sample_loop(self, model, noise, timesteps, sampler=sampler, eta=eta, generator=generator,
+                           progress=progress,
+                           trajectory_every=trajectory_every if return_trajectory else None,
+                           cond=cond, guidance_scale=guidance_scale, uncond=uncond,
+                           classifier_guidance=classifier_guidance, clip_denoised=clip_denoised)
+
+    @torch.no_grad()
+    def ddim_invert(self, model, x0: torch.Tensor, steps: int | None = None, cond=None,
+                    guidance_scale: float = 1.0, uncond=None, timestep_spacing: str = "linspace",
+                    progress: bool = False) -> torch.Tensor:
+        """x_T from x0 by running deterministic DDIM (η = 0) forwards (Song et al. 2021, §4.3, ODE Eq. 14).
+
+        The inverse of ``sample(sampler="ddim", eta=0, steps=steps, noise=x_T)`` up to the discretisation
+        error of evaluating ε̂ at the current point instead of the next one.
+        """
+        timesteps = spaced_timesteps(self.num_timesteps, steps, timestep_spacing)
+        return ddim_invert_loop(self, model, x0, timesteps, progress=progress, cond=cond,
+                                guidance_scale=guidance_scale, uncond=uncond)
+
+    # -- variational bound ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def nll_bound(self, model, x0: torch.Tensor, cond=None, mc_timesteps: int | None = None,
+                  batch_t: int = 10, generator: torch.Generator | None = None,
+                  return_terms: bool = False) -> dict:
+        """The negative ELBO L = L_T + Σ_{t>1} L_{t−1} + L_0 per example, in nats (Eq. 5).
+
+        L_T = KL(q(x_T|x0) ‖ N(0, I)); L_{t−1} = KL(q(x_{t−1}|x_t, x0) ‖ p_θ(x_{t−1}|x_t)) at one draw
+        x_t ~ q(x_t|x0), both closed-form Gaussian KLs; L_0 = −log N(x0; μ_θ(x_1, 1), σ_1² I), a continuous
+        Gaussian decoder (so bits/dim can be negative). bpd = L / (D ln 2) with D the size of one example.
+
+        Args:
+            model: ``model(x_t, t, cond)`` → tensor like x_t; x0: (B, ...) data; cond: its condition.
+            mc_timesteps: None sums every t exactly; K draws, per example, K distinct t ∈ 2..T uniformly and
+                scales their sum by (T−1)/K, an unbiased estimate of Σ L_{t−1} (L_0 is always exact).
+            batch_t: timesteps evaluated per model call (the model sees B · batch_t examples at once).
+            generator: for x_t and the Monte Carlo timesteps.
+            return_terms: also return "terms" (B, n) per-timestep values and their indices "t" (B, n)
+                (a term at index 0 is L_0, at index i ≥ 1 the paper's L_i; n = T, or K + 1 with K draws).
+        Returns:
+            dict of (B,) float64 tensors: prior, diffusion, decoder, total, bpd (+ terms, t).
+        """
+        if batch_t < 1:
+            raise ValueError(f"batch_t must be >= 1, got {batch_t}")
+        T, batch = self.num_timesteps, x0.shape[0]
+        dims = x0[0].numel()
+        gen_device = generator.device if generator is not None else x0.device
+        if mc_timesteps is None:
+            timesteps, scale = torch.arange(T).expand(batch, T), 1.0
+        else:
+            if not 1 <= mc_timesteps <= T - 1:
+                raise ValueError(f"mc_timesteps must be in 1..{T - 1} (or None for the exact sum), "
+                                 f"got {mc_timesteps}")
+            # Each example draws its own K distinct t from 2..T (indices 1..T−1), so the batch mean
+            # also averages over the choice of timesteps.
+            ranks = torch.rand(batch, T - 1, generator=generator, device=gen_device).cpu().argsort(dim=1)
+            chosen = ranks[:, :mc_timesteps].sort(dim=1).values + 1
+            timesteps = torch.cat([torch.zeros(batch, 1, dtype=torch.long), chosen], dim=1)
+            scale = (T - 1) / mc_timesteps
+
+        def model64(x, t, c=None):  # the network runs in the data's dtype; the bound's algebra in float64
+            return model(x.to(x0.dtype), t, c)
+
+        x0_64 = x0.double()
+        terms = []
+        for columns in timesteps.split(batch_t, dim=1):
+            k = columns.shape[1]
+            t = columns.T.reshape(-1).to(x0.device)  # blocks of B examples: the order of x0.repeat(k, ...)
+            x0_rep = x0_64.repeat(k, *([1] * (x0.dim() - 1)))
+            noise = torch.randn(x0_rep.shape, generator=generator, device=gen_device, dtype=torch.float64)
+            x_t = self.q_sample(x0_rep, t, noise.to(x0.device))
+            step = self.p_mean_variance(model64, x_t, t, repeat_condition(cond, k))
+            model_logvar = step.variance.log()
+            true_mean, _ = self.q_posterior(x0_rep, x_t, t)
+            true_logvar = self._gather(self.posterior_log_variance_clipped, t, x_t)
+            kl = normal_kl(true_mean, true_logvar, step.mean, model_logvar).flatten(1).sum(1)
+            decoder = gaussian_nll(x0_rep, step.mean, model_logvar).flatten(1).sum(1)
+            terms.append(torch.where(t == 0, decoder, kl).view(k, batch).T)
+        terms = torch.cat(terms, dim=1)  # (B, n)
+
+        last = torch.full((batch,), T - 1, device=x0.device)
+        mean_T = self._gather(self.sqrt_alphas_cumprod, last, x0_64) * x0_64
+        logvar_T = self._gather((1 - self.alphas_cumprod).log(), last, x0_64)
+        zeros = torch.zeros_like(mean_T)
+        prior = normal_kl(mean_T, logvar_T, zeros, zeros).flatten(1).sum(1)
+        decoder, diffusion = terms[:, 0], terms[:, 1:].sum(1) * scale
+        total = prior + diffusion + decoder
+        out = {"prior": prior, "diffusion": diffusion, "decoder": decoder, "total": total,
+               "bpd": total / (dims * math.log(2))}
+        if return_terms:
+            out.update(terms=terms, t=timesteps)
+        return out

@@ -1,0 +1,96 @@
+"""Guidance: classifier-free (Ho & Salimans 2022) and classifier (Dhariwal & Nichol 2021).
+
+A condition ``cond`` is whatever the denoiser takes as its third argument: None, a tensor with the
+batch along dim 0, or a dict of such tensors. The helpers here stack conditions along the batch so
+that the conditional and unconditional predictions come from ONE forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def concat_conditions(*conds):
+    """Concatenate conditions (tensors, or dicts of tensors with the same keys) along the batch."""
+    first = conds[0]
+    if first is None:
+        if any(c is not None for c in conds):
+            raise ValueError("cannot stack a None condition with a given one; pass both cond and uncond")
+        return None
+    if isinstance(first, dict):
+        if any(not isinstance(c, dict) or c.keys() != first.keys() for c in conds):
+            raise ValueError(f"dict conditions must all have the keys {sorted(first)}; uncond mirrors cond")
+        return {k: concat_conditions(*(c[k] for c in conds)) for k in first}
+    if not all(isinstance(c, torch.Tensor) for c in conds):
+        raise ValueError("conditions must be tensors or dicts of tensors; uncond must have the type of cond")
+    return torch.cat(conds)
+
+
+def repeat_condition(cond, times: int):
+    """``cond`` stacked ``times`` times along the batch (block order, matching ``x.repeat(times, ...)``)."""
+    return concat_conditions(*([cond] * times))
+
+
+def classifier_free_guidance(model, x_t: torch.Tensor, t: torch.Tensor, cond, uncond,
+                             guidance_scale: float) -> torch.Tensor:
+    """ε̂ = ε_u + w (ε_c − ε_u) (Ho & Salimans 2022, Eq. 6 written with w = 1 + their w).
+
+    w = 1 is the conditional model, w = 0 the unconditional one, w > 1 extrapolates away from the
+    unconditional prediction. Both predictions come from one forward pass over the batch doubled.
+    The combination is affine with weights summing to one, so it commutes with the (affine) maps
+    between ε, x0 and v predictions: ``model`` may output any of them.
+
+    Args:
+        model: ``model(x_t, t, cond)`` → tensor shaped like x_t.
+        x_t: (B, ...) noisy inputs; t: (B,) int64 timestep indices.
+        cond, uncond: conditional and unconditional conditions (same structure).
+        guidance_scale: w.
+    """
+    if guidance_scale == 1.0:
+        return model(x_t, t, cond)
+    if cond is None or uncond is None:
+        raise ValueError("guidance_scale != 1 needs both cond and uncond (the unconditional condition)")
+    out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), concat_conditions(cond, uncond))
+    out_cond, out_uncond = out.chunk(2)
+    return out_uncond + guidance_scale * (out_cond - out_uncond)
+
+
+def apply_classifier_guidance(eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                              sqrt_one_minus_alphas_cumprod: torch.Tensor,
+                              grad_log_prob: Callable, scale: float) -> torch.Tensor:
+    """ε̂' = ε̂ − √(1 − ᾱ_t) · s · ∇_{x_t} log p(y | x_t) (Dhariwal & Nichol 2021, §4.2, Algorithm 2).
+
+    ε = −√(1 − ᾱ_t) ∇ log p_t(x_t), so this adds s ∇ log p(y | x_t) to the score: samples follow
+    p_t(x_t) p(y | x_t)^s. The same ε̂' drives both DDPM and DDIM steps.
+
+    Args:
+        eps: (B, ...) predicted noise; x_t: (B, ...); t: (B,) timestep indices.
+        sqrt_one_minus_alphas_cumprod: √(1 − ᾱ_t) broadcastable to eps, e.g. (B, 1, ..., 1).
+        grad_log_prob: ``grad_log_prob(x_t, t)`` → tensor like x_t (see :func:`classifier_grad_log_prob`).
+        scale: s, the guidance strength.
+    """
+    grad = grad_log_prob(x_t, t)
+    if grad.shape != x_t.shape:
+        raise ValueError(f"classifier guidance gradient has shape {tuple(grad.shape)}, "
+                         f"expected {tuple(x_t.shape)} (that of x_t)")
+    return eps - sqrt_one_minus_alphas_cumprod * scale * grad.to(eps.dtype)
+
+
+def classifier_grad_log_prob(classifier: Callable, labels: torch.Tensor) -> Callable:
+    """``grad_log_prob(x_t, t)`` = ∇_{x_t} log softmax(classifier(x_t, t))[labels], summed over the batch.
+
+    Args:
+        classifier: noise-aware classifier ``classifier(x_t, t)`` → (B, num_classes) logits.
+        labels: (B,) int64 target classes.
+    """
+
+    def grad_log_prob(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            log_probs = torch.log_softmax(classifier(x, t), dim=-1)
+            chosen = log_probs.gather(1, labels.view(-1, 1).to(log_probs.device)).sum()
+            return torch.autograd.grad(chosen, x)[0]
+
+    return grad_log_prob
