@@ -18,7 +18,13 @@ from latentdiff.builders import build_autoencoder_from_config, build_data  # noq
 from latentdiff.cli import parse_cli, user_errors  # noqa: E402
 from latentdiff.config import AERunConfig, to_dict  # noqa: E402
 from latentdiff.tasks import AutoencoderTask  # noqa: E402
-from latentdiff.training import distributed_init, pick_device, seed_everything, train  # noqa: E402
+from latentdiff.training import (  # noqa: E402
+    distributed_init,
+    is_main_process,
+    pick_device,
+    seed_everything,
+    train,
+)
 
 
 def first_images(dataset, n: int) -> torch.Tensor:
@@ -45,8 +51,9 @@ def main(argv=None):
         task.state = lambda: {"sample_shape": list(shape), "schema": train_set.schema.to_dict()}
         run_dir = Path(cfg.out_dir) / cfg.name
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"{cfg.model.kind} autoencoder: {n_params / 1e6:.2f} M parameters, latents "
-              f"{tuple(model.latent_shape)} for images {shape}; run folder {run_dir}", flush=True)
+        if is_main_process():
+            print(f"{cfg.model.kind} autoencoder: {n_params / 1e6:.2f} M parameters, latents "
+                  f"{tuple(model.latent_shape)} for images {shape}; run folder {run_dir}", flush=True)
         return train(task, train_set, cfg.train, run_dir, to_dict(cfg), device, args.resume,
               num_workers=cfg.data.num_workers, argv=[Path(__file__).name, *(argv or sys.argv[1:])])
 

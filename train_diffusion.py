@@ -15,7 +15,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
 
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 
 from latentdiff.builders import (  # noqa: E402
     autoencoder_checkpoint,
@@ -39,21 +38,14 @@ from latentdiff.viz import image_grid, save_png  # noqa: E402
 
 
 def encode_split(cfg, autoencoder, ae_hash, dataset, split, device):
-    """The latent cache of one split: built by rank 0 (others wait), reused when it exists."""
+    """The latent cache of one split, reused when it exists; under torchrun every rank encodes a shard."""
     root = Path(cfg.latents.cache_dir or Path(cfg.out_dir) / "latent_cache")
     folder = root / cache_key(ae_hash, to_dict(cfg.data), split)
     meta = {"ae_hash": ae_hash, "split": split, "data": to_dict(cfg.data)}
-    if is_main_process():
-        if (folder / "meta.json").exists():
-            print(f"latent cache hit: {folder}", flush=True)
-        cache = build_latent_cache(autoencoder, dataset, folder, cfg.latents.encode_batch_size, device,
-                                   progress=sys.stderr.isatty(), meta=meta)
-    if dist.is_initialized():
-        dist.barrier()
-    if not is_main_process():
-        cache = build_latent_cache(autoencoder, dataset, folder, cfg.latents.encode_batch_size, device,
-                                   progress=False, meta=meta)
-    return cache
+    if is_main_process() and (folder / "meta.json").exists():
+        print(f"latent cache hit: {folder}", flush=True)
+    return build_latent_cache(autoencoder, dataset, folder, cfg.latents.encode_batch_size, device,
+                              progress=sys.stderr.isatty(), meta=meta)
 
 
 def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, conditional, run_dir):
@@ -142,8 +134,9 @@ def main(argv=None):
                              cfg.conditioning.drop_attribute_prob, cfg.conditioning.drop_all_prob, render=render,
                              bound_every=cfg.bound_every, extra_state=extra_state)
         n_params = sum(p.numel() for p in denoiser.parameters())
-        print(f"denoiser: {n_params / 1e6:.2f} M parameters on latents {tuple(latent_shape)}"
-              f"{' (attribute-conditional)' if conditional else ''}; run folder {run_dir}", flush=True)
+        if is_main_process():
+            print(f"denoiser: {n_params / 1e6:.2f} M parameters on latents {tuple(latent_shape)}"
+                  f"{' (attribute-conditional)' if conditional else ''}; run folder {run_dir}", flush=True)
         return train(task, train_data, cfg.train, run_dir, to_dict(cfg), device, args.resume,
               num_workers=cfg.data.num_workers, argv=[Path(__file__).name, *(argv or sys.argv[1:])])
 

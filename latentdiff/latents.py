@@ -5,7 +5,8 @@ bar) into ``<cache_dir>/<key>/``, where ``key`` hashes the autoencoder checkpoin
 config, so a second run reuses the cache and a changed autoencoder or data config builds a new
 one. A VAE stores its posterior mean and log-variance, so training draws a fresh z ~ q(z|x) every
 time it sees an image; a deterministic autoencoder stores z. Arrays are ``.npy`` files opened with
-``mmap_mode="r"``, so a dataset larger than RAM is read from disk page by page.
+``mmap_mode="r"``, so a dataset larger than RAM is read from disk page by page. Under torchrun the
+ranks encode one shard each and rank 0 joins them (see ``build_latent_cache``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 CACHE_FORMAT = 1
 
@@ -67,55 +68,141 @@ class LatentCache(Dataset):
         return mean, logvar, torch.from_numpy(np.array(self.attrs[i])).long()
 
 
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _from_rank0(value):
+    """Rank 0's ``value`` on every rank (a broadcast under torchrun), so that all ranks take one branch."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _all_ranks(flag: bool) -> bool:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return flag
+    box = [None] * dist.get_world_size()
+    dist.all_gather_object(box, flag)
+    return all(box)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+ARRAYS = ("mean", "logvar", "attrs")
+
+
 @torch.no_grad()
+def _encode_shard(autoencoder, dataset, folder: Path, stochastic: bool, attr_shape: tuple, batch_size: int,
+                  device, progress: bool) -> None:
+    """Encode ``dataset`` into ``folder/{mean,logvar,attrs}.npy``, written batch by batch into memory maps."""
+    from tqdm import tqdm
+
+    folder.mkdir()
+    n, shape = len(dataset), tuple(autoencoder.latent_shape)
+    out = {"mean": np.lib.format.open_memmap(folder / "mean.npy", "w+", np.float32, (n, *shape)),
+           "attrs": np.lib.format.open_memmap(folder / "attrs.npy", "w+", np.int64, (n, *attr_shape))}
+    if stochastic:
+        out["logvar"] = np.lib.format.open_memmap(folder / "logvar.npy", "w+", np.float32, (n, *shape))
+    i = 0
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for x, a in tqdm(loader, desc="encoding latents", disable=not progress, dynamic_ncols=True):
+        posterior = autoencoder.encode(x.to(device))
+        b = x.shape[0]
+        out["mean"][i : i + b] = (posterior.mean if stochastic else posterior.mode()).float().cpu().numpy()
+        if stochastic:
+            out["logvar"][i : i + b] = posterior.logvar.float().cpu().numpy()
+        out["attrs"][i : i + b] = np.asarray(a).reshape(b, *attr_shape)
+        i += b
+    for array in out.values():
+        array.flush()  # on a network filesystem this is what makes the shard visible to rank 0
+
+
+def _join_shards(parts: list[Path], folder: Path, chunk_bytes: int = 64 << 20) -> None:
+    """Concatenate the ranks' shard arrays into ``folder/<array>.npy``, a bounded chunk at a time."""
+    for name in ARRAYS:
+        shards = [np.load(p / f"{name}.npy", mmap_mode="r") for p in parts if (p / f"{name}.npy").exists()]
+        if not shards:
+            continue
+        total = sum(len(a) for a in shards)
+        joined = np.lib.format.open_memmap(folder / f"{name}.npy", "w+", shards[0].dtype,
+                                           (total, *shards[0].shape[1:]))
+        rows = max(1, chunk_bytes // max(1, shards[0][:1].nbytes))
+        i = 0
+        for a in shards:
+            for j in range(0, len(a), rows):
+                piece = a[j : j + rows]
+                joined[i : i + len(piece)] = piece
+                i += len(piece)
+            joined.flush()
+        del joined, shards
+
+
 def build_latent_cache(autoencoder, dataset, folder: str | Path, batch_size: int = 256, device="cpu",
                        progress: bool = True, meta: dict | None = None) -> LatentCache:
     """Encode ``dataset`` (items ``(image, attrs)``) into ``folder`` unless it is already there.
 
-    The arrays are written into ``folder.tmp-<pid>`` and renamed when complete, so an interrupted
-    encode never leaves a half-written cache that a later run would trust.
+    Under torchrun every rank calls this (it holds collectives): rank r of W encodes the contiguous
+    slice ``[r*N//W, (r+1)*N//W)`` into its own shard files in a shared temporary folder, then rank 0
+    joins the shards in order, writes ``meta.json`` and renames the folder into place. The rename is
+    the commit, so an interrupted encode never leaves a half-written cache that a later run would
+    trust. ``folder`` must be on a filesystem every rank sees (a one-line error says so otherwise).
     """
-    from tqdm import tqdm
-
     folder = Path(folder)
-    if (folder / "meta.json").exists():
-        return LatentCache(folder)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    autoencoder.eval()
-    stochastic = not getattr(autoencoder, "is_deterministic", False)
-    n = len(dataset)
-    shape = tuple(autoencoder.latent_shape)
-    mean = np.lib.format.open_memmap(tmp / "mean.npy", mode="w+", dtype=np.float32, shape=(n, *shape))
-    logvar = (np.lib.format.open_memmap(tmp / "logvar.npy", mode="w+", dtype=np.float32, shape=(n, *shape))
-              if stochastic else None)
-    attrs = None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    i = 0
-    for x, a in tqdm(loader, desc="encoding latents", disable=not progress, dynamic_ncols=True):
-        posterior = autoencoder.encode(x.to(device))
-        b = x.shape[0]
-        if stochastic:
-            mean[i : i + b] = posterior.mean.float().cpu().numpy()
-            logvar[i : i + b] = posterior.logvar.float().cpu().numpy()
-        else:
-            mean[i : i + b] = posterior.mode().float().cpu().numpy()
-        if attrs is None:
-            attrs = np.zeros((n, *a.shape[1:]), dtype=np.int64)
-        attrs[i : i + b] = a.numpy()
-        i += b
-    mean.flush()
-    if logvar is not None:
-        logvar.flush()
-    np.save(tmp / "attrs.npy", attrs if attrs is not None else np.zeros((n, 0), dtype=np.int64))
-    info = {"format": CACHE_FORMAT, "stochastic": stochastic, "n": n, "latent_shape": list(shape), **(meta or {})}
-    (tmp / "meta.json").write_text(json.dumps(info, indent=1))
-    del mean, logvar
-    if folder.exists():  # another process finished first; theirs is as good as ours
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
+    rank, world = _rank_and_world()
+    # Rank 0 decides hit or miss and names the temporary folder: ranks must not take different branches.
+    hit, tmp_name = _from_rank0(((folder / "meta.json").exists(), f"{folder.name}.tmp-{os.getpid()}"))
+    if not hit:
+        tmp = folder.with_name(tmp_name)
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        if not _all_ranks(tmp.is_dir()):
+            raise FileNotFoundError(f"latents.cache_dir: {folder.parent} is not shared by all ranks; point it "
+                                    f"at a folder on a filesystem every node sees")
+        autoencoder.eval()
+        stochastic = not getattr(autoencoder, "is_deterministic", False)
+        n = len(dataset)
+        attr_shape = tuple(np.asarray(dataset[0][1]).shape) if n else (0,)
+        lo, hi = rank * n // world, (rank + 1) * n // world
+        _encode_shard(autoencoder, Subset(dataset, range(lo, hi)), tmp / f"part-{rank:05d}", stochastic,
+                      attr_shape, batch_size, device, progress and rank == 0)
+        _barrier()
+        if rank == 0:
+            parts = [tmp / f"part-{r:05d}" for r in range(world)]
+            if world == 1:  # the one shard is the whole cache: move instead of copying
+                for name in ARRAYS:
+                    if (parts[0] / f"{name}.npy").exists():
+                        os.replace(parts[0] / f"{name}.npy", tmp / f"{name}.npy")
+            else:
+                _join_shards(parts, tmp)
+            for part in parts:
+                shutil.rmtree(part)
+            info = {"format": CACHE_FORMAT, "stochastic": stochastic, "n": n,
+                    "latent_shape": list(autoencoder.latent_shape), **(meta or {})}
+            (tmp / "meta.json").write_text(json.dumps(info, indent=1))
+            if folder.exists():  # another run finished the same cache first; theirs is as good as ours
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.replace(tmp, folder)
+        _barrier()
+    if not (folder / "meta.json").exists():
+        raise FileNotFoundError(f"latents.cache_dir: rank {rank} cannot see the cache {folder} that rank 0 "
+                                f"built; point latents.cache_dir at a filesystem every node shares")
     return LatentCache(folder)
 
 

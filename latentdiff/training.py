@@ -14,15 +14,23 @@ A *task* says what to train; this module says how. A task provides
 and the loop does the rest: AdamW, warm-up then constant or cosine learning rate, gradient
 accumulation and clipping, EMA of the weights, optional autocast and ``torch.compile``, a seeded
 and resumable data order, atomic checkpoints that resume bit-exactly on the CPU, TensorBoard
-scalars, a progress bar, SIGINT/SIGTERM handling and NaN detection. Under ``torchrun`` gradients
-are averaged across ranks and only rank 0 logs and writes.
+scalars, a progress bar, SIGINT/SIGTERM handling and NaN detection.
+
+Under ``torchrun`` every rank holds the whole model (same seed, same initial weights), reads its own
+share of each global batch, and gradients are averaged across ranks, so N ranks with batch B step
+exactly like one process with batch N*B. Ranks draw their noise from independent streams. Decisions
+that must be unanimous (stop on a signal or the time budget, NaN, resume step) are all-reduced; only
+rank 0 evaluates, logs and writes checkpoints. ``out_dir`` and the latent cache must be on a
+filesystem every rank sees.
 """
 
 from __future__ import annotations
 
+import atexit
 import copy
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -65,20 +73,45 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def distributed_init() -> tuple[int, int]:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns (rank, world_size)."""
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns (rank, world_size).
+
+    NCCL on CUDA (each rank on its LOCAL_RANK's GPU), gloo on CPU. The group is left at exit.
+    """
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # before NCCL picks a device
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(dist.destroy_process_group)
+    return rank_and_world()
+
+
+def rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
 def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def any_rank(flag: bool, device="cpu") -> bool:
+    """True on every rank when ``flag`` is true on at least one (an all-reduce MAX); ``flag`` alone otherwise."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """An independent seed for ``rank`` (numpy's SeedSequence hashing of (seed, rank)).
+
+    Used for the per-rank noise streams under torchrun: seeding every rank with ``seed`` would give all
+    ranks the same timesteps, noise and dropout masks, shrinking the effective batch of random draws.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0])
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -99,10 +132,30 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut, not only a killed process
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; "
                               f"the previous checkpoint is untouched") from None
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete ``.<name>.tmp<pid>`` files a killed ``save_checkpoint`` left behind. Returns how many."""
+    stale = list(Path(folder).glob(".*.tmp*")) if Path(folder).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -180,6 +233,10 @@ class ResumableSampler(Sampler):
     ``world``-th index (like DistributedSampler, dropping the tail so ranks stay equal). Resuming at
     step s sets the epoch and offset, so the batches after a resume are exactly those a straight run
     would have seen.
+
+    Striding makes N ranks with batch B see exactly one process's batches of N*B: rank r's k-th batch
+    is ``perm[N*(k*B + j) + r]`` for j < B, and over all r that is ``perm[k*N*B : (k+1)*N*B]``.
+    Indices are handed out in chunks, never as one Python list, so memory does not grow with N.
     """
 
     def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
@@ -193,8 +250,9 @@ class ResumableSampler(Sampler):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         perm = torch.randperm(self.n, generator=g)[: self.per_rank * self.world]
-        mine = perm[self.rank :: self.world]
-        return iter(mine[self.offset :].tolist())
+        mine = perm[self.rank :: self.world][self.offset :]
+        for chunk in mine.split(4096):
+            yield from chunk.tolist()
 
 
 class BatchStream:
@@ -268,15 +326,21 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.config_dict = config_dict
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.rank, self.world = rank_and_world()
         self.main = self.rank == 0
         self.step = 0
+        self.saved_step = None  # the step of the newest last.pt this process wrote or resumed from
         self.best = None
         self.stop_reason = None
         self.last_metrics: dict = {}  # the latest evaluation, e.g. for benchmarks
         self.train_seconds = 0.0  # wall time inside fit(), this process
 
         self.modules = {"model": task.model, **getattr(task, "extra_modules", {})}
+        if self.world > 1:  # as DistributedDataParallel does: every rank starts from rank 0's weights
+            with torch.no_grad():
+                for module in self.modules.values():
+                    for t in [*module.parameters(), *module.buffers()]:
+                        dist.broadcast(t.data, src=0)
         groups = []
         for name, module in self.modules.items():
             params = [p for p in module.parameters() if p.requires_grad]
@@ -290,6 +354,8 @@ class Trainer:
             task.model.compile()
         self.stream = BatchStream(train_set, cfg.batch_size, cfg.seed, num_workers, self.rank, self.world)
         self.writer = None
+        if self.world > 1:  # the modules are built and identical on every rank; from here on ranks draw apart
+            torch.manual_seed(rank_seed(cfg.seed, self.rank))
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -297,7 +363,17 @@ class Trainer:
         """The weights used for evaluation and samples: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.task.model
 
-    def state_dict(self) -> dict:
+    def _rng_state(self) -> dict:
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def _set_rng_state(self, rng: dict) -> None:
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def state_dict(self, rng_per_rank: list | None = None) -> dict:
+        """Everything to resume; ``rng_per_rank`` (from every rank, see ``save``) makes torchrun resumes exact."""
         state = {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
@@ -306,8 +382,8 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": self._rng_state(),
+            "rng_per_rank": rng_per_rank,
             "best": self.best,
             "config": self.config_dict,
             "task": self.task.state() if hasattr(self.task, "state") else {},
@@ -327,9 +403,13 @@ class Trainer:
             raise CheckpointError(f"checkpoint does not fit this run's model ({first}); "
                                   f"use a new run name or the config it was trained with") from None
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        per_rank = state.get("rng_per_rank")
+        if self.world == 1:
+            self._set_rng_state(state["rng"])
+        elif per_rank is not None and len(per_rank) == self.world:
+            self._set_rng_state(per_rank[self.rank])
+        else:  # another number of processes than the run was saved with: fresh, still independent streams
+            torch.manual_seed(rank_seed(self.cfg.seed + int(state["step"]), self.rank))
         self.step = int(state["step"])
         self.best = state.get("best")
         if hasattr(self.task, "load_state"):
@@ -337,8 +417,16 @@ class Trainer:
         self.stream.seek(self.step * self.cfg.grad_accum)
 
     def save(self, name: str = "last.pt") -> None:
+        """Rank 0 writes ``checkpoints/<name>``. Under torchrun ``last.pt`` is collective: every rank must
+        call it at the same step, since it gathers every rank's random state for an exact resume."""
+        rng_per_rank = None
+        if self.world > 1 and name == "last.pt":
+            rng_per_rank = [None] * self.world
+            dist.all_gather_object(rng_per_rank, self._rng_state())
         if self.main:
-            save_checkpoint(self.state_dict(), self.ckpt_dir / name)
+            save_checkpoint(self.state_dict(rng_per_rank), self.ckpt_dir / name)
+        if name == "last.pt":
+            self.saved_step = self.step
 
     def try_resume(self) -> bool:
         """Continue from ``checkpoints/last.pt`` when it exists. Returns whether it did."""
@@ -346,6 +434,7 @@ class Trainer:
         if not path.exists():
             return False
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        self.saved_step = self.step
         return True
 
     # -- one optimiser step ----------------------------------------------------------------------
@@ -355,18 +444,29 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _average_gradients(self) -> None:
-        """Under torchrun, all-reduce the gradients (mean over ranks) in one flat buffer."""
+    def _average_gradients(self, loss: torch.Tensor) -> torch.Tensor:
+        """Under torchrun, all-reduce the gradients and ``loss`` (mean over ranks) in one flat buffer.
+
+        The loss rides along so that a NaN on any rank is seen by every rank in the same step, and all
+        stop together instead of some waiting forever in the next all-reduce. Returns the mean loss.
+        """
         if self.world == 1:
-            return
+            return loss
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        dtype = grads[0].dtype if grads else loss.dtype
+        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.reshape(1).to(dtype)])
         dist.all_reduce(flat)
         flat /= self.world
         offset = 0
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
+        return flat[-1]
+
+    def _kept(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint (step {self.saved_step}) is kept in {self.ckpt_dir / 'last.pt'}"
 
     def train_step(self) -> dict:
         cfg = self.cfg
@@ -374,23 +474,31 @@ class Trainer:
             group["lr"] = lr_at(self.step, cfg)
         self.optimizer.zero_grad(set_to_none=True)
         logs_sum: dict[str, float] = {}
+        loss_sum = torch.zeros((), device=self.device)
         for _ in range(cfg.grad_accum):
             batch = to_device(next(self.stream), self.device)
             with self._autocast():
                 losses, logs = self.task.losses(batch, self.step)
             total = sum(v for v in losses.values() if v is not None)
-            if not torch.isfinite(total.detach()):
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items())
-                raise TrainingError(f"loss is {float(total.detach())} at step {self.step} ({terms}); the last good "
-                                    f"checkpoint is kept; lower train.lr or check the data")
+            # A non-finite loss only poisons the gradients, which are thrown away below: no step is taken.
             self.scaler.scale(total / cfg.grad_accum).backward()
+            loss_sum += total.detach().float() / cfg.grad_accum
             for k, v in logs.items():
                 logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / cfg.grad_accum
-        self._average_gradients()
+        mean_loss = float(self._average_gradients(loss_sum))
+        if not math.isfinite(mean_loss):
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in logs_sum.items())
+            where = f" (rank {self.rank}: " if self.world > 1 else " ("
+            raise TrainingError(f"loss is {mean_loss} at step {self.step}{where}{terms}); {self._kept()}; lower "
+                                f"train.lr or check the data")
         self.scaler.unscale_(self.optimizer)
         for group in self.optimizer.param_groups:
-            norm = torch.nn.utils.clip_grad_norm_(group["params"], cfg.grad_clip or float("inf"))
-            logs_sum[f"grad_norm/{group['name']}"] = float(norm)
+            norm = float(torch.nn.utils.clip_grad_norm_(group["params"], cfg.grad_clip or float("inf")))
+            # fp16's GradScaler skips steps with inf gradients by design; without it they would poison the weights
+            if not math.isfinite(norm) and not self.scaler.is_enabled():
+                raise TrainingError(f"gradient norm of {group['name']} is {norm} at step {self.step} (loss "
+                                    f"{mean_loss:.4g}); {self._kept()}; lower train.lr or set train.grad_clip")
+            logs_sum[f"grad_norm/{group['name']}"] = norm
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
@@ -466,18 +574,22 @@ class Trainer:
                     if self.main and not use_bar:
                         terms = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if "/" not in k)
                         print(f"step {self.step}/{cfg.steps} {terms} {ips:.1f} img/s", flush=True)
-                out_of_time = cfg.max_minutes is not None and time.time() - start > 60 * cfg.max_minutes
-                finishing = self.step == cfg.steps or out_of_time or self.stop_reason is not None
+                if cfg.max_minutes is not None and time.time() - start > 60 * cfg.max_minutes:
+                    self.stop_reason = self.stop_reason or f"time budget of {cfg.max_minutes} min"
+                # Decided once per step, so a signal that lands later is saved at the end of the next step
+                # rather than skipped, and by all ranks together, so none is left waiting in an all-reduce.
+                stopping = any_rank(self.stop_reason is not None, self.device)
+                if stopping and self.stop_reason is None:
+                    self.stop_reason = "another rank was stopped"
+                finishing = self.step == cfg.steps or stopping
                 if self.main and hasattr(self.task, "log_images") and (
                         self.step % cfg.image_every == 0 or finishing):
                     self.task.log_images(self.writer, self.eval_model, self.step)
-                if self.step % cfg.eval_every == 0 or finishing:
+                if self.main and (self.step % cfg.eval_every == 0 or finishing):
                     metrics = self._evaluate()
                 if self.step % cfg.checkpoint_every == 0 or finishing:
                     self.save("last.pt")
-                if out_of_time:
-                    self.stop_reason = f"time budget of {cfg.max_minutes} min"
-                if self.stop_reason is not None:
+                if stopping:
                     break
         finally:
             self.train_seconds += time.time() - start
@@ -523,8 +635,8 @@ RESUMABLE_KEYS = ("train.steps", "train.max_minutes", "train.log_every", "train.
                   "sample.", "bound_every", "bound_examples", "eval_samples", "ae.run", "out_dir")
 
 
-def prepare_run_dir(run_dir: str | Path, config_dict: dict, resume: bool) -> bool:
-    """Create ``run_dir`` with its resolved ``config.yaml``; return True when an earlier run continues.
+def check_run_dir(run_dir: str | Path, config_dict: dict, resume: bool) -> bool:
+    """Return True when ``run_dir`` holds an earlier run that this config continues.
 
     Re-running into a folder that holds ``checkpoints/last.pt`` continues that run, provided the config
     only differs in keys listed in RESUMABLE_KEYS (e.g. more ``train.steps``); anything else is one
@@ -549,10 +661,28 @@ def prepare_run_dir(run_dir: str | Path, config_dict: dict, resume: bool) -> boo
                               f"pick another name=... or delete that folder")
     elif resume:
         raise ConfigError(f"--resume: {last} does not exist, so there is nothing to continue")
-    if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
     return last.exists()
+
+
+def write_run_config(run_dir: str | Path, config_dict: dict) -> None:
+    """Rank 0 writes ``run_dir/config.yaml`` (atomically: a kill never leaves half a file)."""
+    import yaml
+
+    if dist.is_initialized():
+        dist.barrier()  # every rank has read the old config.yaml before rank 0 replaces it
+    if is_main_process():
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f".config.yaml.tmp{os.getpid()}"
+        tmp.write_text(yaml.safe_dump(config_dict, sort_keys=False))
+        os.replace(tmp, run_dir / "config.yaml")
+
+
+def prepare_run_dir(run_dir: str | Path, config_dict: dict, resume: bool) -> bool:
+    """``check_run_dir`` then ``write_run_config``: True when an earlier run continues."""
+    resuming = check_run_dir(run_dir, config_dict, resume)
+    write_run_config(run_dir, config_dict)
+    return resuming
 
 
 def train(task, train_set, cfg: TrainConfig, run_dir, config_dict: dict, device, resume: bool,
@@ -562,16 +692,26 @@ def train(task, train_set, cfg: TrainConfig, run_dir, config_dict: dict, device,
     Prints how to resume after SIGINT/SIGTERM or a time budget; raises TrainingError on NaN.
     """
     trainer = Trainer(task, train_set, cfg, run_dir, config_dict, device, num_workers)
-    resuming = prepare_run_dir(run_dir, config_dict, resume)
+    resuming = check_run_dir(run_dir, config_dict, resume)
     if resuming:
         trainer.try_resume()
         if is_main_process():
             print(f"resuming {run_dir} from step {trainer.step}", flush=True)
+    if trainer.world > 1:  # a rank that cannot see rank 0's last.pt would silently start over
+        lo_hi = torch.tensor([-trainer.step, trainer.step], device=trainer.device)
+        dist.all_reduce(lo_hi, op=dist.ReduceOp.MAX)
+        if -lo_hi[0] != lo_hi[1]:
+            raise TrainingError(f"ranks would resume {run_dir} from different steps ({-int(lo_hi[0])} to "
+                                f"{int(lo_hi[1])}); put out_dir on a filesystem that every node shares")
+    write_run_config(run_dir, config_dict)  # only now: a checkpoint that does not load leaves the folder as it was
+    if is_main_process():
+        remove_stale_temporaries(trainer.ckpt_dir)  # left by a run killed while saving
     trainer.fit()
     if is_main_process():
         if trainer.stop_reason is not None:
-            cmd = " ".join(argv if argv is not None else sys.argv)
+            cmd = shlex.join(argv if argv is not None else sys.argv)
+            launcher = "torchrun <the same options> " if trainer.world > 1 else "python "
             print(f"stopped at step {trainer.step} ({trainer.stop_reason}); checkpoint saved to "
-                  f"{trainer.ckpt_dir / 'last.pt'}; resume with: python {cmd}", flush=True)
+                  f"{trainer.ckpt_dir / 'last.pt'}; resume with: {launcher}{cmd}", flush=True)
         print(f"TensorBoard logs: tensorboard --logdir {Path(run_dir) / 'tb'}", flush=True)
     return trainer
