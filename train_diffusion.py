@@ -51,19 +51,17 @@ def encode_split(cfg, autoencoder, ae_hash, dataset, split, device):
 def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, conditional, run_dir):
     """Decoded EMA samples from fixed noise; for attribute runs one row per value of the first attribute."""
     n = min(cfg.sample.num, 64)
-    g = torch.Generator().manual_seed(cfg.sample.seed)
-    noise = torch.randn(n, *latent_shape, generator=g)
     cond = uncond = None
     nrow = None
     if conditional and schema is not None and schema.names:
         values = schema.num_values(0)
         per_row = max(1, n // values)
         n = per_row * values
-        noise = noise[:n]
         cond = torch.full((n, len(schema.names)), -1, dtype=torch.long)
         cond[:, 0] = torch.arange(values).repeat_interleave(per_row)
         uncond = torch.full_like(cond, -1)
         nrow = per_row
+    noise = torch.randn(n, *latent_shape, generator=torch.Generator().manual_seed(cfg.sample.seed))
 
     def render(model, step):
         device = next(model.parameters()).device

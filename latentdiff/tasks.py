@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import torch
-from latentdiff.metrics.image import mse, psnr, ssim
 from torch import nn
 
 from latentdiff.conditioning import drop_attributes
 from latentdiff.latents import LatentNormaliser, sample_latents
+from latentdiff.metrics.image import mse, psnr, ssim
 from latentdiff.viz import image_grid, scatter_image
 
 
@@ -101,7 +101,9 @@ class DiffusionTask:
         self.from_cache, self.conditional = from_cache, conditional
         self.p_attr, self.p_all = drop_attribute_prob, drop_all_prob
         self.render = render
-        self.bound_every, self.bound_timesteps = bound_every, bound_timesteps
+        # Monte Carlo over t keeps the periodic bound cheap; with few timesteps it is the exact sum.
+        self.bound_every = bound_every
+        self.bound_timesteps = bound_timesteps if bound_timesteps < diffusion.num_timesteps - 1 else None
         self.extra_state = extra_state or {}
         # Fixed timesteps and noise for the validation loss, so its changes are the model's alone.
         g = torch.Generator().manual_seed(1234)
@@ -113,6 +115,13 @@ class DiffusionTask:
         return {"normaliser": self.normaliser.state(), **self.extra_state}
 
     def load_state(self, state: dict) -> None:
+        saved_ae, current_ae = state.get("ae"), self.extra_state.get("ae")
+        if saved_ae and current_ae and saved_ae["hash"] != current_ae["hash"]:
+            from latentdiff.training import CheckpointError
+
+            raise CheckpointError(f"this run was trained on autoencoder {saved_ae['path']} (hash "
+                                  f"{saved_ae['hash'][:12]}), ae.run now points at another one "
+                                  f"({current_ae['hash'][:12]}); use a new run name to train on it")
         if "normaliser" in state:
             self.normaliser = LatentNormaliser.from_state(state["normaliser"])
 

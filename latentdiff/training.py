@@ -628,8 +628,10 @@ def seed_everything(seed: int) -> None:
 
 # ----------------------------------------------------------------------------- run folders
 
-# Keys that may change when a run is continued: they do not alter what has been trained so far.
-RESUMABLE_KEYS = ("train.steps", "train.max_minutes", "train.log_every", "train.eval_every",
+# Keys that may change when a run is continued: they do not alter what has been trained so far
+# (train.lr and train.grad_clip so that a run stopped by a NaN loss can go on more gently).
+RESUMABLE_KEYS = ("train.steps", "train.max_minutes", "train.lr", "train.grad_clip", "train.log_every",
+                  "train.eval_every",
                   "train.image_every", "train.checkpoint_every", "train.device", "data.num_workers",
                   "data.root", "data.download", "latents.cache_dir", "latents.encode_batch_size",
                   "sample.", "bound_every", "bound_examples", "eval_samples", "ae.run", "out_dir")

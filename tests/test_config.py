@@ -44,6 +44,7 @@ def test_overrides_are_parsed_as_yaml_and_win_over_the_file(tmp_path):
     assert cfg.name == "x" and cfg.train.steps == 7 and cfg.train.lr == 1e-3
     assert cfg.model.channel_mults == [1, 2] and cfg.train.grad_clip is None
     assert isinstance(cfg.train.lr, float)
+    assert load_config(AERunConfig, None, ["train.lr=1e-4"]).train.lr == 1e-4  # YAML 1.1 reads this as a string
 
 
 def test_config_round_trips_through_a_plain_dict():
