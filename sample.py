@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from latentdiff.cli import user_errors  # noqa: E402
 from latentdiff.conditioning import UNSPECIFIED  # noqa: E402
 from latentdiff.pipeline import LatentDiffusion  # noqa: E402
-from latentdiff.training import pick_device  # noqa: E402
+from latentdiff.training import flush_denormals, pick_device  # noqa: E402
 from latentdiff.viz import image_grid, save_png  # noqa: E402
 
 
@@ -77,6 +77,7 @@ def condition_rows(ldm: LatentDiffusion, num: int, attrs: dict, grid_by: str | N
 def main(argv=None):
     args = parse_args(argv)
     with user_errors():
+        flush_denormals()
         device = pick_device(args.device)
         ldm = LatentDiffusion.from_run(args.run, checkpoint=args.checkpoint, use_ema=not args.no_ema,
                                        device=device)

@@ -105,8 +105,8 @@ class AEModelConfig:
     """Autoencoder architecture; see ``autoencoders.build_autoencoder``."""
 
     kind: Literal["vae", "rae", "ae"] = "vae"
-    base_channels: int = field(default=32, metadata=check(min=1))
-    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
+    base_channels: int = field(default=16, metadata=check(min=1))  # full-resolution width: keep it lean
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 4])
     num_res_blocks: int = field(default=1, metadata=check(min=0))
     latent_channels: int = field(default=4, metadata=check(min=1))
     latent_dim: int | None = field(default=None, metadata=check(min=1))  # vector latents via a flattening head

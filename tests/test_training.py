@@ -78,8 +78,8 @@ def test_checkpoint_holds_everything_and_loads_weights_only(tmp_path):
 
 def test_changed_config_in_an_existing_run_is_one_clear_error(tmp_path):
     run(tmp_path, "a", cfg(steps=2))
-    with pytest.raises(ConfigError, match=r"already holds a run trained with other settings \(train.lr"):
-        prepare_run_dir(tmp_path / "a", {"train": to_dict(cfg(steps=2, lr=1.0))}, resume=False)
+    with pytest.raises(ConfigError, match=r"already holds a run trained with other settings \(train.weight_decay"):
+        prepare_run_dir(tmp_path / "a", {"train": to_dict(cfg(steps=2, weight_decay=0.5))}, resume=False)
     with pytest.raises(ConfigError, match="nothing to continue"):
         prepare_run_dir(tmp_path / "fresh", {}, resume=True)
 
