@@ -538,6 +538,7 @@ class Trainer:
         if self.writer is not None:
             for k, v in metrics.items():
                 self.writer.add_scalar(f"eval/{k}", v, self.step)
+            print(f"eval step {self.step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
         best_spec = getattr(self.task, "best_metric", None)
         if best_spec and best_spec[0] in metrics:
             name, mode = best_spec
