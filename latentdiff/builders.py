@@ -45,6 +45,16 @@ def autoencoder_checkpoint(run: str | Path, checkpoint: str = "best") -> Path:
     return path
 
 
+def load_weights(module, state: dict, use_ema: bool, what: str) -> None:
+    """Load a checkpoint's EMA weights (when asked and present) or raw weights into ``module``."""
+    weights = state["ema"]["module"] if use_ema and state.get("ema") else state["model"]
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{what}: weights do not fit the architecture in its config "
+                              f"({str(e).splitlines()[0][:120]})") from None
+
+
 def load_autoencoder(path: str | Path, use_ema: bool = True, device="cpu"):
     """A frozen autoencoder (EMA weights where present) from a stage-one checkpoint file."""
     state = load_checkpoint(path, map_location="cpu")
@@ -53,12 +63,7 @@ def load_autoencoder(path: str | Path, use_ema: bool = True, device="cpu"):
         raise CheckpointError(f"{path} is not a stage-one (autoencoder) checkpoint")
     cfg = from_dict(AERunConfig, state["config"])
     model = build_autoencoder_from_config(cfg, tuple(task_state["sample_shape"]))
-    weights = state["ema"]["module"] if use_ema and state.get("ema") else state["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the architecture in its config "
-                              f"({str(e).splitlines()[0][:120]})") from None
+    load_weights(model, state, use_ema, what=str(path))
     model.sample_shape = tuple(task_state["sample_shape"])  # the images it was trained on
     return model.to(device).eval().requires_grad_(False)
 
@@ -109,12 +114,7 @@ def build_ldm_from_checkpoint(state: dict, use_ema: bool = True, device="cpu"):
     schema = AttributeSchema.from_dict(task_state["schema"]) if task_state.get("schema") else None
     num_values = task_state.get("num_values") if cfg.conditioning.enabled else None
     denoiser = build_denoiser(cfg.denoiser, latent_shape, num_values)
-    weights = state["ema"]["module"] if use_ema and state.get("ema") else state["model"]
-    try:
-        denoiser.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"denoiser weights do not fit the config stored with them "
-                              f"({str(e).splitlines()[0][:120]})") from None
+    load_weights(denoiser, state, use_ema, what="the denoiser checkpoint")
     autoencoder = None
     ae = task_state.get("ae")
     if ae:

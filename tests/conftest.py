@@ -1,8 +1,19 @@
-"""Shared test fixtures: a tiny task for the training loop."""
+"""Shared test fixtures: one thread for in-process tests, a tiny task for the training loop."""
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: threads gain nothing, and on a shared 2-core machine OpenMP barriers
+    between many small ops make the tests many times slower. One thread keeps them fast and steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class ToyTask:

@@ -20,16 +20,6 @@ TINY = dict(in_channels=1, image_size=8, base_channels=8, channel_mults=(1, 2), 
             latent_channels=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: threads gain nothing, and on a shared 2-core machine OpenMP barriers
-    between many small ops make the tests many times slower. One thread keeps them fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(kind="rae", **arch):
     torch.manual_seed(0)
     return build_autoencoder(kind, **{**TINY, **arch})

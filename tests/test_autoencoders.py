@@ -12,16 +12,6 @@ from autoencoders import VAE, AutoencoderObjective, DeterministicAE, DiagonalGau
 TINY = dict(base_channels=8, num_res_blocks=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: threads gain nothing, and on a shared 2-core machine OpenMP barriers
-    between many small ops make the tests many times slower. One thread keeps them fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("kind", ["vae", "rae"])
 @pytest.mark.parametrize("channel_mults,factor", [((1,), 1), ((1, 2), 2), ((1, 2, 2), 4), ((1, 1, 2, 2), 8)])
 def test_latent_shape_follows_downsampling_factor(kind, channel_mults, factor):

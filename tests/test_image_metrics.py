@@ -9,16 +9,6 @@ import torch
 from latentdiff.metrics.image import gaussian_window, lpips_distance, mse, psnr, ssim
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: threads gain nothing, and on a shared 2-core machine OpenMP barriers
-    between many small ops make the tests many times slower. One thread keeps them fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_mse_and_psnr_closed_forms():
     a = torch.zeros(2, 1, 4, 4)
     b = torch.full((2, 1, 4, 4), 0.1)
