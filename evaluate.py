@@ -1,0 +1,457 @@
+#!/usr/bin/env python
+"""Metrics of a trained run (stage one or stage two): a printed markdown table and <run>/eval.json.
+
+    python evaluate.py --run runs/shapes_ldm_kl --num 1000
+    python evaluate.py --run runs/fashion_mnist_ae_rae --baselines gmm
+    python evaluate.py --run runs/toy_swissroll
+
+Image sets are compared with ``--num`` held-out test images (the reference) through the judge: a small
+CNN trained on the dataset's own labels (cached in <run's parent>/classifiers/, trained on first use,
+a minute or two on a CPU). Each set in ``samples`` is one of
+  data             other held-out images (test, or train when the test split is too small): the floor
+  reconstructions  the autoencoder's reconstructions of those images: the best any prior can do
+  ldm              unconditional latent diffusion samples
+  ldm_conditional  samples asked for the reference images' attributes, with --guidance (attribute runs)
+  prior            the VAE's own prior, z ~ N(0, I), decoded (VAE runs)
+  gmm              ex-post GMM (Ghosh et al. 2020), fitted on the training latents, sampled and decoded
+and carries fd (judge features), precision and recall (k = 3), fd_inception (null without local
+Inception weights), attribute_accuracy (per attribute and joint; vs the asked-for or true values),
+value_entropy (normalised entropy of each attribute's predicted values), diversity (per attribute value:
+other attributes' entropy and mean pairwise feature distance) and pairwise_distance; 2-D point runs get
+fd, precision, recall and sliced_wasserstein on the points themselves.
+
+eval.json keys: run, stage ("autoencoder" | "diffusion"), dataset, autoencoder (kind), settings, judge
+(path, test_accuracy, test_size, feature_dim), reconstruction (mse, psnr, ssim, lpips), likelihood
+(latent_bpd, bpd, bpd_standard_prior, bpd_gmm_prior, terms, decoder_variance, examples, timesteps),
+samples {set: metrics}, notes (what was skipped and why). Absent figures are null.
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
+
+import torch  # noqa: E402
+
+from latentdiff.cli import user_errors  # noqa: E402
+from latentdiff.training import flush_denormals, pick_device  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a train_ae.py or train_diffusion.py run folder")
+    p.add_argument("--num", type=int, default=1000, help="images per set, and held-out reference images")
+    p.add_argument("--batch-size", type=int, default=250, help="images per sampling / network batch")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the run's sample.sampler")
+    p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the run's, else 50 / all T)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the run's sample.eta)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale of ldm_conditional (default: the run's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baselines", default="auto",
+                   help="comma list of prior,gmm, or none; auto: prior for VAEs, gmm where scikit-learn is installed")
+    p.add_argument("--gmm-components", type=int, default=10)
+    p.add_argument("--gmm-fit-examples", type=int, default=10000, help="training latents the GMM is fitted on")
+    p.add_argument("--bound-examples", type=int, default=256, help="held-out images for the likelihood bounds")
+    p.add_argument("--bound-timesteps", type=int, default=None,
+                   help="Monte Carlo timesteps of the diffusion bound (default: the exact sum over all T)")
+    p.add_argument("--classifier-dir", default=None, help="judge cache (default: <run's parent>/classifiers)")
+    p.add_argument("--classifier-steps", type=int, default=None, help="judge training steps (default 600)")
+    p.add_argument("--no-inception", action="store_true", help="skip the Inception FD even where weights exist")
+    p.add_argument("--checkpoint", choices=["best", "last"], default=None,
+                   help="default: last for diffusion runs, best for autoencoder runs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="JSON path (default: <run>/eval.json)")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def check_args(args) -> list[str]:
+    """One-line ValueErrors for values that cannot work; returns the baselines asked for."""
+    from latentdiff.baselines import sklearn_available
+
+    if args.num < 4:
+        raise ValueError(f"--num {args.num}: give at least 4 (precision/recall use each set's 3rd nearest neighbour)")
+    for name in ("batch_size", "bound_examples", "gmm_components", "gmm_fit_examples"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    for name in ("steps", "bound_timesteps", "classifier_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if args.baselines == "auto":
+        return ["prior"] + (["gmm"] if sklearn_available() else [])
+    chosen = [] if args.baselines == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    for b in chosen:
+        if b not in ("prior", "gmm"):
+            raise ValueError(f"--baselines: {b!r} is not a baseline; give a comma list of prior,gmm, or none")
+    if "gmm" in chosen and not sklearn_available():
+        raise ValueError("--baselines gmm needs scikit-learn: pip install 'scikit-learn>=1.3' (or leave gmm out)")
+    return chosen
+
+
+def load_run(run_dir: Path, checkpoint: str | None, device):
+    """(stage, config dict, autoencoder or None, LatentDiffusion or None) of a run folder."""
+    from latentdiff.builders import build_ldm_from_checkpoint, load_autoencoder
+    from latentdiff.training import load_checkpoint
+
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--run: {run_dir} has no checkpoints/ folder; give a train_ae.py or "
+                                f"train_diffusion.py run folder")
+    names = [checkpoint] if checkpoint else ["best", "last"]
+    path = next((folder / f"{n}.pt" for n in names if (folder / f"{n}.pt").exists()), folder / "last.pt")
+    state = load_checkpoint(path, map_location="cpu")
+    task = state.get("task", {})
+    if "latent_shape" in task:
+        if checkpoint is None:  # diffusion runs sample from the last EMA weights, as sample.py does
+            path = folder / "last.pt"
+            state = load_checkpoint(path, map_location="cpu")
+        ldm = build_ldm_from_checkpoint(state, device=device)
+        return "diffusion", state["config"], ldm.autoencoder, ldm
+    if "sample_shape" in task:
+        return "autoencoder", state["config"], load_autoencoder(path, device=device), None
+    raise ValueError(f"--run: {path} is neither an autoencoder nor a diffusion checkpoint")
+
+
+def stacked(dataset, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items start..start+n of a dataset as (x (n, ...), attrs (n, A))."""
+    from torch.utils.data import DataLoader, Subset
+
+    loader = DataLoader(Subset(dataset, range(start, min(start + n, len(dataset)))), batch_size=500)
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
+
+
+@torch.no_grad()
+def encode(autoencoder, images: torch.Tensor, sample: bool, generator, batch_size: int) -> torch.Tensor:
+    """Latents of images, batched: z ~ q(z|x) when ``sample`` (a VAE), else the posterior mode."""
+    device = next(autoencoder.parameters()).device
+    out = []
+    for chunk in images.split(batch_size):
+        posterior = autoencoder.encode(chunk.to(device))
+        out.append((posterior.sample(generator=generator) if sample else posterior.mode()).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def decode(autoencoder, latents: torch.Tensor, batch_size: int, clamp: bool = True) -> torch.Tensor:
+    """Images of latents, batched; ``clamp=False`` keeps the raw decoder means (the Gaussian decoder's)."""
+    device = next(autoencoder.parameters()).device
+    images = torch.cat([autoencoder.decode(z.to(device)).cpu() for z in latents.split(batch_size)])
+    return images.clamp(-1, 1) if clamp else images
+
+
+class Scorer:
+    """Scores image (or point) sets against one reference set with the judge's features and heads."""
+
+    def __init__(self, reference: torch.Tensor, judge=None, schema=None, inception=None, batch_size: int = 250):
+        self.judge, self.schema, self.inception, self.batch_size = judge, schema, inception, batch_size
+        self.points = reference.dim() == 2
+        self.reference = reference
+        self.ref_features = self.features(reference)[0]
+        self.ref_inception = self.inception_features(reference)
+
+    def features(self, x: torch.Tensor):
+        if self.points:
+            return x.double(), None
+        if self.judge is None:
+            return None, None
+        return self.judge.judge(x, self.batch_size)
+
+    def inception_features(self, x: torch.Tensor):
+        from latentdiff.metrics.inception import inception_features
+
+        return inception_features(self.inception, x) if self.inception is not None else None
+
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> dict:
+        """Metrics of set x; ``targets`` (n, A): the attribute values asked for (or true), if any."""
+        from latentdiff.metrics.classifier import attribute_accuracy, diversity_by_value, normalised_entropy
+        from latentdiff.metrics.distribution import (
+            frechet_distance,
+            mean_pairwise_distance,
+            precision_recall,
+            sliced_wasserstein,
+        )
+
+        out = {"count": int(x.shape[0])}
+        feats, predicted = self.features(x)
+        if feats is not None:
+            out["fd"] = frechet_distance(feats, self.ref_features)
+            out.update(precision_recall(self.ref_features, feats, k=3))
+            out["pairwise_distance"] = mean_pairwise_distance(feats)
+        if self.points:
+            n = min(len(x), len(self.reference))
+            g = torch.Generator().manual_seed(0)
+            out["sliced_wasserstein"] = sliced_wasserstein(x[:n], self.reference[:n], generator=g)
+            return out
+        inc = self.inception_features(x)
+        out["fd_inception"] = frechet_distance(inc, self.ref_inception) if inc is not None else None
+        if predicted is not None and self.schema.names:
+            if targets is not None:
+                out["attribute_accuracy"] = attribute_accuracy(predicted, targets, self.schema)
+            out["value_entropy"] = {name: normalised_entropy(predicted[:, a], self.schema.num_values(a))
+                                    for a, name in enumerate(self.schema.names)}
+            groups = targets if targets is not None else predicted
+            out["diversity"] = diversity_by_value(feats, predicted, groups, self.schema)
+        return out
+
+
+def sample_settings(args, run_config: dict) -> dict:
+    """Sampler, steps, eta and guidance: the command line's, else the run's ``sample`` section's."""
+    run_sample = run_config.get("sample", {})
+    sampler = args.sampler or run_sample.get("sampler", "ddim")
+    steps = args.steps
+    if steps is None:
+        steps = run_sample.get("steps") if sampler == run_sample.get("sampler", "ddim") else None
+        steps = 50 if steps is None and sampler == "ddim" else steps
+    eta = args.eta if args.eta is not None else (run_sample.get("eta", 0.0) if sampler == "ddim" else 0.0)
+    guidance = args.guidance if args.guidance is not None else run_sample.get("guidance_scale", 1.0)
+    return {"sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}
+
+
+def likelihood(args, autoencoder, ldm, test_set, gmm, gmm_space: str, device) -> dict:
+    """Latent diffusion bound on held-out latents and, for VAEs, the two-stage bounds on images."""
+    from latentdiff.latents import LatentNormaliser
+    from latentdiff.metrics.likelihood import (
+        diffusion_latent_nll,
+        fit_decoder_variance,
+        standard_normal_nll,
+        vae_bound,
+    )
+
+    k = min(args.bound_examples, len(test_set) // 2 if autoencoder is not None else len(test_set))
+    x, _ = stacked(test_set, 0, k)
+    out = {"examples": k, "timesteps": args.bound_timesteps or "exact"}
+    normaliser = ldm.normaliser if ldm is not None else LatentNormaliser.identity()
+    g_diff = torch.Generator(device=device).manual_seed(args.seed + 1)
+    latent_nll = None
+    if ldm is not None:
+        latent_nll = diffusion_latent_nll(ldm.diffusion, ldm.denoiser, normaliser, mc_timesteps=args.bound_timesteps,
+                                          generator=g_diff)
+    stochastic = autoencoder is not None and not getattr(autoencoder, "is_deterministic", False)
+    if not stochastic:  # a deterministic autoencoder (or none): a bound on latents only, no likelihood of x
+        if ldm is not None:
+            z = encode(autoencoder, x, False, None, args.batch_size) if autoencoder is not None else x
+            z = normaliser.normalise(z)
+            bound = ldm.diffusion.nll_bound(ldm.denoiser, z.to(device), mc_timesteps=args.bound_timesteps,
+                                            generator=g_diff)
+            out["latent_bpd"] = float(bound["bpd"].mean())
+            out["terms"] = {t: float(bound[t].mean()) for t in ("prior", "diffusion", "decoder", "total")}
+        return out
+    x_fit, _ = stacked(test_set, k, k)  # other held-out images fit the decoder variance
+    g_fit = torch.Generator(device=device).manual_seed(args.seed + 2)
+    with torch.no_grad():
+        z_fit = encode(autoencoder, x_fit, True, g_fit, args.batch_size)
+        var = fit_decoder_variance(x_fit, decode(autoencoder, z_fit, args.batch_size, clamp=False))
+    out["decoder_variance"] = var
+    priors = {"bpd_standard_prior": standard_normal_nll}
+    if gmm is not None:
+        shift = normaliser if gmm_space == "normalised" else LatentNormaliser.identity()
+        priors["bpd_gmm_prior"] = lambda z: gmm.nll(shift.normalise(z)) - shift.log_det_jacobian(tuple(z.shape[1:]))
+    if latent_nll is not None:
+        priors["bpd"] = latent_nll
+    x = x.to(device)
+    for key, nll in priors.items():
+        g = torch.Generator(device=device).manual_seed(args.seed + 3)  # the same z draws for every prior
+        bound = vae_bound(autoencoder, x, nll, var, generator=g)
+        out[key] = float(bound["bpd"].mean())
+        if key == "bpd":
+            out["terms"] = {t: float(bound[t].mean()) for t in ("reconstruction", "neg_entropy", "latent_prior",
+                                                              "total")}
+            dz = math.prod(ldm.latent_shape)
+            log_det = normaliser.log_det_jacobian(tuple(ldm.latent_shape))
+            out["latent_bpd"] = float((bound["latent_prior"] + log_det).mean()) / (dz * math.log(2))
+    return out
+
+
+def reconstruction_metrics(images, recon, notes) -> dict:
+    from latentdiff.metrics.image import lpips_distance, mse, psnr, ssim
+
+    out = {"mse": float(mse(recon, images)), "psnr": float(psnr(recon, images)), "lpips": None}
+    out["ssim"] = float(ssim(recon, images)) if min(images.shape[-2:]) >= 11 else None
+    try:
+        out["lpips"] = float(lpips_distance(recon, images, net="alex"))
+    except FileNotFoundError as e:
+        notes.append(f"lpips skipped: {e}")
+    return out
+
+
+def finite(v):
+    """NaN and infinities (an empty group, a perfect reconstruction) as JSON null, recursively."""
+    if isinstance(v, dict):
+        return {str(k): finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [finite(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def fmt(v, digits=3):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def table(result: dict) -> str:
+    """The markdown tables printed at the end."""
+    lines = []
+    sets = result["samples"]
+    names = result.get("attributes", [])
+    if sets:
+        first = next(iter(sets.values()))
+        if "sliced_wasserstein" in first:
+            cols = ["fd", "precision", "recall", "sliced_wasserstein"]
+        else:
+            cols = ["fd", "precision", "recall", "fd_inception", "joint", *names, "other_entropy",
+                    "pairwise_distance"]
+        lines += ["| set | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for name, m in sets.items():
+            acc = m.get("attribute_accuracy", {})
+            div = m.get("diversity", {})
+            entropies = [d["other_entropy"] for d in div.values() if not math.isnan(d["other_entropy"])]
+            row = {**m, **{a: acc.get(a) for a in (*names, "joint")},
+                   "other_entropy": sum(entropies) / len(entropies) if entropies else None}
+            lines.append(f"| {name} | " + " | ".join(fmt(row.get(c)) for c in cols) + " |")
+    judged = (result.get("judge") or {}).get("test_accuracy", {})
+    extra = {**{f"judge test accuracy ({a})": v for a, v in judged.items()}, **(result.get("reconstruction") or {}),
+             **{k: v for k, v in (result.get("likelihood") or {}).items() if not isinstance(v, dict)}}
+    if extra:
+        lines += ["", "| quantity | value |", "|---|---|"] + [f"| {k} | {fmt(v, 4)} |" for k, v in extra.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with user_errors():
+        flush_denormals()
+        baselines = check_args(args)
+        device = pick_device(args.device)
+        return evaluate(args, baselines, device)
+
+
+def evaluate(args, baselines: list[str], device) -> dict:
+    from latentdiff.builders import build_data
+    from latentdiff.config import DataConfig, from_dict
+
+    progress = not args.no_progress and sys.stderr.isatty()
+    run_dir = Path(args.run)
+    stage, config, autoencoder, ldm = load_run(run_dir, args.checkpoint, device)
+    data_cfg = from_dict(DataConfig, config["data"])
+    test_set = build_data(data_cfg, "test")
+    schema = test_set.schema
+    notes: list[str] = []
+    n = min(args.num, len(test_set))
+    if n < args.num:
+        notes.append(f"the test split holds {len(test_set)} images: sets of {n}, not --num {args.num}")
+    reference, ref_attrs = stacked(test_set, 0, n)
+    if len(test_set) >= 2 * n:
+        floor, floor_attrs, floor_source = *stacked(test_set, n, n), "test"
+    else:
+        floor, floor_attrs, floor_source = *stacked(build_data(data_cfg, "train"), 0, n), "train"
+    is_image = reference.dim() == 4
+    result = {"run": str(run_dir), "stage": stage, "dataset": data_cfg.name,
+              "autoencoder": getattr(autoencoder, "kind", None), "attributes": list(schema.names),
+              "settings": {"num": n, "seed": args.seed, "data_source": floor_source, "baselines": baselines},
+              "judge": None, "reconstruction": None, "likelihood": None, "samples": {}, "notes": notes}
+
+    judge = inception = None
+    if is_image and schema.names:
+        from latentdiff.metrics.classifier import load_or_train_classifier
+
+        folder = Path(args.classifier_dir) if args.classifier_dir else run_dir.resolve().parent / "classifiers"
+        settings = {"steps": args.classifier_steps} if args.classifier_steps else {}
+        judge, record, path = load_or_train_classifier(config["data"], folder, device, progress, **settings)
+        result["judge"] = {"path": str(path), "test_accuracy": record["test_accuracy"],
+                           "test_size": record["test_size"], "feature_dim": judge.arch["feature_dim"]}
+        print(f"judge {path}: test accuracy {record['test_accuracy']}", flush=True)
+    elif is_image:
+        notes.append(f"dataset {data_cfg.name!r} has no attributes: no judge, so no domain FD, accuracy or diversity")
+    if is_image and not args.no_inception:
+        from latentdiff.metrics.inception import InceptionUnavailable, load_inception
+
+        try:
+            inception = load_inception(device=device)
+        except InceptionUnavailable as e:
+            notes.append(f"fd_inception skipped: {e}")
+    score = Scorer(reference, judge, schema, inception, args.batch_size)
+    targets = floor_attrs if schema.names else None
+    result["samples"]["data"] = score(floor, targets)
+
+    if autoencoder is not None:
+        recon = decode(autoencoder, encode(autoencoder, floor, False, None, args.batch_size), args.batch_size)
+        result["reconstruction"] = reconstruction_metrics(floor, recon, notes)
+        result["samples"]["reconstructions"] = score(recon, targets)
+
+    if ldm is not None:
+        s = sample_settings(args, config)
+        result["settings"].update(s)
+
+        def draw(attrs, seed):
+            g = torch.Generator(device=device).manual_seed(seed)
+            noise = torch.randn(n, *ldm.latent_shape, generator=g, device=device)
+            return ldm.sample(n, attrs=attrs, guidance_scale=s["guidance"], sampler=s["sampler"], steps=s["steps"],
+                              eta=s["eta"], generator=g, noise=noise, progress=progress,
+                              batch_size=args.batch_size).cpu()
+
+        print(f"sampling {n} with {s['sampler']} ({s['steps'] or 'all'} steps)", flush=True)
+        result["samples"]["ldm"] = score(draw(None, args.seed))
+        if ldm.conditional and schema.names:
+            result["samples"]["ldm_conditional"] = score(draw(ref_attrs, args.seed + 1), ref_attrs)
+
+    gmm, gmm_space = None, None
+    if autoencoder is not None or ldm is not None:
+        vae = autoencoder is not None and not autoencoder.is_deterministic
+        if "prior" in baselines and vae:
+            g = torch.Generator().manual_seed(args.seed + 4)
+            z = torch.randn(n, *autoencoder.latent_shape, generator=g)
+            result["samples"]["prior"] = score(decode(autoencoder, z, args.batch_size))
+        elif "prior" in baselines and args.baselines != "auto":
+            notes.append("prior baseline skipped: N(0, I) is a VAE's prior; this autoencoder is deterministic")
+        if "gmm" in baselines:
+            gmm, gmm_space = fit_gmm(args, autoencoder, ldm, data_cfg, vae)
+            z = gmm.sample(n, seed=args.seed + 5)
+            if gmm_space == "normalised":
+                z = ldm.normaliser.denormalise(z)
+            images = decode(autoencoder, z, args.batch_size) if autoencoder is not None else z
+            result["samples"]["gmm"] = score(images)
+            result["settings"]["gmm"] = {"components": args.gmm_components, "space": gmm_space,
+                                         "fit_examples": gmm.fit_examples, "converged": gmm.converged}
+
+    if ldm is not None or (autoencoder is not None and not autoencoder.is_deterministic):
+        print("likelihood bounds", flush=True)
+        result["likelihood"] = likelihood(args, autoencoder, ldm, test_set, gmm, gmm_space, device)
+
+    out = Path(args.out) if args.out else run_dir / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(finite(result), indent=1, allow_nan=False) + "\n")
+    print(table(result))
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {out}")
+    return result
+
+
+def fit_gmm(args, autoencoder, ldm, data_cfg, vae: bool):
+    """The GMM baseline, fitted on one latent per training image: z ~ q(z|x) for a VAE (what the diffusion
+    was trained on), the code itself otherwise; in the diffusion's normalised space when there is one."""
+    from latentdiff.baselines import GaussianMixturePrior
+    from latentdiff.builders import build_data
+
+    train_set = build_data(data_cfg, "train")
+    x, _ = stacked(train_set, 0, args.gmm_fit_examples)
+    g = torch.Generator(device=next(autoencoder.parameters()).device if autoencoder else "cpu")
+    g.manual_seed(args.seed + 6)
+    z = encode(autoencoder, x, vae, g, args.batch_size) if autoencoder is not None else x
+    space = "raw"
+    if ldm is not None:
+        z, space = ldm.normaliser.normalise(z), "normalised"
+    print(f"fitting a {args.gmm_components}-component GMM on {len(z)} {space} latents", flush=True)
+    return GaussianMixturePrior(z, args.gmm_components, seed=args.seed), space
+
+
+if __name__ == "__main__":
+    main()
