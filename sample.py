@@ -27,9 +27,11 @@ def parse_args(argv=None):
     p.add_argument("--run", required=True, help="a train_diffusion.py run folder")
     p.add_argument("--num", type=int, default=64, help="number of samples")
     p.add_argument("--batch-size", type=int, default=256, help="samples per reverse-process batch")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--steps", type=int, default=None, help="reverse steps (default: 50 for ddim, all T for ddpm)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 deterministic, 1 ~ DDPM)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the run's sample.sampler")
+    p.add_argument("--steps", type=int, default=None,
+                   help="reverse steps (default: the run's sample.steps with its sampler, else 50 for ddim, all T)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM stochasticity (0 deterministic, 1 ~ DDPM; default: the run's sample.eta)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE",
                    help="attribute to ask for (repeatable); the rest stay free")
@@ -83,10 +85,15 @@ def main(argv=None):
                                        device=device)
         cond, nrow = condition_rows(ldm, args.num, parse_attrs(args.attr), args.grid_by)
         num = cond.shape[0] if cond is not None else args.num
-        guidance = args.guidance if args.guidance is not None else ldm.config.get("sample", {}).get(
-            "guidance_scale", 1.0)
+        run_sample = ldm.config.get("sample", {})  # the run's own defaults, so one config file is one run
+        guidance = args.guidance if args.guidance is not None else run_sample.get("guidance_scale", 1.0)
+        if args.sampler is None:
+            args.sampler = run_sample.get("sampler", "ddim")
+            args.steps = args.steps if args.steps is not None else run_sample.get("steps")
         if args.sampler == "ddim" and args.steps is None:
             args.steps = 50
+        if args.eta is None:
+            args.eta = run_sample.get("eta", 0.0) if args.sampler == "ddim" else 0.0
         generator = torch.Generator(device=device).manual_seed(args.seed)
         noise = torch.randn(num, *ldm.latent_shape, generator=generator, device=device)
         images, latents = ldm.sample(num, attrs=cond, guidance_scale=guidance, sampler=args.sampler,
