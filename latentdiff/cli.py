@@ -36,8 +36,14 @@ def parse_cli(cls, argv=None, description: str = "", extra_args=None):
 
 
 def exit_with_error(err, status: int = 2):
-    """Print one clear line (no traceback) and exit."""
-    print(f"error: {err}", file=sys.stderr)
+    """Print one clear line (no traceback) and exit.
+
+    Under torchrun only global rank 0 prints, while every rank exits with ``status``: the errors that
+    reach here (config, data, checkpoints, joint NaN/stop decisions) are the same on every rank, and N
+    copies of one line hide it. ``LATENTDIFF_DEBUG=1`` makes every rank raise its traceback instead.
+    """
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"error: {err}", file=sys.stderr)
     sys.exit(status)
 
 

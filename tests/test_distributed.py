@@ -211,3 +211,14 @@ def test_commands_run_under_torchrun_and_only_rank_0_writes(launched):
 
 if __name__ == "__main__":
     worker(Path(sys.argv[1]))
+
+
+@pytest.mark.parametrize("rank, printed", [("0", True), ("1", False)])
+def test_a_user_error_is_printed_by_rank_0_only_and_every_rank_exits_2(monkeypatch, capsys, rank, printed):
+    from latentdiff.cli import exit_with_error
+
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as exit_info:
+        exit_with_error("data.name: 'shapez' is not a dataset")
+    assert exit_info.value.code == 2
+    assert ("error: data.name" in capsys.readouterr().err) == printed

@@ -1,11 +1,13 @@
 """Latent cache (encode once, reuse, rebuild on change) and latent normalisation."""
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 from latentdiff.latents import (
     LatentNormaliser,
+    NpyRows,
     build_latent_cache,
     cache_key,
     fit_normaliser,
@@ -51,7 +53,7 @@ def test_cache_stores_posterior_and_is_reused(tmp_path):
     assert torch.allclose(mean, x[:2, ::2, ::2] * 3.0) and torch.all(logvar == -2.0) and torch.equal(attrs, a)
     again = build_latent_cache(enc, data, tmp_path / "k", batch_size=16, progress=False)
     assert enc.calls == 40, "a second build must hit the cache, not re-encode"
-    assert isinstance(again.mean, np.memmap), "latents are memory-mapped, not loaded into RAM"
+    assert isinstance(again.mean, NpyRows), "latents are read from disk row by row, not loaded into RAM"
 
 
 def test_deterministic_encoder_stores_z_only(tmp_path):
@@ -102,3 +104,20 @@ def test_channel_normaliser_standardises_each_channel_and_round_trips():
     expected = float(torch.log(norm.scale.double()).sum()) * 16
     assert abs(norm.log_det_jacobian((3, 4, 4)) - expected) < 1e-9
     assert LatentNormaliser.identity().log_det_jacobian((3, 4, 4)) == 0.0
+
+
+def test_npy_rows_reads_what_numpy_wrote_and_refuses_a_truncated_file(tmp_path):
+    """NpyRows (pread per row) returns exactly the rows np.load sees, for ints, slices and negative indices."""
+    array = np.random.default_rng(0).standard_normal((37, 4, 3, 3)).astype(np.float32)
+    np.save(tmp_path / "a.npy", array)
+    rows = NpyRows(tmp_path / "a.npy")
+    assert len(rows) == 37 and rows.shape == array.shape
+    for i in (0, 5, 36, -1):
+        assert np.array_equal(rows[i], array[i])
+    assert np.array_equal(rows[3:20], array[3:20]) and np.array_equal(rows[30:100], array[30:])
+    with pytest.raises(IndexError):
+        rows[37]
+    data = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "b.npy").write_bytes(data[: len(data) - 100])
+    with pytest.raises(OSError, match="truncated"):
+        NpyRows(tmp_path / "b.npy")[36]
