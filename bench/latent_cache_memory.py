@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak resident memory while training reads a latent cache, as the cached dataset grows.
 
-    python bench/latent_cache_memory.py                      # 10k, 200k and 1M latents
+    python bench/latent_cache_memory.py                      # 10k, 200k, 1M and 4M latents (4 GiB)
     python bench/latent_cache_memory.py --sizes 10000 5000000 --batches 400
 
 For each size N a synthetic cache of N latents of shape 4×8×8 (float32, 1 KiB each, the layout
@@ -14,16 +14,17 @@ training loop's ``BatchStream``, exactly as ``train_diffusion.py`` does, and rep
     anon       the largest RssAnon seen: memory the process owns (heap, tensors, index permutations)
     file       RssFile at the end: cache pages mapped in, which are page cache the kernel may drop
 
-``mmap`` is ``LatentCache`` as training uses it (np.load with mmap_mode="r"); ``ram`` loads the
-same arrays with a plain np.load, for comparison. Everything is in MiB above the process's memory
-after its imports (``base_MiB``), so the columns show what the cache costs.
+``pread`` is ``LatentCache`` as training uses it (rows read with os.pread by ``NpyRows``); ``mmap``
+opens the same arrays with np.load(mmap_mode="r") and ``ram`` with a plain np.load, for comparison.
+Everything is in MiB above the process's memory after its imports (``base_MiB``), so the columns
+show what the cache costs.
 
-Reading the figures: ``anon`` is the memory a run needs; with mmap it stays flat (the shuffled index
-permutation, 8 bytes per latent, is all that grows with N). ``file`` counts cache pages mapped into
-the process; as the cache was just written they are all in the page cache, and the kernel maps
-whole neighbourhoods of pages at each fault, so it approaches the cache size; those pages are clean,
-shared and dropped by the kernel under memory pressure, which is what lets a cache larger than RAM
-train. ``peak_rss`` is the sum as ``ps`` or a scheduler would see it.
+Reading the figures: ``anon`` is the memory a run owns; it stays flat for pread and mmap (the
+shuffled index permutation, 8 bytes per latent, is all that grows with N). ``file`` counts cache
+pages mapped into the process: with mmap the kernel maps whole neighbourhoods of pages at each
+fault, so it approaches the cache size and ``peak_rss`` (what ``ps`` or a scheduler sees) grows with
+the dataset, even though those pages are clean and reclaimable; pread maps nothing, so its peak RSS
+is flat. The largest sizes exceed what one would hold in RAM next to a model.
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ def measure(folder: Path, mode: str, batches: int, batch_size: int) -> dict:
     from latentdiff.training import BatchStream
 
     base = proc_status()
-    cache = LatentCache(folder)
-    if mode == "ram":
-        cache.mean = np.load(folder / "mean.npy")  # the whole array read into memory
-        cache.attrs = np.load(folder / "attrs.npy")
+    cache = LatentCache(folder)  # mode "pread": as train_diffusion.py reads it
+    if mode in ("mmap", "ram"):
+        mmap_mode = "r" if mode == "mmap" else None  # ram: the whole array read into memory
+        cache.mean = np.load(folder / "mean.npy", mmap_mode=mmap_mode)
+        cache.attrs = np.load(folder / "attrs.npy", mmap_mode=mmap_mode)
     stream = BatchStream(cache, batch_size, seed=0)
     anon, checksum = 0.0, 0.0
     start = time.perf_counter()
@@ -101,7 +103,7 @@ def measure(folder: Path, mode: str, batches: int, batch_size: int) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 200_000, 1_000_000])
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 200_000, 1_000_000, 4_000_000])
     p.add_argument("--batches", type=int, default=200, help="batches read per measurement")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--dir", default=None, help="where to write the caches (default: a temporary folder)")
@@ -117,7 +119,7 @@ def main():
             write_cache(folder, n)
             size_mib = (folder / "mean.npy").stat().st_size / MIB
             row = {"latents": n, "cache_MiB": size_mib}
-            for mode in ("mmap", "ram"):
+            for mode in ("pread", "mmap", "ram"):
                 out = subprocess.run([sys.executable, __file__, "--measure", str(folder), mode,
                                       "--batches", str(args.batches), "--batch-size", str(args.batch_size)],
                                      capture_output=True, text=True, check=True, cwd=ROOT)
@@ -125,11 +127,11 @@ def main():
                 for k in ("peak_rss", "anon", "file", "batches_per_s"):
                     row[f"{mode}_{k}"] = r[k]
                 row["base_MiB"] = r["base"]
-            row["ram/mmap anon"] = row["ram_anon"] / max(row["mmap_anon"], 1e-9)
+            row["mmap/pread peak_rss"] = row["mmap_peak_rss"] / max(row["pread_peak_rss"], 1e-9)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    columns = ["latents", "cache_MiB", "mmap_anon", "ram_anon", "ram/mmap anon", "mmap_file", "mmap_peak_rss",
-               "ram_peak_rss", "mmap_batches_per_s", "ram_batches_per_s"]
+    columns = ["latents", "cache_MiB", "pread_peak_rss", "pread_anon", "pread_file", "mmap_peak_rss", "mmap_file",
+               "mmap/pread peak_rss", "ram_peak_rss", "pread_batches_per_s", "mmap_batches_per_s", "ram_batches_per_s"]
     write_results("latent_cache_memory", rows, columns,
                   extra={"batches": args.batches, "batch_size": args.batch_size, "latent_shape": LATENT_SHAPE,
                          "units": "MiB above the process's resident memory after imports (base_MiB)"})
