@@ -17,8 +17,9 @@ a minute or two on a CPU). Each set in ``samples`` is one of
 and carries fd (judge features), precision and recall (k = 3), fd_inception (null without local
 Inception weights), attribute_accuracy (per attribute and joint; vs the asked-for or true values),
 value_entropy (normalised entropy of each attribute's predicted values), diversity (per attribute value:
-other attributes' entropy and mean pairwise feature distance) and pairwise_distance; 2-D point runs get
-fd, precision, recall and sliced_wasserstein on the points themselves.
+other attributes' normalised entropy and mean pairwise feature distance; images grouped by the asked-for
+value, the true one for data and reconstructions, else the predicted one) and pairwise_distance; 2-D point
+runs get fd, precision, recall and sliced_wasserstein on the points themselves.
 
 eval.json keys: run, stage ("autoencoder" | "diffusion"), dataset, autoencoder (kind), settings, judge
 (path, test_accuracy, test_size, feature_dim), reconstruction (mse, psnr, ssim, lpips), likelihood
@@ -224,7 +225,9 @@ def likelihood(args, autoencoder, ldm, test_set, gmm, gmm_space: str, device) ->
 
     k = min(args.bound_examples, len(test_set) // 2 if autoencoder is not None else len(test_set))
     x, _ = stacked(test_set, 0, k)
-    out = {"examples": k, "timesteps": args.bound_timesteps or "exact"}
+    out = {"examples": k}
+    if ldm is not None:
+        out["timesteps"] = args.bound_timesteps or "exact"
     normaliser = ldm.normaliser if ldm is not None else LatentNormaliser.identity()
     g_diff = torch.Generator(device=device).manual_seed(args.seed + 1)
     latent_nll = None
@@ -306,14 +309,17 @@ def table(result: dict) -> str:
         if "sliced_wasserstein" in first:
             cols = ["fd", "precision", "recall", "sliced_wasserstein"]
         else:
-            cols = ["fd", "precision", "recall", "fd_inception", "joint", *names, "other_entropy",
+            shown = names if len(names) <= 6 else ["mean_accuracy"]  # CelebA's 40 would not fit a table
+            cols = ["fd", "precision", "recall", "fd_inception", "joint", *shown, "other_entropy",
                     "pairwise_distance"]
         lines += ["| set | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for name, m in sets.items():
             acc = m.get("attribute_accuracy", {})
             div = m.get("diversity", {})
             entropies = [d["other_entropy"] for d in div.values() if not math.isnan(d["other_entropy"])]
+            per_attribute = [acc[a] for a in names if a in acc]
             row = {**m, **{a: acc.get(a) for a in (*names, "joint")},
+                   "mean_accuracy": sum(per_attribute) / len(per_attribute) if per_attribute else None,
                    "other_entropy": sum(entropies) / len(entropies) if entropies else None}
             lines.append(f"| {name} | " + " | ".join(fmt(row.get(c)) for c in cols) + " |")
     judged = (result.get("judge") or {}).get("test_accuracy", {})
@@ -410,7 +416,7 @@ def evaluate(args, baselines: list[str], device) -> dict:
             z = torch.randn(n, *autoencoder.latent_shape, generator=g)
             result["samples"]["prior"] = score(decode(autoencoder, z, args.batch_size))
         elif "prior" in baselines and args.baselines != "auto":
-            notes.append("prior baseline skipped: N(0, I) is a VAE's prior; this autoencoder is deterministic")
+            notes.append("prior baseline skipped: N(0, I) is a VAE's prior, and this run has no VAE")
         if "gmm" in baselines:
             gmm, gmm_space = fit_gmm(args, autoencoder, ldm, data_cfg, vae)
             z = gmm.sample(n, seed=args.seed + 5)

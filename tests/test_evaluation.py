@@ -94,6 +94,17 @@ def test_domain_classifier_features_and_heads_have_the_documented_shapes():
     assert bool((predicted < torch.tensor([6, 2, 3])).all())
 
 
+def test_inception_fd_without_local_weights_is_one_line_and_the_code_path_runs(tmp_path, monkeypatch):
+    from latentdiff.metrics.inception import InceptionUnavailable, inception_features, load_inception
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty torch cache
+    with pytest.raises(InceptionUnavailable) as err:
+        load_inception()
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+    model = load_inception(pretrained=False)  # random weights: the resize, greyscale and pooling path
+    assert inception_features(model, torch.rand(1, 1, 16, 16) * 2 - 1).shape == (1, 2048)
+
+
 # -- likelihood --------------------------------------------------------------------------------------------
 def test_dequantised_decoder_nll_is_the_monte_carlo_expectation_over_the_bin():
     g = torch.Generator().manual_seed(0)

@@ -35,8 +35,10 @@ def load_inception(pretrained: bool = True, device="cpu") -> torch.nn.Module:
     import torchvision.models
 
     # transform_input=False: the Google weights expect inputs in [-1, 1], which our images already are.
+    # init_weights=False: PyTorch's default initialisation; torchvision's truncated-normal one is slow and
+    # would be overwritten by the weights anyway.
     model = torchvision.models.inception_v3(weights=None, aux_logits=True, transform_input=False,
-                                            init_weights=not pretrained)
+                                            init_weights=False)
     if pretrained:
         path = inception_weights_path()
         if not os.path.exists(path):
