@@ -131,9 +131,9 @@ def train_classifier(train_set, test_set, schema: AttributeSchema, steps: int = 
                      width: int = JUDGE_SETTINGS["width"], feature_dim: int = JUDGE_SETTINGS["feature_dim"],
                      seed: int = JUDGE_SETTINGS["seed"], device="cpu",
                      progress: bool = True) -> tuple[DomainClassifier, dict]:
-    """Train a ``DomainClassifier`` on ``train_set``'s labels (items ``(image, attrs)``) with Adam and a cosine
-    learning rate, for ``steps`` batches drawn with replacement; returns (model, test accuracy per attribute
-    and joint on ``test_set``)."""
+    """Train a ``DomainClassifier`` on ``train_set``'s labels (items ``(image, attrs)``) with Adam and a one-cycle
+    learning rate (10 % warm-up, cosine decay), for ``steps`` batches drawn with replacement; returns (model,
+    test accuracy per attribute and joint on the whole ``test_set``)."""
     from tqdm import tqdm
 
     if not schema.names:
@@ -163,13 +163,6 @@ def train_classifier(train_set, test_set, schema: AttributeSchema, steps: int = 
         predicted.append(model.judge(x)[1])
         labels.append(attrs)
     return model.eval(), attribute_accuracy(torch.cat(predicted), torch.cat(labels), schema)
-
-
-def first_items(dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` (images, attrs) of a dataset, stacked: (n, C, H, W), (n, A)."""
-    loader = DataLoader(torch.utils.data.Subset(dataset, range(min(n, len(dataset)))), batch_size=500)
-    xs, ys = zip(*loader)
-    return torch.cat(xs), torch.cat(ys)
 
 
 def classifier_key(data_config: dict, settings: dict) -> str:
