@@ -45,6 +45,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a train_ae.py or train_diffusion.py run folder")
     p.add_argument("--num", type=int, default=1000, help="images per set, and held-out reference images")
+    p.add_argument("--samples", action="append", default=[], metavar="NAME=FILE.npz",
+                   help="also score an outside set (e.g. a peer's samples): an .npz whose `images` are N×C×H×W "
+                        "in [-1, 1], like sample.py --npz writes (repeatable)")
     p.add_argument("--batch-size", type=int, default=250, help="images per sampling / network batch")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the run's sample.sampler")
     p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the run's, else 50 / all T)")
@@ -143,6 +146,29 @@ def decode(autoencoder, latents: torch.Tensor, batch_size: int, clamp: bool = Tr
     device = next(autoencoder.parameters()).device
     images = torch.cat([autoencoder.decode(z.to(device)).cpu() for z in latents.split(batch_size)])
     return images.clamp(-1, 1) if clamp else images
+
+
+def outside_sets(items: list[str], image_shape, n: int) -> dict:
+    """``NAME=FILE.npz`` → {name: the first n images}, checked against the run's image shape."""
+    import numpy as np
+
+    sets = {}
+    for item in items:
+        name, _, path = item.rpartition("=")
+        name = name or Path(path).stem
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--samples {item}: {path} does not exist")
+        with np.load(path) as f:
+            if "images" not in f:
+                raise ValueError(f"--samples {item}: {path} has no `images` array (write it with sample.py --npz)")
+            images = torch.from_numpy(f["images"][:n]).float()
+        if tuple(images.shape[1:]) != tuple(image_shape):
+            raise ValueError(f"--samples {item}: images are {tuple(images.shape[1:])}, the run's data "
+                             f"{tuple(image_shape)}; resize or pad them to match")
+        if len(images) < n:
+            print(f"note: --samples {name} holds {len(images)} images, fewer than --num {n}", flush=True)
+        sets[name] = images.clamp(-1, 1)
+    return sets
 
 
 class Scorer:
@@ -386,6 +412,8 @@ def evaluate(args, baselines: list[str], device) -> dict:
     score = Scorer(reference, judge, schema, inception, args.batch_size)
     targets = floor_attrs if schema.names else None
     result["samples"]["data"] = score(floor, targets)
+    for name, images in outside_sets(args.samples, reference.shape[1:], n).items():
+        result["samples"][name] = score(images)
 
     if autoencoder is not None:
         recon = decode(autoencoder, encode(autoencoder, floor, False, None, args.batch_size), args.batch_size)
