@@ -4,6 +4,7 @@ exact Gaussian models, the judge's metrics, the GMM baseline, and evaluate.py on
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from test_diffusion import exact_eps
@@ -243,8 +244,22 @@ def test_evaluate_writes_the_documented_json_for_a_diffusion_and_an_autoencoder_
     assert abs(terms["reconstruction"] + terms["neg_entropy"] + terms["latent_prior"] - terms["total"]) < 1e-6
     assert {"mse", "psnr", "ssim", "lpips"} <= set(saved["reconstruction"])
 
+    # an outside set (--samples) holding exactly the floor images scores exactly like the floor
+    import yaml
+
+    from latentdiff.builders import build_data
+    from latentdiff.config import DataConfig, from_dict
+
+    data_cfg = yaml.safe_load((out / "shapes_ae_kl" / "config.yaml").read_text())["data"]
+    test_set = build_data(from_dict(DataConfig, data_cfg), "test")
+    floor = torch.stack([test_set[i][0] for i in range(16, 32)]).numpy()
+    np.savez(tmp_path / "copy.npz", images=floor)
     result = evaluate.main(["--run", str(out / "shapes_ae_kl"), "--out", str(tmp_path / "ae.json"),
-                            "--baselines", "prior", *map(str, EVAL_TINY)])
+                            "--baselines", "prior", "--samples", f"copy={tmp_path / 'copy.npz'}",
+                            *map(str, EVAL_TINY)])
+    assert list(result["samples"]) == ["data", "copy", "reconstructions", "prior"]
+    assert result["samples"]["copy"]["fd"] == pytest.approx(result["samples"]["data"]["fd"], abs=1e-9)
+    del result["samples"]["copy"]
     assert result["stage"] == "autoencoder" and list(result["samples"]) == ["data", "reconstructions", "prior"]
     assert set(result["likelihood"]) >= {"bpd_standard_prior"} and "bpd" not in result["likelihood"]
     assert len(list((out / "classifiers").iterdir())) == 1  # one judge per dataset config, trained once
@@ -252,7 +267,8 @@ def test_evaluate_writes_the_documented_json_for_a_diffusion_and_an_autoencoder_
 
 @pytest.mark.parametrize("args, words", [(["--num", "2"], "at least 4"),
                                          (["--baselines", "flow"], "not a baseline"),
-                                         (["--run", "/nonexistent"], "no checkpoints/")])
+                                         (["--run", "/nonexistent"], "no checkpoints/"),
+                                         (["--samples", "peer=/nonexistent.npz"], "does not exist")])
 def test_evaluate_bad_input_is_one_clear_line(runs, args, words):  # noqa: F811
     out, _ = runs
     r = cli("evaluate.py", "--run", out / "shapes_ldm_kl", *args, check=False)
