@@ -42,14 +42,14 @@ def check(*, min=None, max=None, path=None, power_of_two=False, help=None):  # n
 class DataConfig:
     """Which dataset and split sizes; see ``latentdiff.data.build_dataset``."""
 
-    name: str = "shapes"
-    root: str | None = field(default=None, metadata=check(path="dir"))
-    download: bool = False
+    name: str = "shapes"  # shapes, mnist, fashion_mnist, cifar10, celeba, image_folder, swissroll, moons, ...
+    root: str | None = field(default=None, metadata=check(path="dir"))  # None: the dataset's usual places
+    download: bool = False  # fetch with torchvision when the files are absent
     image_size: int | None = field(default=None, metadata=check(min=1))  # None: the dataset's default
     train_size: int | None = field(default=None, metadata=check(min=1))  # None: the dataset's default
-    test_size: int | None = field(default=None, metadata=check(min=1))
-    seed: int = 0
-    num_workers: int = field(default=0, metadata=check(min=0))
+    test_size: int | None = field(default=None, metadata=check(min=1))  # None: the dataset's default
+    seed: int = 0  # synthetic datasets: which images are generated
+    num_workers: int = field(default=0, metadata=check(min=0))  # DataLoader worker processes
     options: dict = field(default_factory=dict)  # dataset-specific keyword arguments
 
     def __post_init__(self):
@@ -74,26 +74,26 @@ class DataConfig:
 class TrainConfig:
     """The shared training loop (``latentdiff.training``): optimiser, schedule, EMA, logging, checkpoints."""
 
-    steps: int = field(default=10_000, metadata=check(min=1))
-    batch_size: int = field(default=64, metadata=check(min=1))
-    grad_accum: int = field(default=1, metadata=check(min=1))
-    lr: float = field(default=2e-4, metadata=check(min=0.0))
-    weight_decay: float = field(default=0.0, metadata=check(min=0.0))
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = field(default=0, metadata=check(min=0))
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    steps: int = field(default=10_000, metadata=check(min=1))  # optimiser steps in all
+    batch_size: int = field(default=64, metadata=check(min=1))  # per process (torchrun: N·B globally)
+    grad_accum: int = field(default=1, metadata=check(min=1))  # micro-batches per optimiser step
+    lr: float = field(default=2e-4, metadata=check(min=0.0))  # AdamW peak learning rate
+    weight_decay: float = field(default=0.0, metadata=check(min=0.0))  # AdamW decoupled decay
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW β1, β2
+    warmup_steps: int = field(default=0, metadata=check(min=0))  # linear warm-up from 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after warm-up; cosine ends at train.steps
     min_lr_ratio: float = field(default=0.1, metadata=check(min=0.0, max=1.0))  # cosine floor, fraction of lr
     grad_clip: float | None = field(default=1.0, metadata=check(min=0.0))  # None: no clipping
     ema_decay: float | None = field(default=0.999, metadata=check(min=0.0, max=1.0))  # None: no EMA
     ema_warmup: bool = True  # decay_n = min(decay, (1 + n) / (10 + n)), so early EMA is not stuck at init
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    compile: bool = False
-    seed: int = 0
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast (fp16 adds a gradient scaler)
+    compile: bool = False  # torch.compile the model
+    seed: int = 0  # weights, data order and noise; resumes restore the RNG states
     device: str = "auto"  # auto: cuda, then mps, then cpu
-    log_every: int = field(default=50, metadata=check(min=1))
-    eval_every: int = field(default=1000, metadata=check(min=1))
-    image_every: int = field(default=1000, metadata=check(min=1))
-    checkpoint_every: int = field(default=1000, metadata=check(min=1))
+    log_every: int = field(default=50, metadata=check(min=1))  # steps between scalar logs
+    eval_every: int = field(default=1000, metadata=check(min=1))  # steps between evaluations (best.pt)
+    image_every: int = field(default=1000, metadata=check(min=1))  # steps between image grids
+    checkpoint_every: int = field(default=1000, metadata=check(min=1))  # steps between last.pt writes
     max_minutes: float | None = field(default=None, metadata=check(min=0.0))  # wall-clock budget
 
 
@@ -104,14 +104,14 @@ class TrainConfig:
 class AEModelConfig:
     """Autoencoder architecture; see ``autoencoders.build_autoencoder``."""
 
-    kind: Literal["vae", "rae", "ae"] = "vae"
+    kind: Literal["vae", "rae", "ae"] = "vae"  # VAE, regularised AE (Ghosh et al.), plain AE
     base_channels: int = field(default=16, metadata=check(min=1))  # full-resolution width: keep it lean
-    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 4])
-    num_res_blocks: int = field(default=1, metadata=check(min=0))
-    latent_channels: int = field(default=4, metadata=check(min=1))
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 4])  # per level; f = 2^(levels-1)
+    num_res_blocks: int = field(default=1, metadata=check(min=0))  # per level
+    latent_channels: int = field(default=4, metadata=check(min=1))  # C of the C×H/f×W/f latents
     latent_dim: int | None = field(default=None, metadata=check(min=1))  # vector latents via a flattening head
-    attention: bool = False
-    dropout: float = field(default=0.0, metadata=check(min=0.0, max=1.0))
+    attention: bool = False  # self-attention in the middle block
+    dropout: float = field(default=0.0, metadata=check(min=0.0, max=1.0))  # inside the residual blocks
     spectral_norm: bool = False  # RAE decoder regulariser, applied to the decoder's convolutions
 
 
@@ -119,27 +119,27 @@ class AEModelConfig:
 class AELossConfig:
     """Stage-one objective; see ``autoencoders.losses.AutoencoderLoss``."""
 
-    reconstruction: Literal["l1", "l2"] = "l2"
-    reconstruction_weight: float = field(default=1.0, metadata=check(min=0.0))
+    reconstruction: Literal["l1", "l2"] = "l2"  # pixel loss
+    reconstruction_weight: float = field(default=1.0, metadata=check(min=0.0))  # its weight
     kl_weight: float = field(default=1e-6, metadata=check(min=0.0))  # β (VAE)
-    kl_warmup_steps: int = field(default=0, metadata=check(min=0))
+    kl_warmup_steps: int = field(default=0, metadata=check(min=0))  # β ramps linearly from 0
     latent_l2_weight: float = field(default=1e-4, metadata=check(min=0.0))  # RAE: ‖z‖² penalty
-    decoder_regulariser: Literal["none", "grad_penalty", "weight_decay", "spectral_norm"] = "none"
-    decoder_reg_weight: float = field(default=1e-6, metadata=check(min=0.0))
+    decoder_regulariser: Literal["none", "grad_penalty", "weight_decay", "spectral_norm"] = "none"  # RAE
+    decoder_reg_weight: float = field(default=1e-6, metadata=check(min=0.0))  # its weight
     perceptual_weight: float = field(default=0.0, metadata=check(min=0.0))  # LPIPS; needs its backbone
-    perceptual_net: Literal["alex", "vgg", "squeeze"] = "vgg"
+    perceptual_net: Literal["alex", "vgg", "squeeze"] = "vgg"  # LPIPS backbone
     disc_weight: float = field(default=0.0, metadata=check(min=0.0))  # PatchGAN; 0 switches it off
-    disc_start: int = field(default=0, metadata=check(min=0))
-    disc_layers: int = field(default=3, metadata=check(min=1))
-    disc_channels: int = field(default=64, metadata=check(min=1))
+    disc_start: int = field(default=0, metadata=check(min=0))  # step the discriminator joins
+    disc_layers: int = field(default=3, metadata=check(min=1))  # PatchGAN depth
+    disc_channels: int = field(default=64, metadata=check(min=1))  # PatchGAN width
 
 
 @dataclass
 class AERunConfig:
     """``train_ae.py``: one autoencoder run."""
 
-    name: str = "shapes_ae_kl"
-    out_dir: str = "runs"
+    name: str = "shapes_ae_kl"  # the run folder is <out_dir>/<name>
+    out_dir: str = "runs"  # parent of run folders
     data: DataConfig = field(default_factory=DataConfig)
     model: AEModelConfig = field(default_factory=AEModelConfig)
     loss: AELossConfig = field(default_factory=AELossConfig)
@@ -154,14 +154,14 @@ class AERunConfig:
 class DiffusionConfig:
     """``latentdiff.GaussianDiffusion`` arguments."""
 
-    num_timesteps: int = field(default=1000, metadata=check(min=1))
-    beta_schedule: Literal["linear", "cosine"] = "linear"
-    beta_start: float = field(default=1e-4, metadata=check(min=0.0, max=1.0))
-    beta_end: float = field(default=0.02, metadata=check(min=0.0, max=1.0))
-    variance: Literal["beta_tilde", "beta"] = "beta_tilde"
-    prediction: Literal["eps", "v", "x0"] = "eps"
-    loss_weighting: Literal["simple", "vlb", "min_snr"] = "simple"
-    min_snr_gamma: float = field(default=5.0, metadata=check(min=0.0))
+    num_timesteps: int = field(default=1000, metadata=check(min=1))  # T
+    beta_schedule: Literal["linear", "cosine"] = "linear"  # Ho et al. 2020 / Nichol & Dhariwal 2021
+    beta_start: float = field(default=1e-4, metadata=check(min=0.0, max=1.0))  # β_1 (linear)
+    beta_end: float = field(default=0.02, metadata=check(min=0.0, max=1.0))  # β_T (linear)
+    variance: Literal["beta_tilde", "beta"] = "beta_tilde"  # reverse σ_t²: posterior β̃_t or β_t
+    prediction: Literal["eps", "v", "x0"] = "eps"  # what the network outputs
+    loss_weighting: Literal["simple", "vlb", "min_snr"] = "simple"  # L_simple (Eq. 14), Eq. 12 weights, Min-SNR
+    min_snr_gamma: float = field(default=5.0, metadata=check(min=0.0))  # γ of Min-SNR (Hang et al. 2023)
 
 
 @dataclass
@@ -169,12 +169,12 @@ class DenoiserConfig:
     """The ε network: a UNet for spatial latents, a residual MLP for vector latents and points."""
 
     kind: Literal["auto", "unet", "mlp"] = "auto"  # auto: unet for C×H×W inputs, mlp for vectors
-    channels: int = field(default=64, metadata=check(min=1))
-    channel_mults: list[int] = field(default_factory=lambda: [1, 2])
-    num_res_blocks: int = field(default=2, metadata=check(min=1))
-    attention_resolutions: list[int] = field(default_factory=lambda: [4])
-    num_heads: int = field(default=4, metadata=check(min=1))
-    dropout: float = field(default=0.0, metadata=check(min=0.0, max=1.0))
+    channels: int = field(default=64, metadata=check(min=1))  # UNet width of the first level
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2])  # UNet width multiplier per level
+    num_res_blocks: int = field(default=2, metadata=check(min=1))  # UNet residual blocks per level
+    attention_resolutions: list[int] = field(default_factory=lambda: [4])  # feature-map sides with attention
+    num_heads: int = field(default=4, metadata=check(min=1))  # attention heads
+    dropout: float = field(default=0.0, metadata=check(min=0.0, max=1.0))  # inside the residual blocks
     hidden: int = field(default=256, metadata=check(min=1))  # MLP width
     num_blocks: int = field(default=4, metadata=check(min=1))  # MLP residual blocks
 
@@ -185,46 +185,46 @@ class AERefConfig:
 
     run: str | None = field(default=None, metadata=check(
         path="dir", help="train the autoencoder first (train_ae.py) or point ae.run at its run folder"))
-    checkpoint: Literal["best", "last"] = "best"
-    use_ema: bool = True
+    checkpoint: Literal["best", "last"] = "best"  # which stage-one checkpoint to freeze
+    use_ema: bool = True  # its EMA weights where present
 
 
 @dataclass
 class LatentConfig:
     """Latent cache and normalisation (``latentdiff.latents``)."""
 
-    normalisation: Literal["scale", "channel", "none"] = "scale"
+    normalisation: Literal["scale", "channel", "none"] = "scale"  # global 1/std, per-channel mean/std, none
     cache_dir: str | None = None  # None: <out_dir>/latent_cache
-    encode_batch_size: int = field(default=256, metadata=check(min=1))
+    encode_batch_size: int = field(default=256, metadata=check(min=1))  # images per encoder batch
 
 
 @dataclass
 class ConditioningConfig:
     """Attribute conditioning for classifier-free guidance."""
 
-    enabled: bool = False
-    drop_attribute_prob: float = field(default=0.1, metadata=check(min=0.0, max=1.0))
-    drop_all_prob: float = field(default=0.1, metadata=check(min=0.0, max=1.0))
+    enabled: bool = False  # condition the denoiser on the dataset's attributes
+    drop_attribute_prob: float = field(default=0.1, metadata=check(min=0.0, max=1.0))  # each, independently
+    drop_all_prob: float = field(default=0.1, metadata=check(min=0.0, max=1.0))  # all at once: unconditional
 
 
 @dataclass
 class SampleConfig:
     """Defaults for sample grids logged during training and for ``sample.py``."""
 
-    sampler: Literal["ddpm", "ddim"] = "ddim"
+    sampler: Literal["ddpm", "ddim"] = "ddim"  # ancestral (Algorithm 2) or DDIM (Song et al. Eq. 12)
     steps: int | None = field(default=50, metadata=check(min=1))  # None: all T
-    eta: float = field(default=0.0, metadata=check(min=0.0))
-    num: int = field(default=64, metadata=check(min=1))
-    guidance_scale: float = 3.0
-    seed: int = 0
+    eta: float = field(default=0.0, metadata=check(min=0.0))  # DDIM noise: 0 deterministic, 1 ancestral
+    num: int = field(default=64, metadata=check(min=1))  # images in the logged grids
+    guidance_scale: float = 3.0  # classifier-free guidance w (1 conditional, 0 unconditional)
+    seed: int = 0  # fixed noise of the logged grids
 
 
 @dataclass
 class LDMRunConfig:
     """``train_diffusion.py``: one latent diffusion run (or a diffusion directly on data when ae.run is null)."""
 
-    name: str = "shapes_ldm_kl"
-    out_dir: str = "runs"
+    name: str = "shapes_ldm_kl"  # the run folder is <out_dir>/<name>
+    out_dir: str = "runs"  # parent of run folders, the latent cache and judges
     data: DataConfig = field(default_factory=DataConfig)
     ae: AERefConfig = field(default_factory=AERefConfig)
     latents: LatentConfig = field(default_factory=LatentConfig)
@@ -234,7 +234,7 @@ class LDMRunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     bound_every: int = field(default=2000, metadata=check(min=1))  # bits/dim on held-out latents
-    bound_examples: int = field(default=256, metadata=check(min=1))
+    bound_examples: int = field(default=256, metadata=check(min=1))  # held-out latents in the bound
 
 
 # ----------------------------------------------------------------------------- building and checking
@@ -406,3 +406,79 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | tupl
 
 def dump_yaml(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- reference documentation
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The ``# comment`` written after each field in the class source: the reference's explanations."""
+    import inspect
+    import io
+    import tokenize
+
+    comments, name = {}, None
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and name is None:
+            name = tok.string  # the first name of an indented line: the field
+        elif tok.type == tokenize.COMMENT and name:
+            comments[name] = tok.string.lstrip("# ").strip()
+        elif tok.type == tokenize.NEWLINE:
+            name = None
+    return comments
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every section and key of both commands' configs with type, default, limits and help.
+
+    Regenerate with ``python docs/make_config_reference.py``; ``tests/test_docs.py`` fails when it is stale.
+    """
+
+    def default_of(f):
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        value = f.default_factory()
+        return None if dataclasses.is_dataclass(value) else value
+
+    def row(key: str, f, hints, comments) -> str:
+        tp = hints[f.name]
+        meta = f.metadata or {}
+        limits = []
+        if typing.get_origin(tp) is Literal:
+            limits.append("one of " + ", ".join(f"`{a}`" for a in typing.get_args(tp)))
+        if meta.get("min") is not None:
+            limits.append(f"≥ {meta['min']}")
+        if meta.get("max") is not None:
+            limits.append(f"≤ {meta['max']}")
+        if meta.get("path"):
+            limits.append(f"an existing {meta['path']}")
+        if meta.get("power_of_two"):
+            limits.append("a power of two")
+        text = "; ".join(x for x in (comments.get(f.name, ""), meta.get("help") or "") if x)
+        default = yaml.safe_dump(default_of(f), default_flow_style=True).strip().removesuffix("...").strip()
+        type_name = (_type_name(tp) if typing.get_origin(tp) is not Literal else "str").replace("|", "or")
+        return f"| `{key}` | {type_name} | `{default}` | {', '.join(limits)} | {text} |"
+
+    lines = ["# Configuration reference", "",
+             "Generated from the dataclasses in `latentdiff/config.py` by `python docs/make_config_reference.py`;",
+             "do not edit by hand. Every key can be set in a recipe's YAML or on the command line as a dotted",
+             "override (`train.steps=500`).", ""]
+    for command, run_cls in (("train_ae.py", AERunConfig), ("train_diffusion.py", LDMRunConfig)):
+        lines += [f"## `{command}` — `{run_cls.__name__}`", "", run_cls.__doc__.strip(), ""]
+        sections = [("", run_cls)]
+        while sections:
+            prefix, cls = sections.pop(0)
+            hints = typing.get_type_hints(cls)
+            comments = _field_comments(cls)
+            rows, nested = [], []
+            for f in dataclasses.fields(cls):
+                if dataclasses.is_dataclass(hints[f.name]):
+                    nested.append((f"{prefix}{f.name}.", hints[f.name]))
+                else:
+                    rows.append(row(prefix + f.name, f, hints, comments))
+            if rows:
+                title = f"`{prefix.rstrip('.')}` — {cls.__doc__.strip().splitlines()[0]}" if prefix else "top level"
+                lines += [f"### {title}", "", "| key | type | default | allowed | meaning |",
+                          "|---|---|---|---|---|", *rows, ""]
+            sections = nested + sections
+    return "\n".join(lines)

@@ -1,0 +1,29 @@
+"""The documentation the code generates is current."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_reference_is_current_and_lists_every_key():
+    from latentdiff.config import AERunConfig, LDMRunConfig, reference_markdown, to_dict
+
+    text = reference_markdown() + "\n"
+    assert (ROOT / "docs" / "config.md").read_text() == text, \
+        "docs/config.md is stale: run python docs/make_config_reference.py"
+
+    def keys(d, prefix=""):
+        for k, v in d.items():
+            yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "options" else [prefix + k]
+
+    for cls in (AERunConfig, LDMRunConfig):
+        for key in keys(to_dict(cls())):
+            assert f"| `{key}` |" in text, f"{key} is missing from the reference"
+
+
+def test_the_generator_check_mode_accepts_the_committed_file():
+    r = subprocess.run([sys.executable, str(ROOT / "docs" / "make_config_reference.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
