@@ -108,8 +108,8 @@ def main():
         ema.step(model.parameters())
         step += 1
         if step % 200 == 0:
-            print(f"step {step} loss={loss.item():.4f} lr={lr:.2e} {step * args.batch_size / elapsed:.1f} img per CPU-s",
-                  flush=True)
+            speed = step * args.batch_size / elapsed
+            print(f"step {step} loss={loss.item():.4f} lr={lr:.2e} {speed:.1f} img per CPU-s", flush=True)
     train_seconds, wall_seconds = time.process_time() - start, time.time() - wall_start
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
