@@ -15,8 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from latentdiff.cli import user_errors  # noqa: E402
-from latentdiff.conditioning import UNSPECIFIED  # noqa: E402
+from latentdiff.cli import condition_rows, parse_attrs, user_errors  # noqa: E402
 from latentdiff.pipeline import LatentDiffusion  # noqa: E402
 from latentdiff.training import flush_denormals, pick_device  # noqa: E402
 from latentdiff.viz import image_grid, save_png  # noqa: E402
@@ -45,35 +44,6 @@ def parse_args(argv=None):
     p.add_argument("--npz", default=None, help="also write images (N,C,H,W in [-1,1]), latents and attributes")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
-
-
-def parse_attrs(items: list[str]) -> dict:
-    attrs = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--attr {item!r}: write NAME=VALUE, e.g. --attr color=red")
-        name, value = item.split("=", 1)
-        attrs[name.strip()] = value.strip()
-    return attrs
-
-
-def condition_rows(ldm: LatentDiffusion, num: int, attrs: dict, grid_by: str | None):
-    """(num, A) attribute indices and the grid's row length; None when nothing is asked for."""
-    if not attrs and grid_by is None:
-        return None, None
-    if ldm.schema is None or not ldm.schema.names:
-        raise ValueError("this run's dataset has no attributes")
-    base = ldm.schema.parse(attrs) if attrs else torch.full((len(ldm.schema.names),), UNSPECIFIED)
-    if grid_by is None:
-        return base.view(1, -1).repeat(num, 1), None
-    if grid_by not in ldm.schema.names:
-        raise ValueError(f"--grid-by {grid_by!r}: not an attribute; valid: {', '.join(ldm.schema.names)}")
-    a = ldm.schema.names.index(grid_by)
-    values = ldm.schema.num_values(a)
-    per_row = max(1, num // values)
-    rows = base.view(1, -1).repeat(per_row * values, 1)
-    rows[:, a] = torch.arange(values).repeat_interleave(per_row)
-    return rows, per_row
 
 
 def main(argv=None):

@@ -62,3 +62,41 @@ def user_errors():
         if os.environ.get("LATENTDIFF_DEBUG"):
             raise
         exit_with_error(e)
+
+
+def parse_attrs(items: list[str]) -> dict:
+    """``["color=red", "shape=triangle"]`` (repeated --attr NAME=VALUE) → {"color": "red", ...}."""
+    attrs = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--attr {item!r}: write NAME=VALUE, e.g. --attr color=red")
+        name, value = item.split("=", 1)
+        attrs[name.strip()] = value.strip()
+    return attrs
+
+
+def condition_rows(ldm, num: int, attrs: dict, grid_by: str | None):
+    """(num, A) attribute indices and the grid's row length; None when nothing is asked for.
+
+    ``attrs`` fixes attributes for every sample; ``grid_by`` names one attribute that takes each of its
+    values in turn, ``num // values`` samples per value (one grid row each). ``ldm``: a LatentDiffusion.
+    """
+    import torch
+
+    from latentdiff.conditioning import UNSPECIFIED
+
+    if not attrs and grid_by is None:
+        return None, None
+    if ldm.schema is None or not ldm.schema.names:
+        raise ValueError("this run's dataset has no attributes")
+    base = ldm.schema.parse(attrs) if attrs else torch.full((len(ldm.schema.names),), UNSPECIFIED)
+    if grid_by is None:
+        return base.view(1, -1).repeat(num, 1), None
+    if grid_by not in ldm.schema.names:
+        raise ValueError(f"--grid-by {grid_by!r}: not an attribute; valid: {', '.join(ldm.schema.names)}")
+    a = ldm.schema.names.index(grid_by)
+    values = ldm.schema.num_values(a)
+    per_row = max(1, num // values)
+    rows = base.view(1, -1).repeat(per_row * values, 1)
+    rows[:, a] = torch.arange(values).repeat_interleave(per_row)
+    return rows, per_row

@@ -55,3 +55,47 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(image, str(path))
     return path
+
+
+def save_gif(frames: list[torch.Tensor], path: str | Path, duration_ms: int = 100) -> Path:
+    """Save (C, H, W) frames in [0, 1] as an animated GIF that loops (PIL, which torchvision brings)."""
+    from PIL import Image
+
+    def to_pil(frame: torch.Tensor) -> Image.Image:
+        array = frame.detach().float().cpu().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+        return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [to_pil(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+    return path
+
+
+def forward_process_frames(diffusion, x0: torch.Tensor, render, num_frames: int = 20,
+                           generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """The forward process as pictures: ``render(x_t)`` for x_t ~ q(x_t | x0) (Ho et al. 2020, Eq. 4) at
+    ``num_frames`` timesteps evenly spaced over [0, T − 1]. One ε is drawn and kept for every frame, so
+    each point (or latent) slides continuously from the data towards its own N(0, I) draw.
+
+    x0: (N, ...) data or normalised latents; render: (N, ...) → (C, H, W) image in [0, 1].
+    """
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    ts = torch.linspace(0, diffusion.num_timesteps - 1, num_frames).round().long()
+    return [render(diffusion.q_sample(x0, t.expand(x0.shape[0]).to(x0.device), noise)) for t in ts]
+
+
+def reverse_process_grid(trajectory: dict, decode, nrow_max: int = 12) -> torch.Tensor:
+    """The reverse process as a grid: for each sample two rows, its state x_t then its prediction x̂0, at
+    (up to ``nrow_max``) recorded steps from t = T − 1 on the left to the end on the right.
+
+    trajectory: ``GaussianDiffusion.sample(..., return_trajectory=True)``'s dict, {"t": (K,), "x_t": (K, B,
+    ...), "x0_pred": (K, B, ...)}; decode: normalised latents (M, ...) → images (M, C, H, W) in [-1, 1].
+    """
+    k = trajectory["x_t"].shape[0]
+    keep = torch.linspace(0, k - 1, min(k, nrow_max)).round().long().unique()
+    x_t, x0 = trajectory["x_t"][keep], trajectory["x0_pred"][keep]  # (K', B, ...)
+    rows = []
+    for b in range(x_t.shape[1]):
+        rows += [decode(x_t[:, b]), decode(x0[:, b])]
+    return image_grid(torch.cat(rows), nrow=len(keep))

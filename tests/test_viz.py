@@ -1,0 +1,85 @@
+"""Picture commands (visualize.py) on tiny runs: valid PNG/GIF files of the expected size and frame count."""
+
+import pytest
+import torch
+from PIL import Image
+from test_end_to_end import ROOT, cli, runs  # noqa: F401  (runs: the tiny two-stage fixture)
+
+import visualize
+from latentdiff.diffusion import GaussianDiffusion
+from latentdiff.viz import forward_process_frames, reverse_process_grid, save_gif
+
+PAD = 2  # image_grid's padding
+
+
+def grid_side(count: int, cell: int) -> int:
+    return count * (cell + PAD) + PAD
+
+
+def test_forward_frames_follow_q_xt_given_x0_with_one_fixed_noise():
+    """Frame k is √ᾱ_t x0 + √(1−ᾱ_t) ε (Eq. 4) at evenly spaced t, with the same ε in every frame."""
+    d = GaussianDiffusion(num_timesteps=50)
+    x0 = torch.full((3, 2), 2.0)
+    frames = forward_process_frames(d, x0, lambda x: x.clone(), num_frames=5,
+                                    generator=torch.Generator().manual_seed(0))
+    assert len(frames) == 5
+    ts = [0, 12, 24, 37, 49]  # linspace(0, 49, 5) rounded
+    eps = [(f - d.sqrt_alphas_cumprod[t] * x0) / d.sqrt_one_minus_alphas_cumprod[t] for f, t in zip(frames, ts)]
+    for e in eps[1:]:
+        assert torch.allclose(e, eps[0], atol=1e-4), "every frame must use the same ε"
+    assert torch.allclose(eps[0], torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), atol=1e-4)
+
+
+def test_reverse_grid_has_two_rows_per_sample_and_one_column_per_kept_step():
+    traj = {"t": torch.arange(20), "x_t": torch.zeros(20, 3, 1, 4, 4), "x0_pred": torch.ones(20, 3, 1, 4, 4)}
+    grid = reverse_process_grid(traj, lambda z: z, nrow_max=5)
+    assert grid.shape[1:] == (grid_side(6, 4), grid_side(5, 4))
+
+
+def test_save_gif_writes_every_frame(tmp_path):
+    frames = [torch.full((3, 10, 12), i / 4) for i in range(4)]
+    with Image.open(save_gif(frames, tmp_path / "a.gif")) as im:
+        assert im.n_frames == 4 and im.size == (12, 10)
+
+
+def test_each_picture_command_writes_an_image_of_the_expected_size(runs, tmp_path):  # noqa: F811
+    out, _ = runs
+    run = str(out / "shapes_ldm_kl")
+    side = 32  # shapes images
+    visualize.main(["forward", "--run", run, "--out", str(tmp_path / "f.gif"), "--frames", "5", "--num", "3"])
+    with Image.open(tmp_path / "f.gif") as im:
+        assert im.n_frames == 5 and im.size == (grid_side(3, side), grid_side(1, side))
+    visualize.main(["reverse", "--run", run, "--out", str(tmp_path / "r.png"), "--num", "2", "--steps", "6",
+                    "--columns", "3"])
+    with Image.open(tmp_path / "r.png") as im:
+        assert im.size == (grid_side(3, side), grid_side(4, side))
+    visualize.main(["interpolate", "--run", run, "--out", str(tmp_path / "i.png"), "--pairs", "2", "--n", "4",
+                    "--steps", "4"])
+    with Image.open(tmp_path / "i.png") as im:
+        assert im.size == (grid_side(4, side), grid_side(2, side))
+    visualize.main(["attributes", "--run", run, "--out", str(tmp_path / "a.png"), "--grid-by", "color",
+                    "--per-row", "2", "--steps", "3"])
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.size == (grid_side(2, side), grid_side(6, side))  # six colours
+
+
+def test_forward_gif_of_a_2d_toy_run(tmp_path):
+    cli("train_diffusion.py", "--config", ROOT / "configs/toy/swissroll.yaml", f"out_dir={tmp_path}",
+        "train.steps=4", "train.batch_size=64", "data.train_size=500", "data.test_size=300", "train.eval_every=4",
+        "train.image_every=4", "bound_every=4", "sample.num=50", "diffusion.num_timesteps=20")
+    visualize.main(["forward", "--run", str(tmp_path / "toy_swissroll"), "--out", str(tmp_path / "s.gif"),
+                    "--frames", "4"])
+    with Image.open(tmp_path / "s.gif") as im:
+        assert im.n_frames == 4 and im.size == (256, 256)
+
+
+@pytest.mark.parametrize("args, words", [(["reverse", "--out", "x.png"], None),
+                                         (["forward", "--out", "x.png"], "name it .gif"),
+                                         (["attributes", "--out", "x.png", "--grid-by", "colour"], "valid: color")])
+def test_bad_input_is_one_clear_line(runs, tmp_path, args, words):  # noqa: F811
+    out, _ = runs
+    run = out / "shapes_ldm_kl" if words else tmp_path / "missing"
+    r = cli("visualize.py", args[0], "--run", run, *args[1:], check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert words is None or words in lines[0]
