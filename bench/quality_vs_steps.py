@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Sample quality against sampling steps: Fréchet distance (judge features) and time per image.
+
+    python bench/quality_vs_steps.py --run runs/fashion_mnist_ldm_kl          # DDIM 10/20/50/100, DDPM 1000
+    python bench/quality_vs_steps.py --run runs/fashion_mnist_ldm_kl --num 200 --quick
+
+Unconditional samples of a stage-two run, scored exactly as ``evaluate.py`` scores them (same
+reference: the first --num test images; same judge, cached in <run's parent>/classifiers), so the
+rows are comparable with its tables. Time includes decoding; one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, write_results  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True)
+    p.add_argument("--num", type=int, default=500)
+    p.add_argument("--settings", nargs="+", default=["ddim:10", "ddim:20", "ddim:50", "ddim:100", "ddpm:1000"],
+                   help="SAMPLER:STEPS[:ETA]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="DDIM 5 and 10 only")
+    args = p.parse_args()
+    if args.quick:
+        args.settings = ["ddim:5", "ddim:10"]
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from evaluate import Scorer, stacked
+    from latentdiff.builders import build_data
+    from latentdiff.config import DataConfig, from_dict
+    from latentdiff.metrics.classifier import load_or_train_classifier
+    from latentdiff.pipeline import LatentDiffusion
+    from latentdiff.training import flush_denormals
+
+    torch.set_num_threads(1)
+    flush_denormals()
+    ldm = LatentDiffusion.from_run(args.run)
+    test_set = build_data(from_dict(DataConfig, ldm.config["data"]), "test")
+    judge, record, _ = load_or_train_classifier(ldm.config["data"], Path(args.run).resolve().parent / "classifiers")
+    reference, _ = stacked(test_set, 0, args.num)
+    score = Scorer(reference, judge, test_set.schema)
+    rows = []
+    for setting in args.settings:
+        sampler, steps, *eta = setting.split(":")
+        g = torch.Generator().manual_seed(args.seed)
+        noise = torch.randn(args.num, *ldm.latent_shape, generator=g)
+        start = time.perf_counter()
+        images = ldm.sample(args.num, sampler=sampler, steps=int(steps), eta=float(eta[0]) if eta else 0.0,
+                            generator=g, noise=noise, batch_size=250)
+        seconds = time.perf_counter() - start
+        m = score(images)
+        rows.append({"sampler": sampler, "steps": int(steps), "eta": float(eta[0]) if eta else 0.0,
+                     "fd": m["fd"], "precision": m["precision"], "recall": m["recall"],
+                     "ms_per_image": 1000 * seconds / args.num})
+        print(rows[-1], flush=True)
+    write_results(f"quality_vs_steps_{Path(args.run).name}", rows, list(rows[0]),
+                  extra={"run": args.run, "num": args.num, "reference": f"first {args.num} test images",
+                         "judge_test_accuracy": record["test_accuracy"], "threads": 1})
+
+
+if __name__ == "__main__":
+    main()
