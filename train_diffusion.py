@@ -34,7 +34,7 @@ from latentdiff.latents import (  # noqa: E402
 )
 from latentdiff.tasks import DiffusionTask, toy_render  # noqa: E402
 from latentdiff.training import distributed_init, is_main_process, pick_device, seed_everything, train  # noqa: E402
-from latentdiff.viz import image_grid, save_png  # noqa: E402
+from latentdiff.viz import image_grid, reverse_process_grid, save_png  # noqa: E402
 
 
 def encode_split(cfg, autoencoder, ae_hash, dataset, split, device):
@@ -63,18 +63,24 @@ def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, 
         nrow = per_row
     noise = torch.randn(n, *latent_shape, generator=torch.Generator().manual_seed(cfg.sample.seed))
 
+    def decode(z):
+        return autoencoder.decode(normaliser.denormalise(z)).clamp(-1, 1)
+
     def render(model, step):
         device = next(model.parameters()).device
         c = cond.to(device) if cond is not None else None
         u = uncond.to(device) if uncond is not None else None
         scale = cfg.sample.guidance_scale if c is not None else 1.0
-        z = diffusion.sample(model, noise.shape, sampler=cfg.sample.sampler, steps=cfg.sample.steps,
-                             eta=cfg.sample.eta, cond=c, uncond=u, guidance_scale=scale, noise=noise.to(device))
-        images = autoencoder.decode(normaliser.denormalise(z)).clamp(-1, 1)
+        every = max(1, (cfg.sample.steps or diffusion.num_timesteps) // 8)  # ~8 snapshots of the reverse process
+        z, trajectory = diffusion.sample(model, noise.shape, sampler=cfg.sample.sampler, steps=cfg.sample.steps,
+                                         eta=cfg.sample.eta, cond=c, uncond=u, guidance_scale=scale,
+                                         noise=noise.to(device), return_trajectory=True, trajectory_every=every)
+        images = decode(z)
         grid = image_grid(images, nrow=nrow)
         save_png(grid, run_dir / "samples" / f"step_{step:07d}.png")
         save_png(grid, run_dir / "samples" / "latest.png")
-        return {"samples/ema_fixed_noise": grid}
+        first_two = {k: v[:, :2] if v.dim() > 1 else v for k, v in trajectory.items()}
+        return {"samples/ema_fixed_noise": grid, "samples/reverse_process": reverse_process_grid(first_two, decode)}
 
     return render
 

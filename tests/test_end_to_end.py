@@ -125,3 +125,13 @@ def test_toy_swissroll_trains_directly_on_points(tmp_path):
         "train.steps=30", "data.train_size=2000", "data.test_size=500", "train.eval_every=30",
         "train.image_every=30", "bound_every=30", "sample.num=200", "diffusion.num_timesteps=100")
     assert (tmp_path / "toy_swissroll" / "samples" / "latest.png").exists()
+
+
+def test_diffusion_run_logs_scalars_sample_grids_and_the_reverse_process_to_tensorboard(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = runs
+    acc = EventAccumulator(str(out / "shapes_ldm_kl" / "tb"))
+    acc.Reload()
+    assert {"samples/ema_fixed_noise", "samples/reverse_process"} <= set(acc.Tags()["images"])
+    assert {"train/loss", "train/loss_by_t/q1"} <= set(acc.Tags()["scalars"])
