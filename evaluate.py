@@ -85,6 +85,10 @@ def check_args(args) -> list[str]:
     for name in ("steps", "bound_timesteps", "classifier_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    for item in args.samples:  # before any work: a typo here should not cost a whole evaluation
+        path = item.rpartition("=")[2]
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--samples {item}: {path} does not exist")
     if args.baselines == "auto":
         return ["prior"] + (["gmm"] if sklearn_available() else [])
     chosen = [] if args.baselines == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
