@@ -4,8 +4,9 @@
     python visualize.py forward --run runs/shapes_ldm_kl --out forward.gif        # q(x_t|x0), decoded per frame
     python visualize.py forward --run runs/toy_swissroll --out swissroll.gif      # points dissolving into N(0, I)
     python visualize.py reverse --run runs/shapes_ldm_kl --out reverse.png        # x_t and x̂0 over t
+    python visualize.py reverse --run runs/toy_swissroll --out swissroll.png      # point clouds over t
     python visualize.py interpolate --run runs/shapes_ldm_kl --out interp.png     # DDIM-inverted slerp strips
-    python visualize.py attributes --run runs/shapes_ldm_kl --grid-by color --out colors.png
+    python visualize.py attributes --run runs/shapes_ldm_kl --attr-grid color --out colors.png
 """
 
 import argparse
@@ -23,6 +24,7 @@ from latentdiff.viz import (  # noqa: E402
     forward_process_frames,
     image_grid,
     reverse_process_grid,
+    reverse_process_scatter,
     save_gif,
     save_png,
     scatter_image,
@@ -36,19 +38,21 @@ def parse_args(argv=None):
     common.add_argument("--run", required=True, help="a train_diffusion.py run folder")
     common.add_argument("--out", required=True, help="output .png (.gif for forward)")
     common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--steps", type=int, default=50, help="DDIM steps of the reverse process")
+    common.add_argument("--steps", type=int, default=None,
+                        help="DDIM steps of the reverse process (default: 50, or T when the run has fewer)")
     common.add_argument("--checkpoint", choices=["best", "last"], default="last")
     f = sub.add_parser("forward", parents=[common], help="the forward process as a GIF")
     f.add_argument("--frames", type=int, default=20)
     f.add_argument("--num", type=int, default=8, help="images (or 2000 points for a 2-D run)")
     r = sub.add_parser("reverse", parents=[common], help="x_t and the x̂0 predictions over t")
-    r.add_argument("--num", type=int, default=4)
+    r.add_argument("--num", type=int, default=4, help="samples (or 2000 points for a 2-D run)")
     r.add_argument("--columns", type=int, default=12, help="timesteps shown")
     i = sub.add_parser("interpolate", parents=[common], help="strips between pairs of test images")
     i.add_argument("--pairs", type=int, default=3)
     i.add_argument("--n", type=int, default=8, help="images per strip")
     a = sub.add_parser("attributes", parents=[common], help="one row per value of an attribute")
-    a.add_argument("--grid-by", required=True, metavar="NAME")
+    a.add_argument("--attr-grid", "--grid-by", dest="grid_by", required=True, metavar="NAME",
+                   help="the attribute that takes each of its values, one row per value")
     a.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE")
     a.add_argument("--per-row", type=int, default=8)
     a.add_argument("--guidance", type=float, default=None, help="default: the run's sample.guidance_scale")
@@ -69,6 +73,7 @@ def main(argv=None):
     with user_errors():
         flush_denormals()
         ldm = LatentDiffusion.from_run(args.run, checkpoint=args.checkpoint)
+        args.steps = min(50, ldm.diffusion.num_timesteps) if args.steps is None else args.steps
         points = ldm.autoencoder is None and len(ldm.latent_shape) == 1
         g = torch.Generator().manual_seed(args.seed)
         out = Path(args.out)
@@ -84,13 +89,14 @@ def main(argv=None):
                                                 lambda x: image_grid(ldm.decode(x), nrow=len(x0)), args.frames, g)
             save_gif(frames, out)
         elif args.picture == "reverse":
-            if points:
-                raise ValueError("reverse: pictures of x_t need images; this run models 2-D points "
-                                 "(use visualize.py forward for it)")
             k = max(1, args.steps // args.columns)
-            _, trajectory = ldm.sample_latents(args.num, steps=args.steps, generator=g, return_trajectory=True,
-                                               trajectory_every=k)
-            save_png(reverse_process_grid(trajectory, ldm.decode, args.columns), out)
+            _, trajectory = ldm.sample_latents(2000 if points else args.num, steps=args.steps, generator=g,
+                                               return_trajectory=True, trajectory_every=k)
+            if points:  # the test points in blue beneath each panel show where the cloud should end up
+                picture = reverse_process_scatter(trajectory, ldm.encode(test_examples(ldm, 2000)), args.columns)
+            else:
+                picture = reverse_process_grid(trajectory, ldm.decode, args.columns)
+            save_png(picture, out)
         elif args.picture == "interpolate":
             if points:
                 raise ValueError("interpolate: this run models 2-D points, not images; use an image run")

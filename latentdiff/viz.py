@@ -85,6 +85,11 @@ def forward_process_frames(diffusion, x0: torch.Tensor, render, num_frames: int 
     return [render(diffusion.q_sample(x0, t.expand(x0.shape[0]).to(x0.device), noise)) for t in ts]
 
 
+def kept_steps(num_recorded: int, columns: int) -> torch.Tensor:
+    """Indices of (up to) ``columns`` recorded steps, evenly spread from the first to the last."""
+    return torch.linspace(0, num_recorded - 1, min(num_recorded, columns)).round().long().unique()
+
+
 def reverse_process_grid(trajectory: dict, decode, nrow_max: int = 12) -> torch.Tensor:
     """The reverse process as a grid: for each sample two rows, its state x_t then its prediction x̂0, at
     (up to ``nrow_max``) recorded steps from t = T − 1 on the left to the end on the right.
@@ -92,10 +97,22 @@ def reverse_process_grid(trajectory: dict, decode, nrow_max: int = 12) -> torch.
     trajectory: ``GaussianDiffusion.sample(..., return_trajectory=True)``'s dict, {"t": (K,), "x_t": (K, B,
     ...), "x0_pred": (K, B, ...)}; decode: normalised latents (M, ...) → images (M, C, H, W) in [-1, 1].
     """
-    k = trajectory["x_t"].shape[0]
-    keep = torch.linspace(0, k - 1, min(k, nrow_max)).round().long().unique()
+    keep = kept_steps(trajectory["x_t"].shape[0], nrow_max)
     x_t, x0 = trajectory["x_t"][keep], trajectory["x0_pred"][keep]  # (K', B, ...)
     rows = []
     for b in range(x_t.shape[1]):
         rows += [decode(x_t[:, b]), decode(x0[:, b])]
     return image_grid(torch.cat(rows), nrow=len(keep))
+
+
+def reverse_process_scatter(trajectory: dict, reference: torch.Tensor | None = None, columns: int = 12,
+                            size: int = 128, extent: float = 4.0) -> torch.Tensor:
+    """The reverse process of 2-D points as two strips of scatter plots over t: the cloud x_t on top, its
+    predictions x̂0 beneath, at (up to ``columns``) recorded steps from t = T − 1 to the end.
+
+    trajectory: as for ``reverse_process_grid`` with x_t, x0_pred of shape (K, N, 2); reference: (M, 2) data
+    drawn blue beneath every panel; each panel spans ±``extent``. Returns (3, H, W) in [0, 1].
+    """
+    keep = kept_steps(trajectory["x_t"].shape[0], columns)
+    panels = [scatter_image(trajectory[key][k], reference, size, extent) for key in ("x_t", "x0_pred") for k in keep]
+    return make_grid(torch.stack(panels), nrow=len(keep), padding=2, pad_value=0.5)

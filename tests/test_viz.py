@@ -7,7 +7,7 @@ from test_end_to_end import ROOT, cli, runs  # noqa: F401  (runs: the tiny two-s
 
 import visualize
 from latentdiff.diffusion import GaussianDiffusion
-from latentdiff.viz import forward_process_frames, reverse_process_grid, save_gif
+from latentdiff.viz import forward_process_frames, reverse_process_grid, reverse_process_scatter, save_gif
 
 PAD = 2  # image_grid's padding
 
@@ -36,6 +36,23 @@ def test_reverse_grid_has_two_rows_per_sample_and_one_column_per_kept_step():
     assert grid.shape[1:] == (grid_side(6, 4), grid_side(5, 4))
 
 
+def test_reverse_scatter_puts_x_t_above_x0_predictions_at_their_coordinates():
+    """Two strips of panels; a point at (u, v) lands at column (u/e + 1)/2·(S−1), row (1 − (v/e + 1)/2)·(S−1)."""
+    size, extent = 21, 4.0
+    x_t = torch.zeros(5, 1, 2)  # every state at the origin
+    x0 = torch.tensor([[[2.0, -4.0]]]).expand(5, 1, 2)  # every prediction at (extent/2, −extent)
+    grid = reverse_process_scatter({"t": torch.arange(5), "x_t": x_t, "x0_pred": x0}, columns=3, size=size,
+                                   extent=extent)
+    assert grid.shape == (3, grid_side(2, size), grid_side(3, size))
+    for col in range(3):
+        left = PAD + col * (size + PAD)
+        top = grid[:, PAD:PAD + size, left:left + size]
+        bottom = grid[:, 2 * PAD + size:2 * PAD + 2 * size, left:left + size]
+        assert top.sum(0).nonzero().tolist() == [[10, 10]]  # the centre pixel, white
+        assert bottom.sum(0).nonzero().tolist() == [[20, 15]]  # bottom row, three quarters across
+        assert torch.equal(top[:, 10, 10], torch.ones(3))
+
+
 def test_save_gif_writes_every_frame(tmp_path):
     frames = [torch.full((3, 10, 12), i / 4) for i in range(4)]
     with Image.open(save_gif(frames, tmp_path / "a.gif")) as im:
@@ -57,20 +74,38 @@ def test_each_picture_command_writes_an_image_of_the_expected_size(runs, tmp_pat
                     "--steps", "4"])
     with Image.open(tmp_path / "i.png") as im:
         assert im.size == (grid_side(4, side), grid_side(2, side))
-    visualize.main(["attributes", "--run", run, "--out", str(tmp_path / "a.png"), "--grid-by", "color",
+    visualize.main(["attributes", "--run", run, "--out", str(tmp_path / "a.png"), "--attr-grid", "color",
                     "--per-row", "2", "--steps", "3"])
     with Image.open(tmp_path / "a.png") as im:
         assert im.size == (grid_side(2, side), grid_side(6, side))  # six colours
 
 
-def test_forward_gif_of_a_2d_toy_run(tmp_path):
-    cli("train_diffusion.py", "--config", ROOT / "configs/toy/swissroll.yaml", f"out_dir={tmp_path}",
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """A tiny DDPM on 2-D swiss-roll points (no autoencoder)."""
+    out = tmp_path_factory.mktemp("toy")
+    cli("train_diffusion.py", "--config", ROOT / "configs/toy/swissroll.yaml", f"out_dir={out}",
         "train.steps=4", "train.batch_size=64", "data.train_size=500", "data.test_size=300", "train.eval_every=4",
         "train.image_every=4", "bound_every=4", "sample.num=50", "diffusion.num_timesteps=20")
-    visualize.main(["forward", "--run", str(tmp_path / "toy_swissroll"), "--out", str(tmp_path / "s.gif"),
-                    "--frames", "4"])
+    return str(out / "toy_swissroll")
+
+
+def test_forward_gif_and_reverse_strip_of_a_2d_toy_run(toy_run, tmp_path):
+    visualize.main(["forward", "--run", toy_run, "--out", str(tmp_path / "s.gif"), "--frames", "4"])
     with Image.open(tmp_path / "s.gif") as im:
         assert im.n_frames == 4 and im.size == (256, 256)
+    visualize.main(["reverse", "--run", toy_run, "--out", str(tmp_path / "r.png"), "--steps", "6",
+                    "--columns", "3"])
+    with Image.open(tmp_path / "r.png") as im:
+        assert im.size == (grid_side(3, 128), grid_side(2, 128))  # x_t and x̂0 strips of 128-pixel panels
+
+
+def test_interpolating_a_2d_toy_run_is_one_clear_line(toy_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        visualize.main(["interpolate", "--run", toy_run, "--out", str(tmp_path / "i.png")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and "2-D points" in lines[0], lines
+    assert not (tmp_path / "i.png").exists()
 
 
 @pytest.mark.parametrize("args, words", [(["reverse", "--out", "x.png"], None),
@@ -83,3 +118,20 @@ def test_bad_input_is_one_clear_line(runs, tmp_path, args, words):  # noqa: F811
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert words is None or words in lines[0]
+
+
+def test_gallery_script_writes_every_picture_from_tiny_runs(runs, toy_run, tmp_path):  # noqa: F811
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gallery", ROOT / "docs" / "gallery.py")
+    gallery = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gallery)
+    out, _ = runs
+    gallery.main(["--shapes", str(out / "shapes_ldm_kl"), "--toy", toy_run, "--ae", str(out / "shapes_ae_kl"),
+                  "--out", str(tmp_path)])
+    written = {p.name for p in tmp_path.iterdir()}
+    assert written == {"shapes_triangles_by_color.png", "shapes_red_by_shape.png", "shapes_forward.gif",
+                       "shapes_reverse.png", "shapes_interpolation.png", "swissroll_forward.gif",
+                       "swissroll_reverse.png", "shapes_ae_kl_reconstructions.png"}
+    with Image.open(tmp_path / "shapes_ae_kl_reconstructions.png") as im:  # 16 pairs, 8 images a row
+        assert im.size == (grid_side(8, 32), grid_side(4, 32))
