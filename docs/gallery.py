@@ -2,10 +2,12 @@
 """Regenerate the README's gallery (docs/gallery/*.png, *.gif) from trained runs, with the project's own commands.
 
     python docs/gallery.py --shapes runs/shapes_ldm_kl --fmnist runs/fashion_mnist_ldm_kl \\
-        --fmnist-rae runs/fashion_mnist_ldm_rae --toy runs/toy_swissroll
+        --fmnist-rae runs/fashion_mnist_ldm_rae --toy runs/toy_swissroll \\
+        --ae runs/fashion_mnist_ae_kl runs/fashion_mnist_ae_rae
 
-Any run left out is skipped. Every picture is made by sample.py or visualize.py, so the gallery shows
-exactly what a user gets from those commands (fixed seeds: rerunning reproduces it).
+Any run left out is skipped. Every picture of a diffusion run is made by sample.py or visualize.py, so
+the gallery shows exactly what a user gets from those commands (fixed seeds: rerunning reproduces it);
+an autoencoder run gives <run name>_reconstructions.png, its first test images beside their reconstructions.
 """
 
 import argparse
@@ -15,8 +17,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 import sample  # noqa: E402
 import visualize  # noqa: E402
+from latentdiff.builders import autoencoder_checkpoint, build_data, load_autoencoder  # noqa: E402
+from latentdiff.cli import user_errors  # noqa: E402
+from latentdiff.config import AERunConfig, load_config  # noqa: E402
+from latentdiff.viz import image_grid, save_png  # noqa: E402
+
+
+@torch.no_grad()
+def reconstructions(ae_run: str, path: Path, pairs: int = 16) -> Path:
+    """A stage-one run's first test images, each followed by its reconstruction (the posterior mode
+    decoded, as train_ae.py logs them), four pairs per row."""
+    if not (Path(ae_run) / "config.yaml").is_file():
+        raise FileNotFoundError(f"--ae {ae_run}: not a run folder (no config.yaml); pass a train_ae.py run")
+    cfg = load_config(AERunConfig, Path(ae_run) / "config.yaml")
+    model = load_autoencoder(autoencoder_checkpoint(ae_run))
+    test_set = build_data(cfg.data, "test")
+    x = torch.stack([test_set[i][0] for i in range(min(pairs, len(test_set)))])
+    recon = model.decode(model.encode(x).mode()).clamp(-1, 1)
+    return save_png(image_grid(torch.stack([x, recon], dim=1).flatten(0, 1), nrow=8), path)
 
 
 def main(argv=None):
@@ -25,6 +47,7 @@ def main(argv=None):
     p.add_argument("--fmnist", help="a Fashion-MNIST VAE + diffusion run")
     p.add_argument("--fmnist-rae", help="a Fashion-MNIST RAE + diffusion run")
     p.add_argument("--toy", help="a 2-D swiss-roll run")
+    p.add_argument("--ae", nargs="+", default=[], help="autoencoder (stage-one) runs: reconstructions")
     p.add_argument("--out", default=str(ROOT / "docs" / "gallery"))
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -48,9 +71,14 @@ def main(argv=None):
                                     out / f"{name}_by_class.png"])]
     if args.toy:
         jobs += [(visualize.main, ["forward", "--run", args.toy, "--out", out / "swissroll_forward.gif",
-                                   "--frames", "16"])]
+                                   "--frames", "16"]),
+                 (visualize.main, ["reverse", "--run", args.toy, "--out", out / "swissroll_reverse.png",
+                                   "--columns", "8"])]
     for fn, fn_args in jobs:
         fn([str(a) for a in fn_args] + (["--no-progress"] if fn is sample.main else []))
+    with user_errors():
+        for run in args.ae:
+            print(f"wrote {reconstructions(run, out / f'{Path(run).name}_reconstructions.png')}")
 
 
 if __name__ == "__main__":
