@@ -237,6 +237,30 @@ class LDMRunConfig:
     bound_examples: int = field(default=256, metadata=check(min=1))  # held-out latents in the bound
 
 
+# ----------------------------------------------------------------------------- post-hoc classifier
+
+
+@dataclass
+class ClassifierModelConfig:
+    """The noise-conditional attribute classifier (``latentdiff.latent_classifier``)."""
+
+    width: int = field(default=64, metadata=check(min=1))  # CNN channels (spatial latents) or MLP width
+    num_blocks: int = field(default=2, metadata=check(min=1))  # residual blocks (CNN: 2× pooling after each)
+    dropout: float = field(default=0.0, metadata=check(min=0.0, max=1.0))  # inside the residual blocks
+
+
+@dataclass
+class ClassifierRunConfig:
+    """``train_classifier.py --run RUN``: p(attributes | x_t, t) on RUN's latents, for classifier guidance."""
+
+    name: str = "classifier"  # the classifier folder is <RUN>/<name>
+    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=3000, batch_size=128, lr=1e-3, warmup_steps=100, lr_schedule="cosine", log_every=100,
+        eval_every=500, checkpoint_every=500, max_minutes=10))
+    eval_examples: int = field(default=2000, metadata=check(min=1))  # held-out latents scored at each evaluation
+
+
 # ----------------------------------------------------------------------------- building and checking
 
 
@@ -330,8 +354,13 @@ def _check_value(value, meta: dict, key: str):
             raise ConfigError(f"{key}: file {value!r} does not exist{hint}")
 
 
-def from_dict(cls, data: dict | None, prefix: str = ""):
-    """Build dataclass ``cls`` from a nested dict, validating every key, type and range."""
+def from_dict(cls, data: dict | None, prefix: str = "", base=None):
+    """Build dataclass ``cls`` from a nested dict, validating every key, type and range.
+
+    Keys not given take the values of ``base`` (an instance of ``cls``), else the field defaults; a
+    section's ``default_factory`` is its base, so a command can ship its own defaults for a shared
+    section (``ClassifierRunConfig.train``).
+    """
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
@@ -346,11 +375,15 @@ def from_dict(cls, data: dict | None, prefix: str = ""):
     for name, f in fields.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, data.get(name), prefix=f"{prefix}{name}.")
+            section = getattr(base, name) if base is not None else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            kwargs[name] = from_dict(tp, data.get(name), prefix=f"{prefix}{name}.", base=section)
         elif name in data:
             value = _coerce(data[name], tp, prefix + name)
             _check_value(value, dict(f.metadata), prefix + name)
             kwargs[name] = value
+        elif base is not None:
+            kwargs[name] = getattr(base, name)
     return cls(**kwargs)
 
 
@@ -429,18 +462,12 @@ def _field_comments(cls) -> dict[str, str]:
 
 
 def reference_markdown() -> str:
-    """docs/config.md: every section and key of both commands' configs with type, default, limits and help.
+    """docs/config.md: every section and key of the training commands' configs with type, default, limits and help.
 
     Regenerate with ``python docs/make_config_reference.py``; ``tests/test_docs.py`` fails when it is stale.
     """
 
-    def default_of(f):
-        if f.default is not dataclasses.MISSING:
-            return f.default
-        value = f.default_factory()
-        return None if dataclasses.is_dataclass(value) else value
-
-    def row(key: str, f, hints, comments) -> str:
+    def row(key: str, f, hints, comments, default_value) -> str:
         tp = hints[f.name]
         meta = f.metadata or {}
         limits = []
@@ -455,7 +482,7 @@ def reference_markdown() -> str:
         if meta.get("power_of_two"):
             limits.append("a power of two")
         text = "; ".join(x for x in (comments.get(f.name, ""), meta.get("help") or "") if x)
-        default = yaml.safe_dump(default_of(f), default_flow_style=True).strip().removesuffix("...").strip()
+        default = yaml.safe_dump(default_value, default_flow_style=True).strip().removesuffix("...").strip()
         type_name = (_type_name(tp) if typing.get_origin(tp) is not Literal else "str").replace("|", "or")
         return f"| `{key}` | {type_name} | `{default}` | {', '.join(limits)} | {text} |"
 
@@ -463,19 +490,20 @@ def reference_markdown() -> str:
              "Generated from the dataclasses in `latentdiff/config.py` by `python docs/make_config_reference.py`;",
              "do not edit by hand. Every key can be set in a recipe's YAML or on the command line as a dotted",
              "override (`train.steps=500`).", ""]
-    for command, run_cls in (("train_ae.py", AERunConfig), ("train_diffusion.py", LDMRunConfig)):
+    for command, run_cls in (("train_ae.py", AERunConfig), ("train_diffusion.py", LDMRunConfig),
+                             ("train_classifier.py", ClassifierRunConfig)):
         lines += [f"## `{command}` — `{run_cls.__name__}`", "", run_cls.__doc__.strip(), ""]
-        sections = [("", run_cls)]
+        sections = [("", run_cls, run_cls())]  # defaults read from an instance: a command may set its own
         while sections:
-            prefix, cls = sections.pop(0)
+            prefix, cls, instance = sections.pop(0)
             hints = typing.get_type_hints(cls)
             comments = _field_comments(cls)
             rows, nested = [], []
             for f in dataclasses.fields(cls):
                 if dataclasses.is_dataclass(hints[f.name]):
-                    nested.append((f"{prefix}{f.name}.", hints[f.name]))
+                    nested.append((f"{prefix}{f.name}.", hints[f.name], getattr(instance, f.name)))
                 else:
-                    rows.append(row(prefix + f.name, f, hints, comments))
+                    rows.append(row(prefix + f.name, f, hints, comments, getattr(instance, f.name)))
             if rows:
                 title = f"`{prefix.rstrip('.')}` — {cls.__doc__.strip().splitlines()[0]}" if prefix else "top level"
                 lines += [f"### {title}", "", "| key | type | default | allowed | meaning |",

@@ -271,8 +271,8 @@ class GaussianDiffusion:
                cond=None, guidance_scale: float = 1.0, uncond=None, generator: torch.Generator | None = None,
                progress: bool = False, clip_denoised: bool = False, timestep_spacing: str = "linspace",
                noise: torch.Tensor | None = None, return_trajectory: bool = False, trajectory_every: int = 1,
-               classifier_guidance=None, device=None):
-        """Draw x0 ~ p_θ by running the reverse process from x_T ~ N(0, I).
+               classifier_guidance=None, device=None, start_t: int | None = None):
+        """Draw x0 ~ p_θ by running the reverse process from x_T ~ N(0, I) (or from x_{start_t}).
 
         Args:
             model: ``model(x_t, t, cond)`` → tensor like x_t.
@@ -292,6 +292,9 @@ class GaussianDiffusion:
                 of the state and x̂0 at every ``trajectory_every``-th step and at the last step.
             classifier_guidance: None or ``(grad_log_prob(x_t, t), scale)``.
             device: where to sample when ``noise`` is not given (default: the model's device).
+            start_t: None, or run only the part of the chain below timestep index ``start_t``: the
+                ``steps`` (None: all start_t + 1) timesteps are spaced over 0..start_t, and ``noise`` is
+                the state at level ᾱ_{start_t}, e.g. ``q_sample`` of data for SDEdit (Meng et al. 2022).
         Returns:
             samples (B, ...) (the last step returns x̂0), or (samples, trajectory).
         """
@@ -303,7 +306,10 @@ class GaussianDiffusion:
             raise ValueError(f"eta must be >= 0, got {eta}")
         if trajectory_every < 1:
             raise ValueError(f"trajectory_every must be >= 1, got {trajectory_every}")
-        timesteps = spaced_timesteps(self.num_timesteps, steps, timestep_spacing)
+        timesteps = spaced_timesteps(self._chain_length(start_t), steps, timestep_spacing)
+        if start_t is not None and int(timesteps[-1]) != start_t:
+            raise ValueError(f"timestep_spacing={timestep_spacing!r} does not start at start_t={start_t}; "
+                             f"use 'linspace' or 'trailing' for a partial chain")
         if noise is None:
             device = device or _model_device(model)
             gen_device = generator.device if generator is not None else device
@@ -319,15 +325,24 @@ class GaussianDiffusion:
     @torch.no_grad()
     def ddim_invert(self, model, x0: torch.Tensor, steps: int | None = None, cond=None,
                     guidance_scale: float = 1.0, uncond=None, timestep_spacing: str = "linspace",
-                    progress: bool = False) -> torch.Tensor:
+                    progress: bool = False, start_t: int | None = None) -> torch.Tensor:
         """x_T from x0 by running deterministic DDIM (η = 0) forwards (Song et al. 2021, §4.3, ODE Eq. 14).
 
         The inverse of ``sample(sampler="ddim", eta=0, steps=steps, noise=x_T)`` up to the discretisation
-        error of evaluating ε̂ at the current point instead of the next one.
+        error of evaluating ε̂ at the current point instead of the next one. ``start_t`` stops the
+        inversion at level ᾱ_{start_t} (the ``start_t`` of ``sample`` that takes it back).
         """
-        timesteps = spaced_timesteps(self.num_timesteps, steps, timestep_spacing)
+        timesteps = spaced_timesteps(self._chain_length(start_t), steps, timestep_spacing)
         return ddim_invert_loop(self, model, x0, timesteps, progress=progress, cond=cond,
                                 guidance_scale=guidance_scale, uncond=uncond)
+
+    def _chain_length(self, start_t: int | None) -> int:
+        """How many timestep indices a (partial) chain ending at ``start_t`` covers."""
+        if start_t is None:
+            return self.num_timesteps
+        if not 0 <= start_t < self.num_timesteps:
+            raise ValueError(f"start_t must be a timestep index from 0 to {self.num_timesteps - 1}, got {start_t}")
+        return int(start_t) + 1
 
     # -- variational bound ------------------------------------------------------------------------------
     @torch.no_grad()

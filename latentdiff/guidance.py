@@ -79,18 +79,35 @@ def apply_classifier_guidance(eps: torch.Tensor, x_t: torch.Tensor, t: torch.Ten
 
 
 def classifier_grad_log_prob(classifier: Callable, labels: torch.Tensor) -> Callable:
-    """``grad_log_prob(x_t, t)`` = ∇_{x_t} log softmax(classifier(x_t, t))[labels], summed over the batch.
+    """``grad_log_prob(x_t, t)`` = ∇_{x_t} Σ_a log softmax(head_a(x_t, t))[labels_a], summed over the batch.
+
+    With several heads (one per attribute) the attributes are treated as independent given x_t, so
+    log p(a_1, ..., a_A | x_t) = Σ_a log p(a_i | x_t); attributes whose label is ``UNSPECIFIED`` (−1)
+    are left out of the sum, i.e. not guided.
 
     Args:
-        classifier: noise-aware classifier ``classifier(x_t, t)`` → (B, num_classes) logits.
-        labels: (B,) int64 target classes.
+        classifier: noise-aware classifier ``classifier(x_t, t)`` → (B, num_classes) logits, or a list
+            of such tensors, one per attribute.
+        labels: (B,) int64 target classes for one head, or (B, A) for A heads (−1: not guided).
     """
+    from latentdiff.conditioning import UNSPECIFIED
 
     def grad_log_prob(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
-            log_probs = torch.log_softmax(classifier(x, t), dim=-1)
-            chosen = log_probs.gather(1, labels.view(-1, 1).to(log_probs.device)).sum()
+            out = classifier(x, t)
+            heads = [out] if isinstance(out, torch.Tensor) else list(out)
+            columns = labels.view(-1, 1) if labels.dim() == 1 else labels
+            if columns.shape[1] != len(heads):
+                raise ValueError(f"classifier guidance: {columns.shape[1]} label columns for a classifier "
+                                 f"with {len(heads)} heads; give one label (or -1) per head")
+            chosen = x.new_zeros(())
+            for logits, y in zip(heads, columns.to(x.device).unbind(1)):
+                keep = y != UNSPECIFIED
+                log_probs = torch.log_softmax(logits[keep], dim=-1)
+                chosen = chosen + log_probs.gather(1, y[keep].view(-1, 1)).sum()
+            if not chosen.requires_grad:  # nothing asked for: no guidance
+                return torch.zeros_like(x_t)
             return torch.autograd.grad(chosen, x)[0]
 
     return grad_log_prob

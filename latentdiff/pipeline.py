@@ -83,6 +83,10 @@ class LatentDiffusion(nn.Module):
         if not self.conditional:
             raise ValueError("this run was trained without attribute conditioning; sample without attrs, "
                              "or train with conditioning.enabled=true (or use classifier guidance)")
+        return self.attribute_rows(n, attrs)
+
+    def attribute_rows(self, n: int, attrs) -> torch.Tensor:
+        """``attrs`` (a dict {name: value}, an (A,) or (n, A) LongTensor) → (n, A) value indices, −1 = free."""
         if isinstance(attrs, dict):
             if self.schema is None:
                 raise ValueError("this run has no attribute schema")
@@ -95,8 +99,26 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def sample_latents(self, n: int, attrs=None, guidance_scale: float = 1.0, sampler: str = "ddim",
                        steps: int | None = 50, eta: float = 0.0, generator=None, noise=None,
-                       progress: bool = False, classifier_guidance=None, **kw) -> torch.Tensor:
-        """n normalised latents from the reverse process (see ``GaussianDiffusion.sample``)."""
+                       progress: bool = False, classifier_guidance=None, classifier=None,
+                       classifier_scale: float = 1.0, **kw) -> torch.Tensor:
+        """n normalised latents from the reverse process (see ``GaussianDiffusion.sample``).
+
+        ``classifier`` (a ``NoisyAttributeClassifier`` or the folder ``train_classifier.py`` wrote) guides
+        towards ``attrs`` with strength ``classifier_scale`` (Dhariwal & Nichol 2021, Algorithm 2), for
+        conditional and unconditional runs alike; attributes not given are not guided. Conditional runs
+        also get ``attrs`` as their condition (classifier-free guidance with ``guidance_scale``).
+        """
+        if classifier is not None:
+            if attrs is None:
+                raise ValueError("classifier guidance needs attributes to guide towards (attrs / --attr NAME=VALUE)")
+            if isinstance(classifier, str | Path):
+                classifier = self.load_classifier(classifier)
+            from latentdiff.guidance import classifier_grad_log_prob
+
+            rows = self.attribute_rows(n, attrs)
+            classifier_guidance = (classifier_grad_log_prob(classifier, rows), classifier_scale)
+            if not self.conditional:
+                attrs = None  # the classifier alone carries them
         cond = self.make_condition(n, attrs)
         uncond = None
         if cond is not None and guidance_scale != 1.0:
@@ -114,6 +136,8 @@ class LatentDiffusion(nn.Module):
                return_latents: bool = False, batch_size: int | None = None, **kw):
         """n images in [-1, 1]: sample latents, then decode. With ``return_latents`` also the latents."""
         batch_size = batch_size or n
+        if isinstance(kw.get("classifier"), str | Path):  # loaded once, not per batch
+            kw["classifier"] = self.load_classifier(kw["classifier"])
         images, latents = [], []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
@@ -136,6 +160,76 @@ class LatentDiffusion(nn.Module):
         weights = torch.linspace(0, 1, n, device=z_T.device)
         path = torch.stack([slerp(z_T[0], z_T[1], float(w)) for w in weights])
         return self.decode(self.sample_latents(n, attrs, sampler="ddim", steps=steps, eta=0.0, noise=path))
+
+    @torch.no_grad()
+    def edit(self, images: torch.Tensor, attrs=None, strength: float = 0.6, mode: str = "sdedit",
+             guidance_scale: float = 1.0, sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0,
+             generator=None, noise=None, classifier=None, classifier_scale: float = 1.0,
+             progress: bool = False) -> torch.Tensor:
+        """Edit images (B, C, H, W) in [-1, 1] towards ``attrs``; returns (B, C, H, W).
+
+        The latents z0 = encode(images) are taken to level t = ⌈strength·T⌉ − 1 and the reverse process
+        runs back from there with the asked attributes (classifier-free guidance on a conditional run,
+        ``classifier`` guidance when given):
+            mode="sdedit": x_t = √ᾱ_t z0 + √(1−ᾱ_t) ε (Meng et al. 2022, SDEdit); strength 1 starts from
+                pure noise x_T ~ N(0, I), so the input is ignored;
+            mode="invert": x_t from deterministic DDIM inversion of z0 (Song et al. 2021, §4.3), which keeps
+                more of the input's layout; with DDIM η = 0 and no attribute change it gives z0 back up to
+                the discretisation error.
+        ``strength`` 0 returns the reconstruction decode(encode(images)). ``steps`` is the step count of
+        a full chain; a partial one takes the same share of them. ``noise`` (B, *latent_shape): the ε
+        of SDEdit.
+        """
+        import math
+
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1] (0: the reconstruction, 1: all noise), got {strength}")
+        if mode not in ("sdedit", "invert"):
+            raise ValueError(f"edit mode {mode!r}: use 'sdedit' or 'invert'")
+        z0 = self.encode(images)
+        if strength == 0.0:
+            return self.decode(z0)
+        T = self.diffusion.num_timesteps
+        start_t = max(0, math.ceil(strength * T) - 1)
+        k = None if steps is None else max(1, min(start_t + 1, round(steps * (start_t + 1) / T)))
+        if mode == "sdedit":
+            if noise is None:
+                gen_device = generator.device if generator is not None else z0.device
+                noise = torch.randn(z0.shape, generator=generator, device=gen_device).to(z0.device)
+            t = torch.full((z0.shape[0],), start_t, dtype=torch.long, device=z0.device)
+            x = noise if strength == 1.0 else self.diffusion.q_sample(z0, t, noise.to(z0.device))
+        else:  # the unconditional model inverts: the input's own attributes are unknown
+            x = self.diffusion.ddim_invert(self.denoiser, z0, steps=k, start_t=start_t, progress=progress)
+        z = self.sample_latents(z0.shape[0], attrs, guidance_scale, sampler, k, eta, generator, x, progress,
+                                classifier=classifier, classifier_scale=classifier_scale, start_t=start_t)
+        return self.decode(z)
+
+    def read_image(self, path: str | Path) -> torch.Tensor:
+        """An image file as (C, H, W) in [-1, 1] in the layout of the run's data: the autoencoder's channels
+        (greyscale or RGB) and size, centre-cropped (to the dataset's ``crop`` option when it has one)."""
+        from latentdiff.data.common import load_image, to_unit_range
+
+        path = Path(path)
+        if self.autoencoder is None:
+            raise ValueError("this run diffuses data points directly, not images; editing needs a run with an "
+                             "autoencoder (ae.run)")
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} does not exist")
+        channels, height, width = self.autoencoder.sample_shape
+        if height != width or channels not in (1, 3):
+            raise ValueError(f"images of this run are {channels}×{height}×{width}; only square greyscale or RGB "
+                             f"images can be read in")
+        crop = self.config.get("data", {}).get("options", {}).get("crop")
+        try:
+            return to_unit_range(load_image(path, height, channels, crop=crop))
+        except OSError as e:  # PIL's UnidentifiedImageError, truncated files
+            raise ValueError(f"cannot read {path} as an image ({type(e).__name__}); give a PNG or JPEG") from None
+
+    def load_classifier(self, folder: str | Path):
+        """The ``train_classifier.py`` classifier in ``folder``, checked to belong to this run's latents."""
+        from latentdiff.latent_classifier import load_classifier
+
+        return load_classifier(folder, ldm=self, device=self.device)
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
