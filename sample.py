@@ -37,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None,
                    help="reverse steps (default: the run's sample.steps with its sampler, else 50 for ddim, all T)")
     p.add_argument("--eta", type=float, default=None,
-                   help="DDIM stochasticity (0 deterministic, 1 ~ DDPM; default: the run's sample.eta)")
+                   help="DDIM stochasticity (0 deterministic, 1 ~ DDPM; default: the run's sample.eta, "
+                        "0 for --edit-mode invert)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE",
                    help="attribute to ask for (repeatable); the rest stay free")
@@ -95,6 +96,8 @@ def main(argv=None):
             args.steps = args.steps if args.steps is not None else run_sample.get("steps")
         if args.sampler == "ddim" and args.steps is None:
             args.steps = 50
+        if args.eta is None and args.edit_mode == "invert":
+            args.eta = 0.0  # the inverted x_t only leads back to the image along the deterministic path
         if args.eta is None:
             args.eta = run_sample.get("eta", 0.0) if args.sampler == "ddim" else 0.0
         generator = torch.Generator(device=device).manual_seed(args.seed)

@@ -62,18 +62,17 @@ def main():
     judge, record, _ = load_or_train_classifier(ldm.config["data"], Path(args.run).parent / "classifiers")
     A = len(schema.names)
     generator = torch.Generator().manual_seed(args.seed)
-    extra = {}
+    extra, guide = {}, {}
     if args.classifier:
         extra = {"classifier": args.classifier, "classifier_scale": args.classifier_scale}
+        guide = {"classifier": ldm.load_classifier(args.classifier), "classifier_scale": args.classifier_scale}
 
     def sample(asked: torch.Tensor, guidance: float) -> torch.Tensor:
+        attrs = asked if ldm.conditional or guide else None  # unconditional: attributes only through a classifier
         if not ldm.conditional:
-            guidance, cond = 1.0, None  # an unconditional model: attributes only through a classifier
-            kw = {**extra, "classifier_attrs": asked} if extra else {}
-        else:
-            cond, kw = asked, ({**extra, "classifier_attrs": asked} if extra else {})
-        images = ldm.sample(asked.shape[0], attrs=cond, guidance_scale=guidance, sampler=args.sampler,
-                            steps=args.steps, eta=eta, generator=generator, batch_size=args.batch_size, **kw)
+            guidance = 1.0
+        images = ldm.sample(asked.shape[0], attrs=attrs, guidance_scale=guidance, sampler=args.sampler,
+                            steps=args.steps, eta=eta, generator=generator, batch_size=args.batch_size, **guide)
         return judge.judge(images)[1]
 
     rows = []

@@ -28,7 +28,12 @@ from latentdiff.metrics.distribution import mean_pairwise_distance
 
 CLASSIFIER_FORMAT = 1
 # train_classifier's settings: part of the cache key, so a change trains a new judge instead of reusing one.
-JUDGE_SETTINGS = {"steps": 600, "batch_size": 128, "lr": 2e-3, "width": 32, "feature_dim": 128, "seed": 0}
+# noise: the judge trains on x + σ·ε with σ ~ U(0, noise) per image. A judge fitted to clean images only
+# read the faint background texture of generated shapes as evidence: it called 6 % of drawn, plainly
+# triangular or round, samples the wrong shape (judges trained with noise, or 2.5x longer, agreed with
+# each other and with the eye on 99.7 % of them) while scoring 100 % on the real test set either way.
+JUDGE_SETTINGS = {"steps": 600, "batch_size": 128, "lr": 2e-3, "width": 32, "feature_dim": 128, "noise": 0.2,
+                  "seed": 0}
 
 
 class DomainClassifier(nn.Module):
@@ -129,11 +134,12 @@ def diversity_by_value(features: torch.Tensor, predicted: torch.Tensor, groups: 
 def train_classifier(train_set, test_set, schema: AttributeSchema, steps: int = JUDGE_SETTINGS["steps"],
                      batch_size: int = JUDGE_SETTINGS["batch_size"], lr: float = JUDGE_SETTINGS["lr"],
                      width: int = JUDGE_SETTINGS["width"], feature_dim: int = JUDGE_SETTINGS["feature_dim"],
-                     seed: int = JUDGE_SETTINGS["seed"], device="cpu",
+                     noise: float = JUDGE_SETTINGS["noise"], seed: int = JUDGE_SETTINGS["seed"], device="cpu",
                      progress: bool = True) -> tuple[DomainClassifier, dict]:
     """Train a ``DomainClassifier`` on ``train_set``'s labels (items ``(image, attrs)``) with Adam and a one-cycle
-    learning rate (10 % warm-up, cosine decay), for ``steps`` batches drawn with replacement; returns (model,
-    test accuracy per attribute and joint on the whole ``test_set``)."""
+    learning rate (10 % warm-up, cosine decay), for ``steps`` batches drawn with replacement, each image with
+    Gaussian noise of a std drawn from U(0, ``noise``) added; returns (model, test accuracy per attribute and
+    joint on the whole clean ``test_set``)."""
     from tqdm import tqdm
 
     if not schema.names:
@@ -149,7 +155,11 @@ def train_classifier(train_set, test_set, schema: AttributeSchema, steps: int = 
     loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler)
     model.train()
     bar = tqdm(loader, total=steps, desc="training the judge", disable=not progress, dynamic_ncols=True)
+    noise_gen = torch.Generator().manual_seed(seed + 1)
     for x, attrs in bar:
+        if noise > 0:
+            sigma = noise * torch.rand(x.shape[0], *[1] * (x.dim() - 1), generator=noise_gen)
+            x = x + sigma * torch.randn(x.shape, generator=noise_gen)
         logits = model(x.to(device))
         attrs = attrs.to(device)
         loss = sum(F.cross_entropy(lg, attrs[:, a], ignore_index=UNSPECIFIED) for a, lg in enumerate(logits))
