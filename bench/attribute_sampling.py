@@ -14,6 +14,10 @@ classifier. Three settings, each a row:
                attributes spread (normalised entropy of the judge's predictions, 1 = uniform)
     free       nothing asked for (w irrelevant): the spread of every attribute, for reference
 
+    edit s     ``--edit-strength S ...``: held-out images edited (``LatentDiffusion.edit``, ``--edit-mode``)
+               to another value of ``--edit-attr`` at strength s: accuracy on the asked value, and how
+               often the other attributes keep the input's true value ("kept")
+
 ``--classifier RUN/classifier --classifier-scale S`` adds the same rows for post-hoc classifier
 guidance of the run's unconditional model (w = 0 unless --guidance says otherwise).
 Prints a markdown table, writes bench/results/attribute_sampling_<run>.json.
@@ -42,6 +46,11 @@ def main():
     p.add_argument("--max", type=int, default=1000, help="at most this many samples per setting")
     p.add_argument("--classifier", default=None, help="post-hoc guidance classifier folder (train_classifier.py)")
     p.add_argument("--classifier-scale", type=float, default=1.0)
+    p.add_argument("--edit-strength", type=float, nargs="*", default=[], metavar="S",
+                   help="also edit held-out images at these strengths (e.g. 0.3 0.5)")
+    p.add_argument("--edit-attr", default=None, help="the attribute the edits change (default: the first)")
+    p.add_argument("--edit-mode", choices=["sdedit", "invert"], default="sdedit")
+    p.add_argument("--edit-num", type=int, default=192, help="held-out images edited per strength")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
     args = p.parse_args()
@@ -102,11 +111,36 @@ def main():
     rows.append({"asked": "none", "n": len(asked),
                  **{f"spread {n}": normalised_entropy(predicted[:, b], schema.num_values(b))
                     for b, n in enumerate(schema.names)}})
+    # edits of held-out images: one attribute changed, the rest should stay
+    if args.edit_strength:
+        from latentdiff.builders import build_data
+        from latentdiff.config import DataConfig, from_dict
+
+        a = schema.names.index(args.edit_attr) if args.edit_attr else 0
+        k = schema.num_values(a)
+        test = build_data(from_dict(DataConfig, ldm.config["data"]), "test")
+        images, true = (torch.stack(c) for c in zip(*(test[i] for i in range(min(args.edit_num, len(test))))))
+        asked = torch.full_like(true, UNSPECIFIED)
+        shift = torch.randint(1, k, (len(true),), generator=torch.Generator().manual_seed(args.seed))
+        asked[:, a] = (true[:, a] + shift) % k  # always a different value than the input's
+        attrs = asked if ldm.conditional or guide else None
+        for strength in args.edit_strength:
+            edited = ldm.edit(images, attrs=attrs, strength=strength, mode=args.edit_mode,
+                              guidance_scale=args.guidance if ldm.conditional else 1.0, sampler=args.sampler,
+                              steps=args.steps, eta=0.0 if args.edit_mode == "invert" else eta,
+                              generator=generator, **guide)
+            predicted = judge.judge(edited)[1]
+            rows.append({"asked": f"edit {schema.names[a]} s={strength:g}", "n": len(true),
+                         f"acc {schema.names[a]}": float((predicted[:, a] == asked[:, a]).double().mean()),
+                         **{f"kept {other}": float((predicted[:, b] == true[:, b]).double().mean())
+                            for b, other in enumerate(schema.names) if b != a}})
     columns = ["asked", "n", "joint", *[f"acc {n}" for n in schema.names], *[f"spread {n}" for n in schema.names]]
+    columns += [c for c in dict.fromkeys(k for row in rows for k in row) if c.startswith("kept ")]
     name = Path(args.run).name + ("_posthoc" if args.classifier else "")
     write_results(f"attribute_sampling_{name}", rows, columns,
                   extra={"run": args.run, "guidance": args.guidance, "sampler": args.sampler, "steps": args.steps,
-                         "eta": eta, "judge_test_accuracy": record["test_accuracy"], **extra})
+                         "eta": eta, "judge_test_accuracy": record["test_accuracy"], **extra,
+                         **({"edit_mode": args.edit_mode} if args.edit_strength else {})})
 
 
 if __name__ == "__main__":
