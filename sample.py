@@ -119,14 +119,7 @@ def main(argv=None):
         save_png(picture, out)
         print(f"wrote {out}")
         if args.npz:
-            arrays = {"images": images.cpu().numpy().astype(np.float32),
-                      "latents": latents.cpu().numpy().astype(np.float32)}
-            if cond is not None:
-                arrays["attributes"] = cond.cpu().numpy()
-                arrays["attribute_names"] = np.array(ldm.schema.names)
-            Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
-            np.savez(args.npz, **arrays)
-            print(f"wrote {args.npz}")
+            write_npz(args.npz, ldm, cond, images=images, latents=latents)
 
 
 def edit(ldm, args, cond, per_image, guidance, generator, guided):
@@ -143,14 +136,18 @@ def edit(ldm, args, cond, per_image, guidance, generator, guided):
     save_png(image_grid(rows.flatten(0, 1), nrow=per_image + 1), out)
     print(f"wrote {out}")
     if args.npz:
-        arrays = {"originals": originals.cpu().numpy().astype(np.float32),
-                  "images": edits.cpu().numpy().astype(np.float32)}
-        if attrs is not None:
-            arrays["attributes"] = attrs.cpu().numpy()
-            arrays["attribute_names"] = np.array(ldm.schema.names)
-        Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.npz, **arrays)
-        print(f"wrote {args.npz}")
+        write_npz(args.npz, ldm, attrs, originals=originals, images=edits)
+
+
+def write_npz(path, ldm, attrs, **tensors):
+    """``--npz``: the tensors as float32 arrays, and the asked ``attributes`` (N, A) with their names."""
+    arrays = {name: t.cpu().numpy().astype(np.float32) for name, t in tensors.items()}
+    if attrs is not None:
+        arrays["attributes"] = attrs.cpu().numpy()
+        arrays["attribute_names"] = np.array(ldm.schema.names)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def main():
     p.add_argument("--edit-strength", type=float, nargs="*", default=[], metavar="S",
                    help="also edit held-out images at these strengths (e.g. 0.3 0.5)")
     p.add_argument("--edit-attr", default=None, help="the attribute the edits change (default: the first)")
-    p.add_argument("--edit-mode", choices=["sdedit", "invert"], default="sdedit")
+    p.add_argument("--edit-mode", choices=["sdedit", "invert"], nargs="+", default=["sdedit"])
     p.add_argument("--edit-num", type=int, default=192, help="held-out images edited per strength")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
@@ -124,13 +124,12 @@ def main():
         shift = torch.randint(1, k, (len(true),), generator=torch.Generator().manual_seed(args.seed))
         asked[:, a] = (true[:, a] + shift) % k  # always a different value than the input's
         attrs = asked if ldm.conditional or guide else None
-        for strength in args.edit_strength:
-            edited = ldm.edit(images, attrs=attrs, strength=strength, mode=args.edit_mode,
+        for mode, strength in itertools.product(args.edit_mode, args.edit_strength):
+            edited = ldm.edit(images, attrs=attrs, strength=strength, mode=mode,
                               guidance_scale=args.guidance if ldm.conditional else 1.0, sampler=args.sampler,
-                              steps=args.steps, eta=0.0 if args.edit_mode == "invert" else eta,
-                              generator=generator, **guide)
+                              steps=args.steps, eta=0.0 if mode == "invert" else eta, generator=generator, **guide)
             predicted = judge.judge(edited)[1]
-            rows.append({"asked": f"edit {schema.names[a]} s={strength:g}", "n": len(true),
+            rows.append({"asked": f"edit {schema.names[a]} {mode} s={strength:g}", "n": len(true),
                          f"acc {schema.names[a]}": float((predicted[:, a] == asked[:, a]).double().mean()),
                          **{f"kept {other}": float((predicted[:, b] == true[:, b]).double().mean())
                             for b, other in enumerate(schema.names) if b != a}})

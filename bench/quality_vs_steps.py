@@ -63,7 +63,8 @@ def main():
                      "fd": m["fd"], "precision": m["precision"], "recall": m["recall"],
                      "ms_per_image": 1000 * seconds / args.num})
         print(rows[-1], flush=True)
-    write_results(f"quality_vs_steps_{Path(args.run).name}", rows, list(rows[0]),
+    name = f"quality_vs_steps_{Path(args.run).name}" + (f"_seed{args.seed}" if args.seed else "")
+    write_results(name, rows, list(rows[0]),
                   extra={"run": args.run, "num": args.num, "reference": f"first {args.num} test images",
                          "judge_test_accuracy": record["test_accuracy"], "threads": 1})
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentdiff.conditioning import UNSPECIFIED
-from latentdiff.latents import LatentNormaliser, sample_latents
+from latentdiff.latents import LatentNormaliser, training_batch
 from latentdiff.nets.embeddings import TimestepEmbedding
 from latentdiff.nets.mlp import ResidualMLPBlock
 from latentdiff.nets.unet import ResBlock
@@ -141,12 +141,7 @@ class ClassifierTask:
         pass  # everything in the state comes from the diffusion run, which is rebuilt the same way
 
     def losses(self, batch, step):
-        if self.from_cache:
-            mean, logvar, attrs = batch
-            z = sample_latents(mean, logvar)
-        else:
-            z, attrs = batch
-        z = self.normaliser.normalise(z)
+        z, attrs = training_batch(batch, self.from_cache, self.normaliser)
         t = torch.randint(0, self.diffusion.num_timesteps, (z.shape[0],), device=z.device)
         logits = self.model(self.diffusion.q_sample(z, t), t)
         # summed over the known labels, then averaged: a batch where some attribute is all unspecified is fine

@@ -279,6 +279,17 @@ def sample_latents(mean: torch.Tensor, logvar: torch.Tensor, generator=None) -> 
     return mean + torch.exp(0.5 * logvar) * noise
 
 
+def training_batch(batch, from_cache: bool, normaliser: LatentNormaliser) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised z, attrs) of a training batch: a cache batch (mean, logvar, attrs) draws a fresh z ~ q(z|x)
+    every time; a batch of data points (z, attrs) is taken as it is (a diffusion directly on data)."""
+    if from_cache:
+        mean, logvar, attrs = batch
+        z = sample_latents(mean, logvar)
+    else:
+        z, attrs = batch
+    return normaliser.normalise(z), attrs
+
+
 @dataclass
 class LatentNormaliser:
     """z_n = (z − shift) · scale, per channel (dim 1) or one global scale.

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from latentdiff.conditioning import drop_attributes
-from latentdiff.latents import LatentNormaliser, sample_latents
+from latentdiff.latents import LatentNormaliser, training_batch
 from latentdiff.metrics.image import mse, psnr, ssim
 from latentdiff.viz import image_grid, scatter_image
 
@@ -126,12 +126,7 @@ class DiffusionTask:
             self.normaliser = LatentNormaliser.from_state(state["normaliser"])
 
     def losses(self, batch, step):
-        if self.from_cache:
-            mean, logvar, attrs = batch
-            z = sample_latents(mean, logvar)
-        else:
-            z, attrs = batch
-        z = self.normaliser.normalise(z)
+        z, attrs = training_batch(batch, self.from_cache, self.normaliser)
         cond = drop_attributes(attrs, self.p_attr, self.p_all) if self.conditional else None
         T = self.diffusion.num_timesteps
         t = torch.randint(0, T, (z.shape[0],), device=z.device)
