@@ -3,15 +3,18 @@
 
     python docs/gallery.py --shapes runs/shapes_ldm_kl --fmnist runs/fashion_mnist_ldm_kl \\
         --fmnist-rae runs/fashion_mnist_ldm_rae --toy runs/toy_swissroll \\
-        --ae runs/fashion_mnist_ae_kl runs/fashion_mnist_ae_rae
+        --ae runs/fashion_mnist_ae_kl runs/fashion_mnist_ae_rae --shapes-uncond runs/shapes_ldm_kl_uncond
 
 Any run left out is skipped. Every picture of a diffusion run is made by sample.py or visualize.py, so
 the gallery shows exactly what a user gets from those commands (fixed seeds: rerunning reproduces it);
 an autoencoder run gives <run name>_reconstructions.png, its first test images beside their reconstructions.
+The shapes run also edits its first test images to every colour (sample.py --edit); --shapes-uncond (an
+unconditional run with a train_classifier.py classifier) shows post-hoc classifier guidance.
 """
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,16 +44,27 @@ def reconstructions(ae_run: str, path: Path, pairs: int = 16) -> Path:
     return save_png(image_grid(torch.stack([x, recon], dim=1).flatten(0, 1), nrow=8), path)
 
 
+def test_images(run: str, folder: Path, n: int) -> list[Path]:
+    """The first ``n`` test images of a diffusion run's dataset written as PNGs into ``folder`` (inputs for --edit)."""
+    from latentdiff.config import DataConfig, from_dict
+    from latentdiff.pipeline import LatentDiffusion
+
+    data = build_data(from_dict(DataConfig, LatentDiffusion.from_run(run).config["data"]), "test")
+    return [save_png(image_grid(data[i][0][None], nrow=1, padding=0), folder / f"test_{i}.png") for i in range(n)]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", help="a conditional shapes run")
     p.add_argument("--fmnist", help="a Fashion-MNIST VAE + diffusion run")
     p.add_argument("--fmnist-rae", help="a Fashion-MNIST RAE + diffusion run")
+    p.add_argument("--shapes-uncond", help="an unconditional shapes run with its post-hoc classifier")
     p.add_argument("--toy", help="a 2-D swiss-roll run")
     p.add_argument("--ae", nargs="+", default=[], help="autoencoder (stage-one) runs: reconstructions")
     p.add_argument("--out", default=str(ROOT / "docs" / "gallery"))
     args = p.parse_args(argv)
     out = Path(args.out)
+    scratch = Path(tempfile.mkdtemp(prefix="gallery_"))
     jobs = []
     if args.shapes:
         jobs += [(sample.main, ["--run", args.shapes, "--grid-by", "color", "--attr", "shape=triangle", "--num", "48",
@@ -62,7 +76,13 @@ def main(argv=None):
                  (visualize.main, ["reverse", "--run", args.shapes, "--out", out / "shapes_reverse.png", "--num", "3",
                                    "--columns", "10"]),
                  (visualize.main, ["interpolate", "--run", args.shapes, "--out", out / "shapes_interpolation.png",
-                                   "--pairs", "3", "--n", "8"])]
+                                   "--pairs", "3", "--n", "8"]),
+                 (sample.main, ["--run", args.shapes, "--edit", *test_images(args.shapes, scratch, 4), "--grid-by",
+                                "color", "--edit-mode", "invert", "--strength", "0.5", "--guidance", "3",
+                                "--out", out / "shapes_edit_by_color.png"])]
+    if args.shapes_uncond:
+        jobs += [(sample.main, ["--run", args.shapes_uncond, "--classifier", "--classifier-scale", "3", "--grid-by",
+                                "color", "--num", "36", "--out", out / "shapes_posthoc_by_color.png"])]
     for name, run in (("fmnist_vae", args.fmnist), ("fmnist_rae", args.fmnist_rae)):
         if run:
             jobs += [(sample.main, ["--run", run, "--num", "100", "--guidance", "0", "--out",
