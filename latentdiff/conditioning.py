@@ -29,8 +29,12 @@ class AttributeEmbedding(nn.Module):
         super().__init__()
         self.num_values = list(num_values)
         self.tables = nn.ModuleList(nn.Embedding(n + 1, dim) for n in self.num_values)
+        # N(0, 1/A) rows: the sum of A attribute embeddings starts with unit variance per component, as strong
+        # as the time embedding it joins. With DiT's std 0.02 a tiny shapes run still ignored its colour
+        # condition after 800 steps (colour accuracy 0.29; 0.85 only at 1200); with 1/√A it reached 0.94.
+        std = 1.0 / max(1, len(self.num_values)) ** 0.5
         for table in self.tables:
-            nn.init.normal_(table.weight, std=0.02)
+            nn.init.normal_(table.weight, std=std)
 
     def forward(self, attrs: torch.Tensor) -> torch.Tensor:
         if attrs.shape[1] != len(self.tables):
