@@ -27,3 +27,18 @@ def test_the_generator_check_mode_accepts_the_committed_file():
     r = subprocess.run([sys.executable, str(ROOT / "docs" / "make_config_reference.py"), "--check"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_design_layout_names_only_files_that_exist_and_every_library_module():
+    text = (ROOT / "docs" / "design.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```")[1]
+    named, parent = set(), ""
+    for line in block.splitlines():
+        if not line.strip() or not (token := line.split()[0]).endswith((".py", "/")):
+            continue  # continuation lines of a description
+        path = parent + token if line.startswith("  ") else token
+        parent = token if not line.startswith("  ") else parent
+        named.add(path.rstrip("/"))
+        assert (ROOT / path).exists(), f"docs/design.md names {path}, which does not exist"
+    modules = {f"latentdiff/{p.name}" for p in (ROOT / "latentdiff").glob("*.py") if p.name != "__init__.py"}
+    assert modules <= named, f"docs/design.md's layout leaves out {sorted(modules - named)}"
