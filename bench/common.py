@@ -31,11 +31,12 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_results(name: str, rows: list[dict], columns: list[str], extra: dict | None = None) -> Path:
-    """Print the table and write bench/results/<name>.json with the date and machine."""
+    """Print the table and write bench/results/<name>.json with the date and machine (the folder can be moved
+    with LATENTDIFF_BENCH_RESULTS, as the smoke tests do, so they never touch the committed results)."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\n{name} — {stamp} — {machine()}\n")
     print(markdown_table(rows, columns))
-    out = ROOT / "bench" / "results" / f"{name}.json"
+    out = Path(os.environ.get("LATENTDIFF_BENCH_RESULTS", ROOT / "bench" / "results")) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": stamp, "machine": machine(), "rows": rows, **(extra or {})}, indent=1))
     print(f"\nwrote {out}")

@@ -71,7 +71,8 @@ def spaced_timesteps(num_timesteps: int, steps: int | None, spacing: str = "lins
     """The ``steps`` timestep indices (ascending, int64) a sampler visits out of 0..T−1.
 
     Spacings (as compared in Lin et al. 2024, "Common diffusion noise schedules ... are flawed", Table 2):
-        linspace: round(linspace(0, T−1, S)), both ends included;
+        linspace: round(linspace(0, T−1, S)), both ends included (one step: T−1 alone, the chain must start
+                  from the noisiest level; it is also how a partial chain of one step starts at its start_t);
         leading:  0, T/S, 2T/S, ... (floor), starts at 0 and stops short of T−1 (DDIM's original choice);
         trailing: T−1, T−1−T/S, ... down to about T/S − 1, always starts from the last (noisiest) level.
     ``steps=None`` means all T timesteps.
@@ -81,7 +82,8 @@ def spaced_timesteps(num_timesteps: int, steps: int | None, spacing: str = "lins
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be between 1 and num_timesteps={num_timesteps}, got {steps}")
     if spacing == "linspace":
-        ts = torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long()
+        ts = torch.linspace(0 if steps > 1 else num_timesteps - 1, num_timesteps - 1, steps,
+                            dtype=torch.float64).round().long()
     elif spacing == "leading":
         ts = torch.arange(steps) * (num_timesteps // steps)
     elif spacing == "trailing":

@@ -81,3 +81,9 @@ def test_bad_steps_and_spacing_are_clear_errors():
         spaced_timesteps(100, 101)
     with pytest.raises(ValueError, match="trailing"):
         spaced_timesteps(100, 10, "middle")
+
+
+def test_one_linspace_step_starts_from_the_noisiest_level():
+    # a one-step chain (full, or the partial chain of an edit) must start at T-1, not at index 0
+    assert spaced_timesteps(1000, 1, "linspace").tolist() == [999]
+    assert spaced_timesteps(300, 1, "linspace").tolist() == [299]

@@ -1,0 +1,48 @@
+"""The bench/ scripts run against the current library API, on tiny runs and in their --quick modes.
+
+They are what the README's tables come from; this keeps them from drifting out of step with the code
+(a keyword the library no longer takes, a renamed result field). Results go to a temporary folder.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from test_end_to_end import ROOT, runs  # noqa: F401  (the tiny shapes runs fixture)
+
+
+def bench(script, *args, results):
+    env = {**os.environ, "LATENTDIFF_BENCH_RESULTS": str(results), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), *map(str, args)], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, f"bench/{script} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    return r.stdout
+
+
+def test_attribute_sampling_with_edits_writes_every_row(runs, tmp_path):  # noqa: F811
+    out, _ = runs
+    bench("attribute_sampling.py", "--run", out / "shapes_ldm_kl", "--per-value", 1, "--max", 36, "--steps", 2,
+          "--edit-strength", 0.3, "--edit-mode", "sdedit", "invert", "--edit-num", 4, "--batch-size", 64,
+          results=tmp_path)
+    result = json.loads((tmp_path / "attribute_sampling_shapes_ldm_kl.json").read_text())
+    asked = [row["asked"] for row in result["rows"]]
+    assert asked == ["all", "color", "size", "shape", "none", "edit color sdedit s=0.3", "edit color invert s=0.3"]
+    assert 0 <= result["rows"][0]["joint"] <= 1 and "kept shape" in result["rows"][-1]
+
+
+def test_quality_vs_steps_scores_each_setting(runs, tmp_path):  # noqa: F811
+    out, _ = runs
+    bench("quality_vs_steps.py", "--run", out / "shapes_ldm_kl", "--num", 16, "--settings", "ddim:2", "ddpm:3",
+          results=tmp_path)
+    rows = json.loads((tmp_path / "quality_vs_steps_shapes_ldm_kl.json").read_text())["rows"]
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("ddpm", 3)]
+    assert all(r["fd"] >= 0 for r in rows)
+
+
+@pytest.mark.parametrize("script", ["sampling_speed.py", "denoiser_speed.py"])
+def test_speed_benches_against_diffusers_run_quick(script, tmp_path):
+    pytest.importorskip("diffusers", reason="the speed benches compare with diffusers (requirements-bench.txt)")
+    stdout = bench(script, "--quick", results=tmp_path)
+    assert "|" in stdout and len(list(tmp_path.glob("*.json"))) == 1
