@@ -129,9 +129,9 @@ def edit(ldm, args, cond, per_image, guidance, generator, guided):
     n = len(args.edit)
     images = originals.repeat_interleave(per_image, dim=0)
     attrs = cond.repeat(n, 1) if cond is not None else None
-    edits = ldm.edit(images, attrs=attrs, strength=0.4 if args.strength is None else args.strength,
-                     mode=args.edit_mode or "sdedit", guidance_scale=guidance, sampler=args.sampler,
-                     steps=args.steps, eta=args.eta, generator=generator, progress=not args.no_progress, **guided)
+    given = {k: v for k, v in (("strength", args.strength), ("mode", args.edit_mode)) if v is not None}
+    edits = ldm.edit(images, attrs=attrs, guidance_scale=guidance, sampler=args.sampler, steps=args.steps,
+                     eta=args.eta, generator=generator, progress=not args.no_progress, **given, **guided)
     rows = torch.cat([originals.unsqueeze(1), edits.view(n, per_image, *edits.shape[1:])], dim=1)
     out = Path(args.out) if args.out else Path(args.run) / "samples" / f"edit_{Path(args.edit[0]).stem}_{args.seed}.png"
     save_png(image_grid(rows.flatten(0, 1), nrow=per_image + 1), out)

@@ -46,10 +46,12 @@ def reconstructions(ae_run: str, path: Path, pairs: int = 16) -> Path:
 
 def test_images(run: str, folder: Path, n: int) -> list[Path]:
     """The first ``n`` test images of a diffusion run's dataset written as PNGs into ``folder`` (inputs for --edit)."""
-    from latentdiff.config import DataConfig, from_dict
-    from latentdiff.pipeline import LatentDiffusion
+    import yaml
 
-    data = build_data(from_dict(DataConfig, LatentDiffusion.from_run(run).config["data"]), "test")
+    from latentdiff.config import DataConfig, from_dict
+
+    data_config = yaml.safe_load((Path(run) / "config.yaml").read_text())["data"]  # no model needed to read it
+    data = build_data(from_dict(DataConfig, data_config), "test")
     return [save_png(image_grid(data[i][0][None], nrow=1, padding=0), folder / f"test_{i}.png") for i in range(n)]
 
 
