@@ -101,14 +101,18 @@ def check_args(args) -> list[str]:
 
 
 def load_run(run_dir: Path, checkpoint: str | None, device):
-    """(stage, config dict, autoencoder or None, LatentDiffusion or None) of a run folder."""
-    from latentdiff.builders import build_ldm_from_checkpoint, load_autoencoder
+    """(stage, config dict, autoencoder or None, LatentDiffusion or None) of a run or an exported folder."""
+    from latentdiff.loading import is_bundle, ldm_parts_from_checkpoint, load_autoencoder
+    from latentdiff.pipeline import LatentDiffusion
     from latentdiff.training import load_checkpoint
 
+    if is_bundle(run_dir):
+        ldm = LatentDiffusion.from_pretrained(run_dir, device=device)
+        return "diffusion", ldm.config, ldm.autoencoder, ldm
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
         raise FileNotFoundError(f"--run: {run_dir} has no checkpoints/ folder; give a train_ae.py or "
-                                f"train_diffusion.py run folder")
+                                f"train_diffusion.py run folder, or an export.py folder")
     names = [checkpoint] if checkpoint else ["best", "last"]
     path = next((folder / f"{n}.pt" for n in names if (folder / f"{n}.pt").exists()), folder / "last.pt")
     state = load_checkpoint(path, map_location="cpu")
@@ -117,7 +121,7 @@ def load_run(run_dir: Path, checkpoint: str | None, device):
         if checkpoint is None:  # diffusion runs sample from the last EMA weights, as sample.py does
             path = folder / "last.pt"
             state = load_checkpoint(path, map_location="cpu")
-        ldm = build_ldm_from_checkpoint(state, device=device)
+        ldm = LatentDiffusion(**ldm_parts_from_checkpoint(state, run_dir, device=device))
         return "diffusion", state["config"], ldm.autoencoder, ldm
     if "sample_shape" in task:
         return "autoencoder", state["config"], load_autoencoder(path, device=device), None
@@ -228,19 +232,6 @@ class Scorer:
             groups = targets if targets is not None else predicted
             out["diversity"] = diversity_by_value(feats, predicted, groups, self.schema)
         return out
-
-
-def sample_settings(args, run_config: dict) -> dict:
-    """Sampler, steps, eta and guidance: the command line's, else the run's ``sample`` section's."""
-    run_sample = run_config.get("sample", {})
-    sampler = args.sampler or run_sample.get("sampler", "ddim")
-    steps = args.steps
-    if steps is None:
-        steps = run_sample.get("steps") if sampler == run_sample.get("sampler", "ddim") else None
-        steps = 50 if steps is None and sampler == "ddim" else steps
-    eta = args.eta if args.eta is not None else (run_sample.get("eta", 0.0) if sampler == "ddim" else 0.0)
-    guidance = args.guidance if args.guidance is not None else run_sample.get("guidance_scale", 1.0)
-    return {"sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}
 
 
 def likelihood(args, autoencoder, ldm, test_set, gmm, gmm_space: str, device) -> dict:
@@ -425,15 +416,12 @@ def evaluate(args, baselines: list[str], device) -> dict:
         result["samples"]["reconstructions"] = score(recon, targets)
 
     if ldm is not None:
-        s = sample_settings(args, config)
+        s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance)  # the run's, as sample.py
         result["settings"].update(s)
 
         def draw(attrs, seed):
             g = torch.Generator(device=device).manual_seed(seed)
-            noise = torch.randn(n, *ldm.latent_shape, generator=g, device=device)
-            return ldm.sample(n, attrs=attrs, guidance_scale=s["guidance"], sampler=s["sampler"], steps=s["steps"],
-                              eta=s["eta"], generator=g, noise=noise, progress=progress,
-                              batch_size=args.batch_size).cpu()
+            return ldm.sample(n, attrs=attrs, generator=g, progress=progress, batch_size=args.batch_size, **s).cpu()
 
         print(f"sampling {n} with {s['sampler']} ({s['steps'] or 'all'} steps)", flush=True)
         result["samples"]["ldm"] = score(draw(None, args.seed))

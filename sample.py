@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from latentdiff.bundle import is_bundle  # noqa: E402
 from latentdiff.cli import condition_rows, parse_attrs, user_errors  # noqa: E402
 from latentdiff.pipeline import LatentDiffusion  # noqa: E402
 from latentdiff.training import flush_denormals, pick_device  # noqa: E402
@@ -30,9 +31,9 @@ from latentdiff.viz import image_grid, save_png  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="a train_diffusion.py run folder")
+    p.add_argument("--run", required=True, help="a train_diffusion.py run folder, or an export.py folder")
     p.add_argument("--num", type=int, default=None, help="number of samples (default 64), or of edits per image (4)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per reverse-process batch")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per reverse-process batch (default 256)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the run's sample.sampler")
     p.add_argument("--steps", type=int, default=None,
                    help="reverse steps (default: the run's sample.steps with its sampler, else 50 for ddim, all T)")
@@ -59,7 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", choices=["best", "last"], default="last")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="PNG path (default: <run>/samples/sample_<seed>.png)")
+    p.add_argument("--out", default=None,
+                   help="PNG path (default: <run>/samples/sample_<seed>.png; ./samples/ for an exported model)")
     p.add_argument("--npz", default=None, help="also write images (N,C,H,W in [-1,1]), latents and attributes")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -90,54 +92,48 @@ def main(argv=None):
             per_image = ldm.schema.num_values(ldm.schema.names.index(args.grid_by))  # one edit per value
         cond, nrow = condition_rows(ldm, per_image, parse_attrs(args.attr), args.grid_by)
         num = cond.shape[0] if cond is not None else per_image
-        run_sample = ldm.config.get("sample", {})  # the run's own defaults, so one config file is one run
-        guidance = args.guidance if args.guidance is not None else run_sample.get("guidance_scale", 1.0)
-        if args.sampler is None:
-            args.sampler = run_sample.get("sampler", "ddim")
-            args.steps = args.steps if args.steps is not None else run_sample.get("steps")
-        if args.sampler == "ddim" and args.steps is None:
-            args.steps = 50
-        if args.eta is None and args.edit_mode == "invert":
-            args.eta = 0.0  # the inverted x_t only leads back to the image along the deterministic path
-        if args.eta is None:
-            args.eta = run_sample.get("eta", 0.0) if args.sampler == "ddim" else 0.0
         generator = torch.Generator(device=device).manual_seed(args.seed)
+        settings = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance)
         if args.edit is not None:
-            edit(ldm, args, cond, num, guidance, generator, guided)
+            edit(ldm, args, cond, num, settings, generator, guided)
             return
-        noise = torch.randn(num, *ldm.latent_shape, generator=generator, device=device)
-        images, latents = ldm.sample(num, attrs=cond, guidance_scale=guidance, sampler=args.sampler,
-                                     steps=args.steps, eta=args.eta, generator=generator, noise=noise,
-                                     progress=not args.no_progress, return_latents=True,
-                                     batch_size=args.batch_size, **guided)
+        # Unset settings are the run's (LatentDiffusion.sampling_settings): the same call as the Python API's.
+        images, latents = ldm.sample(num, attrs=cond, generator=generator, progress=not args.no_progress,
+                                     return_latents=True, batch_size=args.batch_size, **settings, **guided)
         if ldm.autoencoder is None:
             from latentdiff.viz import scatter_image
 
             picture = scatter_image(images)
         else:
             picture = image_grid(images, nrow=nrow)
-        out = Path(args.out) if args.out else Path(args.run) / "samples" / f"sample_{args.seed}.png"
+        out = Path(args.out) if args.out else samples_folder(args.run) / f"sample_{args.seed}.png"
         save_png(picture, out)
         print(f"wrote {out}")
         if args.npz:
             write_npz(args.npz, ldm, cond, images=images, latents=latents)
 
 
-def edit(ldm, args, cond, per_image, guidance, generator, guided):
+def edit(ldm, args, cond, per_image, settings, generator, guided):
     """--edit: one PNG row per input image, the original and then its ``per_image`` edits."""
     originals = torch.stack([ldm.read_image(path) for path in args.edit]).to(ldm.device)
     n = len(args.edit)
     images = originals.repeat_interleave(per_image, dim=0)
     attrs = cond.repeat(n, 1) if cond is not None else None
     given = {k: v for k, v in (("strength", args.strength), ("mode", args.edit_mode)) if v is not None}
-    edits = ldm.edit(images, attrs=attrs, guidance_scale=guidance, sampler=args.sampler, steps=args.steps,
-                     eta=args.eta, generator=generator, progress=not args.no_progress, **given, **guided)
+    edits = ldm.edit(images, attrs=attrs, generator=generator, progress=not args.no_progress, **settings, **given,
+                     **guided)
     rows = torch.cat([originals.unsqueeze(1), edits.view(n, per_image, *edits.shape[1:])], dim=1)
-    out = Path(args.out) if args.out else Path(args.run) / "samples" / f"edit_{Path(args.edit[0]).stem}_{args.seed}.png"
+    out = Path(args.out) if args.out else samples_folder(args.run) / f"edit_{Path(args.edit[0]).stem}_{args.seed}.png"
     save_png(image_grid(rows.flatten(0, 1), nrow=per_image + 1), out)
     print(f"wrote {out}")
     if args.npz:
         write_npz(args.npz, ldm, attrs, originals=originals, images=edits)
+
+
+def samples_folder(run: str) -> Path:
+    """Where pictures go without --out: the run's samples/ folder; for an exported model ./samples (an export
+    is a model to hand on, not a place to collect outputs)."""
+    return Path("samples") if is_bundle(run) else Path(run) / "samples"
 
 
 def write_npz(path, ldm, attrs, **tensors):

@@ -44,7 +44,7 @@ def main(argv=None):
         if len(shape) != 3:
             raise ValueError(f"data.name: {cfg.data.name!r} yields {shape} points, not images; "
                              f"train a diffusion on it directly (train_diffusion.py with ae.run: null)")
-        model = build_autoencoder_from_config(cfg, shape).to(device)
+        model = build_autoencoder_from_config(cfg.model, shape).to(device)
         objective = AutoencoderObjective(model, **vars(cfg.loss)).to(device)
         test_images = first_images(test_set, cfg.eval_samples)
         task = AutoencoderTask(model, objective, test_images, test_images[:32])

@@ -18,11 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder
 
 import torch  # noqa: E402
 
-from latentdiff.builders import build_data, build_ldm_from_checkpoint  # noqa: E402
+from latentdiff.builders import build_data  # noqa: E402
 from latentdiff.cli import parse_cli, user_errors  # noqa: E402
 from latentdiff.config import ClassifierRunConfig, LDMRunConfig, from_dict, to_dict  # noqa: E402
 from latentdiff.latent_classifier import ClassifierTask, NoisyAttributeClassifier  # noqa: E402
 from latentdiff.latents import sample_latents  # noqa: E402
+from latentdiff.loading import ldm_parts_from_checkpoint  # noqa: E402
+from latentdiff.pipeline import LatentDiffusion  # noqa: E402
 from latentdiff.training import load_checkpoint, pick_device, seed_everything, train  # noqa: E402
 
 
@@ -61,7 +63,7 @@ def main(argv=None):
         seed_everything(cfg.train.seed)
         device = pick_device(cfg.train.device)
         state = load_checkpoint(run / "checkpoints" / "last.pt")
-        ldm = build_ldm_from_checkpoint(state, device=device)
+        ldm = LatentDiffusion(**ldm_parts_from_checkpoint(state, run, device=device))
         if ldm.schema is None or not ldm.schema.names:
             raise ValueError(f"--run {run}: its dataset has no attributes to classify")
         schema = ldm.schema

@@ -21,7 +21,6 @@ from latentdiff.builders import (  # noqa: E402
     build_data,
     build_denoiser,
     build_diffusion,
-    load_autoencoder,
 )
 from latentdiff.cli import parse_cli, user_errors  # noqa: E402
 from latentdiff.config import LDMRunConfig, to_dict  # noqa: E402
@@ -32,6 +31,7 @@ from latentdiff.latents import (  # noqa: E402
     fit_normaliser,
     sample_latents,
 )
+from latentdiff.loading import AE_COPY, autoencoder_copy_hash, load_autoencoder  # noqa: E402
 from latentdiff.tasks import DiffusionTask, toy_render  # noqa: E402
 from latentdiff.training import distributed_init, is_main_process, pick_device, seed_everything, train  # noqa: E402
 from latentdiff.viz import image_grid, reverse_process_grid, save_png  # noqa: E402
@@ -113,8 +113,10 @@ def main(argv=None):
                            else torch.empty(0))
             heldout = normaliser.normalise(sample_latents(held_mean, held_logvar, generator=g))
             latent_shape, train_data, from_cache = train_cache.latent_shape, train_cache, True
+            # The run carries the exact stage one it trains on, so it samples without ae.run (moved, deleted).
+            copy_hash = autoencoder_copy_hash(autoencoder)  # the task writes the copy once the folder is checked
             extra_state["ae"] = {"path": str(ae_path.resolve()), "hash": ae_hash, "use_ema": cfg.ae.use_ema,
-                                 "stochastic": train_cache.stochastic}
+                                 "stochastic": train_cache.stochastic, "copy": AE_COPY, "copy_hash": copy_hash}
         else:
             autoencoder = None
             points = torch.stack([train_set[i][0] for i in range(len(train_set))])
@@ -136,7 +138,7 @@ def main(argv=None):
             render = toy_render(diffusion, points, normaliser, out_png=run_dir / "samples" / "latest.png")
         task = DiffusionTask(diffusion, denoiser, normaliser, heldout, from_cache, conditional,
                              cfg.conditioning.drop_attribute_prob, cfg.conditioning.drop_all_prob, render=render,
-                             bound_every=cfg.bound_every, extra_state=extra_state)
+                             bound_every=cfg.bound_every, extra_state=extra_state, autoencoder=autoencoder)
         n_params = sum(p.numel() for p in denoiser.parameters())
         if is_main_process():
             print(f"denoiser: {n_params / 1e6:.2f} M parameters on latents {tuple(latent_shape)}"

@@ -35,11 +35,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="picture", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--run", required=True, help="a train_diffusion.py run folder")
+    common.add_argument("--run", required=True, help="a train_diffusion.py run folder, or an export.py folder")
     common.add_argument("--out", required=True, help="output .png (.gif for forward)")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--steps", type=int, default=None,
-                        help="DDIM steps of the reverse process (default: 50, or T when the run has fewer)")
+                        help="reverse-process steps (default: the run's sample.steps, as sample.py; all T when none)")
     common.add_argument("--checkpoint", choices=["best", "last"], default="last")
     f = sub.add_parser("forward", parents=[common], help="the forward process as a GIF")
     f.add_argument("--frames", type=int, default=20)
@@ -73,7 +73,8 @@ def main(argv=None):
     with user_errors():
         flush_denormals()
         ldm = LatentDiffusion.from_run(args.run, checkpoint=args.checkpoint)
-        args.steps = min(50, ldm.diffusion.num_timesteps) if args.steps is None else args.steps
+        # The run's sampler settings (LatentDiffusion.sampling_settings), as sample.py uses them.
+        args.steps = ldm.sampling_settings(steps=args.steps)["steps"] or ldm.diffusion.num_timesteps
         points = ldm.autoencoder is None and len(ldm.latent_shape) == 1
         g = torch.Generator().manual_seed(args.seed)
         out = Path(args.out)
@@ -108,9 +109,7 @@ def main(argv=None):
             names = ldm.schema.names if ldm.schema is not None else []
             values = ldm.schema.num_values(names.index(args.grid_by)) if args.grid_by in names else 1
             cond, _ = condition_rows(ldm, args.per_row * values, parse_attrs(args.attr), args.grid_by)
-            guidance = args.guidance if args.guidance is not None else ldm.config.get("sample", {}).get(
-                "guidance_scale", 1.0)
-            images = ldm.sample(len(cond), attrs=cond, guidance_scale=guidance, steps=args.steps, generator=g)
+            images = ldm.sample(len(cond), attrs=cond, guidance_scale=args.guidance, steps=args.steps, generator=g)
             save_png(image_grid(images, nrow=args.per_row), out)
         print(f"wrote {out}")
 

@@ -8,15 +8,21 @@ Both share one interface::
     x_hat, posterior = model(x, sample_posterior=True)
     posterior.kl()                     # (B,) KL(q(z|x) ‖ N(0, I)) in nats; zeros for the Dirac posterior
 
-``model.config`` holds plain values, so ``build_autoencoder(**model.config)`` rebuilds the architecture.
+``model.config`` holds plain values, so ``build_autoencoder(**model.config)`` rebuilds the architecture;
+``model.save_pretrained(dir)`` / ``Autoencoder.from_pretrained(dir)`` export and load it without pickle
+(``latentdiff.bundle``: config.json + safetensors; that module knows nothing about diffusion).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from autoencoders.blocks import Decoder, Encoder
+from latentdiff.bundle import load_module_weights, read_config, read_tensors, write_bundle
+from latentdiff.training import CheckpointError
 
 KINDS = ("vae", "rae", "ae")
 
@@ -125,6 +131,11 @@ class Autoencoder(nn.Module):
         return {"kind": self.kind, **self._arch}
 
     @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, S, S): the images this model encodes and decodes."""
+        return (self._arch["in_channels"], self._arch["image_size"], self._arch["image_size"])
+
+    @property
     def is_deterministic(self) -> bool:
         return self.encoder_outputs_per_latent == 1
 
@@ -136,6 +147,27 @@ class Autoencoder(nn.Module):
         if nn.utils.parametrize.is_parametrized(conv, "weight"):
             return conv.parametrizations.weight.original
         return conv.weight
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Export to ``folder`` without pickle: ``config.json`` (``self.config``) + ``model.safetensors``.
+
+        The weights are this module's current ones (load the EMA weights first to export those, as
+        ``latentdiff.loading.load_autoencoder`` does).
+        """
+        write_bundle(folder, "autoencoder", {"model": self.config}, {"model": self.state_dict()})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device="cpu") -> Autoencoder:
+        """A frozen model (eval mode, no gradients) from a ``save_pretrained`` folder; never unpickles."""
+        folder = Path(folder)
+        config = read_config(folder, "autoencoder")
+        try:
+            model = build_autoencoder(**config["model"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{folder / 'config.json'}: its model section does not describe an "
+                                  f"autoencoder ({e})") from None
+        load_module_weights(model, read_tensors(folder / "model.safetensors"), folder / "model.safetensors")
+        return model.to(device).eval().requires_grad_(False)
 
     def encode(self, x: torch.Tensor):
         raise NotImplementedError  # the subclasses choose the posterior

@@ -38,9 +38,10 @@ from common import write_results  # noqa: E402
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--steps", type=int, default=50)
+    # Unset sampler settings are the run's own (LatentDiffusion.sampling_settings), as sample.py uses them.
+    p.add_argument("--guidance", type=float, default=None, help="default: the run's sample.guidance_scale")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the run's sample.sampler")
+    p.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")
     p.add_argument("--eta", type=float, default=None, help="default: the run's sample.eta")
     p.add_argument("--per-value", type=int, default=16, help="samples per asked combination / value")
     p.add_argument("--max", type=int, default=1000, help="at most this many samples per setting")
@@ -67,7 +68,7 @@ def main():
     schema = ldm.schema
     if schema is None or not schema.names:
         sys.exit(f"error: {args.run}: its dataset has no attributes to ask for")
-    eta = args.eta if args.eta is not None else ldm.config.get("sample", {}).get("eta", 0.0)
+    s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance)
     judge, record, _ = load_or_train_classifier(ldm.config["data"], Path(args.run).parent / "classifiers")
     A = len(schema.names)
     generator = torch.Generator().manual_seed(args.seed)
@@ -80,8 +81,8 @@ def main():
         attrs = asked if ldm.conditional or guide else None  # unconditional: attributes only through a classifier
         if not ldm.conditional:
             guidance = 1.0
-        images = ldm.sample(asked.shape[0], attrs=attrs, guidance_scale=guidance, sampler=args.sampler,
-                            steps=args.steps, eta=eta, generator=generator, batch_size=args.batch_size, **guide)
+        images = ldm.sample(asked.shape[0], attrs=attrs, guidance_scale=guidance, sampler=s["sampler"],
+                            steps=s["steps"], eta=s["eta"], generator=generator, batch_size=args.batch_size, **guide)
         return judge.judge(images)[1]
 
     rows = []
@@ -89,7 +90,7 @@ def main():
     combos = list(itertools.product(*[range(schema.num_values(a)) for a in range(A)]))
     per = max(1, min(args.per_value, args.max // len(combos)))
     asked = torch.tensor(combos).repeat_interleave(per, dim=0)
-    predicted = sample(asked, args.guidance)
+    predicted = sample(asked, s["guidance_scale"])
     acc = attribute_accuracy(predicted, asked, schema)
     rows.append({"asked": "all", "n": len(asked), "joint": acc["joint"],
                  **{f"acc {n}": acc[n] for n in schema.names}})
@@ -99,7 +100,7 @@ def main():
         per = max(1, min(args.per_value * 4, args.max // k))
         asked = torch.full((k * per, A), UNSPECIFIED)
         asked[:, a] = torch.arange(k).repeat_interleave(per)
-        predicted = sample(asked, args.guidance)
+        predicted = sample(asked, s["guidance_scale"])
         acc = attribute_accuracy(predicted, asked, schema)
         spread = {f"spread {other}": sum(normalised_entropy(predicted[asked[:, a] == v, b], schema.num_values(b))
                                          for v in range(k)) / k
@@ -126,8 +127,9 @@ def main():
         attrs = asked if ldm.conditional or guide else None
         for mode, strength in itertools.product(args.edit_mode, args.edit_strength):
             edited = ldm.edit(images, attrs=attrs, strength=strength, mode=mode,
-                              guidance_scale=args.guidance if ldm.conditional else 1.0, sampler=args.sampler,
-                              steps=args.steps, eta=0.0 if mode == "invert" else eta, generator=generator, **guide)
+                              guidance_scale=s["guidance_scale"] if ldm.conditional else 1.0, sampler=s["sampler"],
+                              steps=s["steps"], eta=None if mode == "invert" else s["eta"],  # invert: η = 0
+                              generator=generator, **guide)
             predicted = judge.judge(edited)[1]
             rows.append({"asked": f"edit {schema.names[a]} {mode} s={strength:g}", "n": len(true),
                          f"acc {schema.names[a]}": float((predicted[:, a] == asked[:, a]).double().mean()),
@@ -137,8 +139,8 @@ def main():
     columns += [c for c in dict.fromkeys(k for row in rows for k in row) if c.startswith("kept ")]
     name = Path(args.run).name + ("_posthoc" if args.classifier else "")
     write_results(f"attribute_sampling_{name}", rows, columns,
-                  extra={"run": args.run, "guidance": args.guidance, "sampler": args.sampler, "steps": args.steps,
-                         "eta": eta, "judge_test_accuracy": record["test_accuracy"], **extra,
+                  extra={"run": args.run, "guidance": s["guidance_scale"], "sampler": s["sampler"], "steps": s["steps"],
+                         "eta": s["eta"], "judge_test_accuracy": record["test_accuracy"], **extra,
                          **({"edit_mode": args.edit_mode} if args.edit_strength else {})})
 
 

@@ -75,7 +75,7 @@ def build(ae_config: str, ldm_config: str, num_images: int, cache_dir: Path):
         print(f"{ae_cfg.data.name} absent here ({type(e).__name__}); timing random stand-in images", flush=True)
         images = stand_in_images(Path(ae_config).parent.name, num_images)
         schema = images.schema
-    autoencoder = build_autoencoder_from_config(ae_cfg, tuple(images[0][0].shape)).eval()
+    autoencoder = build_autoencoder_from_config(ae_cfg.model, tuple(images[0][0].shape)).eval()
     cache = build_latent_cache(autoencoder, images, cache_dir, progress=False)
     normaliser = fit_normaliser(cache.mean, cache.logvar, ldm_cfg.latents.normalisation)
     num_values = [schema.num_values(i) for i in range(len(schema.names))] if ldm_cfg.conditioning.enabled else None

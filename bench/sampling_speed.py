@@ -51,7 +51,7 @@ def main():
     torch.set_flush_denormal(True)
     ae_cfg = load_config(AERunConfig, str(ROOT / "configs/fashion_mnist/ae_kl.yaml"), [])
     ldm_cfg = load_config(LDMRunConfig, str(ROOT / "configs/fashion_mnist/ldm_kl.yaml"), ["ae.run=null"])
-    autoencoder = build_autoencoder_from_config(ae_cfg, (1, 32, 32)).eval()
+    autoencoder = build_autoencoder_from_config(ae_cfg.model, (1, 32, 32)).eval()
     latent_shape = tuple(autoencoder.latent_shape)
     denoiser = build_denoiser(ldm_cfg.denoiser, latent_shape).eval()
     diffusion = build_diffusion(ldm_cfg.diffusion)

@@ -36,7 +36,7 @@ def main():
     ldm = LatentDiffusion.from_run(f"{args.out_dir}/{name}")
     g = torch.Generator().manual_seed(1)
     t0 = time.time()
-    samples = ldm.sample(args.num, sampler="ddpm", steps=None, generator=g)
+    samples = ldm.sample(args.num, sampler="ddpm", steps=ldm.diffusion.num_timesteps, generator=g)  # the full chain
     sample_s = time.time() - t0
     draw = lambda seed: torch.stack([x for x, _ in build_data(DataConfig(name="swissroll", seed=seed,  # noqa: E731
                                                                          test_size=args.num), "test")])

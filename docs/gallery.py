@@ -24,9 +24,10 @@ import torch  # noqa: E402
 
 import sample  # noqa: E402
 import visualize  # noqa: E402
-from latentdiff.builders import autoencoder_checkpoint, build_data, load_autoencoder  # noqa: E402
+from latentdiff.builders import autoencoder_checkpoint, build_data  # noqa: E402
 from latentdiff.cli import user_errors  # noqa: E402
 from latentdiff.config import AERunConfig, load_config  # noqa: E402
+from latentdiff.loading import load_autoencoder  # noqa: E402
 from latentdiff.viz import image_grid, save_png  # noqa: E402
 
 

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentdiff.conditioning import UNSPECIFIED
+from latentdiff.config import ClassifierRunConfig, from_dict
 from latentdiff.latents import LatentNormaliser, training_batch
+from latentdiff.loading import load_weights
 from latentdiff.nets.embeddings import TimestepEmbedding
 from latentdiff.nets.mlp import ResidualMLPBlock
 from latentdiff.nets.unet import ResBlock
@@ -179,9 +181,6 @@ def load_classifier(folder: str | Path, ldm=None, use_ema: bool = True, device="
     The classifier saw x_t of the run's normalised latents, so the normaliser, latent shape, number of
     timesteps and attribute schema must all be the run's; another run's classifier is a clear error.
     """
-    from latentdiff.builders import load_weights
-    from latentdiff.config import ClassifierRunConfig, from_dict
-
     path = classifier_checkpoint(folder)
     state = load_checkpoint(path, map_location="cpu")
     info = state.get("task", {})

@@ -1,7 +1,8 @@
 """LatentDiffusion: frozen autoencoder + latent normaliser + diffusion + denoiser, as one object.
 
-    ldm = LatentDiffusion.from_run("runs/shapes_ldm_kl")
-    images = ldm.sample(16, attrs={"color": "red", "shape": "triangle"}, guidance_scale=3.0)
+    ldm = LatentDiffusion.from_run("runs/shapes_ldm_kl")     # or .from_pretrained("exported/shapes")
+    images = ldm.sample(16, attrs={"color": "red", "shape": "triangle"})   # the run's sampler and guidance
+    ldm.save_pretrained("exported/shapes")                      # config.json + safetensors, no pickle
     z = ldm.encode(images)            # normalised latents, the space the diffusion lives in
     images = ldm.decode(z)
     strip = ldm.interpolate(images[0], images[1], 8)
@@ -12,14 +13,21 @@ are the data themselves and encode/decode only normalise.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from latentdiff.conditioning import UNSPECIFIED, ConditionalDenoiser
-from latentdiff.latents import LatentNormaliser, file_hash
-from latentdiff.training import CheckpointError, load_checkpoint
+from latentdiff.config import SampleConfig, from_dict
+from latentdiff.data.common import load_image, to_unit_range
+from latentdiff.guidance import classifier_grad_log_prob
+from latentdiff.latent_classifier import load_classifier
+from latentdiff.latents import LatentNormaliser
+from latentdiff.loading import is_bundle, ldm_parts_from_bundle, ldm_parts_from_run, save_ldm_bundle
+
+DEFAULT_BATCH_SIZE = 256  # latents per reverse-process batch; the same in sample.py, so results match
 
 
 class LatentDiffusion(nn.Module):
@@ -96,55 +104,88 @@ class LatentDiffusion(nn.Module):
         return attrs.view(1, -1).expand(n, -1) if attrs.dim() == 1 else attrs
 
     # -- sampling --------------------------------------------------------------------------------
+    def sampling_settings(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+                          guidance_scale: float | None = None) -> dict:
+        """The sampler settings to use: each argument given, else the run's ``sample:`` section.
+
+        The one place defaults are resolved, for the Python API and every command (sample.py, evaluate.py,
+        visualize.py, bench/, the gallery), so the same call gives the same images everywhere:
+            sampler: the run's ``sample.sampler``;
+            steps: the run's ``sample.steps`` when the sampler is the run's, else 50 for DDIM and all T for
+                DDPM (pass ``steps=num_timesteps`` to ask for the full chain explicitly);
+            eta: the run's ``sample.eta`` for DDIM (0 for other samplers, which have no η);
+            guidance_scale: the run's ``sample.guidance_scale`` (classifier-free w; unused without attributes).
+        Returns {"sampler", "steps", "eta", "guidance_scale"}.
+        """
+        run = from_dict(SampleConfig, self.config.get("sample"), prefix="sample.")
+        sampler = sampler or run.sampler
+        if steps is None:
+            steps = run.steps if sampler == run.sampler else (50 if sampler == "ddim" else None)
+        if steps is not None:
+            steps = min(int(steps), self.diffusion.num_timesteps)
+        if eta is None:
+            eta = run.eta if sampler == "ddim" else 0.0
+        guidance_scale = run.guidance_scale if guidance_scale is None else guidance_scale
+        return {"sampler": sampler, "steps": steps, "eta": float(eta), "guidance_scale": float(guidance_scale)}
+
     @torch.no_grad()
-    def sample_latents(self, n: int, attrs=None, guidance_scale: float = 1.0, sampler: str = "ddim",
-                       steps: int | None = 50, eta: float = 0.0, generator=None, noise=None,
+    def sample_latents(self, n: int, attrs=None, guidance_scale: float | None = None, sampler: str | None = None,
+                       steps: int | None = None, eta: float | None = None, generator=None, noise=None,
                        progress: bool = False, classifier_guidance=None, classifier=None,
                        classifier_scale: float = 1.0, **kw) -> torch.Tensor:
         """n normalised latents from the reverse process (see ``GaussianDiffusion.sample``).
 
-        ``classifier`` (a ``NoisyAttributeClassifier`` or the folder ``train_classifier.py`` wrote) guides
-        towards ``attrs`` with strength ``classifier_scale`` (Dhariwal & Nichol 2021, Algorithm 2), for
-        conditional and unconditional runs alike; attributes not given are not guided. Conditional runs
-        also get ``attrs`` as their condition (classifier-free guidance with ``guidance_scale``).
+        Settings left None are the run's (``sampling_settings``). ``classifier`` (a ``NoisyAttributeClassifier``
+        or the folder ``train_classifier.py`` wrote) guides towards ``attrs`` with strength ``classifier_scale``
+        (Dhariwal & Nichol 2021, Algorithm 2), for conditional and unconditional runs alike; attributes not
+        given are not guided. Conditional runs also get ``attrs`` as their condition (classifier-free guidance
+        with ``guidance_scale``).
         """
+        s = self.sampling_settings(sampler, steps, eta, guidance_scale)
         if classifier is not None:
             if attrs is None:
                 raise ValueError("classifier guidance needs attributes to guide towards (attrs / --attr NAME=VALUE)")
             if isinstance(classifier, str | Path):
                 classifier = self.load_classifier(classifier)
-            from latentdiff.guidance import classifier_grad_log_prob
-
             rows = self.attribute_rows(n, attrs)
             classifier_guidance = (classifier_grad_log_prob(classifier, rows), classifier_scale)
             if not self.conditional:
                 attrs = None  # the classifier alone carries them
         cond = self.make_condition(n, attrs)
-        uncond = None
-        if cond is not None and guidance_scale != 1.0:
-            uncond = torch.full_like(cond, UNSPECIFIED)
-        if cond is None:
-            guidance_scale = 1.0  # nothing to guide towards: the unconditional model
-        return self.diffusion.sample(self.denoiser, (n, *self.latent_shape), sampler=sampler, steps=steps,
-                                     eta=eta, cond=cond, guidance_scale=guidance_scale, uncond=uncond,
+        guidance_scale = s["guidance_scale"] if cond is not None else 1.0  # no condition: the unconditional model
+        uncond = torch.full_like(cond, UNSPECIFIED) if cond is not None and guidance_scale != 1.0 else None
+        return self.diffusion.sample(self.denoiser, (n, *self.latent_shape), sampler=s["sampler"], steps=s["steps"],
+                                     eta=s["eta"], cond=cond, guidance_scale=guidance_scale, uncond=uncond,
                                      generator=generator, noise=noise, progress=progress,
                                      classifier_guidance=classifier_guidance, **kw)
 
+    def initial_noise(self, n: int, generator=None) -> torch.Tensor:
+        """x_T ~ N(0, I) for n latents, drawn in one call from ``generator`` (on its device) before any step."""
+        gen_device = generator.device if generator is not None else self.device
+        return torch.randn(n, *self.latent_shape, generator=generator, device=gen_device).to(self.device)
+
     @torch.no_grad()
-    def sample(self, n: int, attrs=None, guidance_scale: float = 1.0, sampler: str = "ddim",
-               steps: int | None = 50, eta: float = 0.0, generator=None, noise=None, progress: bool = False,
-               return_latents: bool = False, batch_size: int | None = None, **kw):
-        """n images in [-1, 1]: sample latents, then decode. With ``return_latents`` also the latents."""
-        batch_size = batch_size or n
+    def sample(self, n: int, attrs=None, guidance_scale: float | None = None, sampler: str | None = None,
+               steps: int | None = None, eta: float | None = None, generator=None, noise=None,
+               progress: bool = False, return_latents: bool = False, batch_size: int | None = None, **kw):
+        """n images in [-1, 1]: sample latents, then decode. With ``return_latents`` also the latents.
+
+        Settings left None are the run's own (``sampling_settings``), exactly as ``sample.py`` uses them: with
+        the same ``generator`` seed, attributes and n, this returns ``sample.py --seed K``'s images. The x_T of
+        all n samples are drawn first (``initial_noise``), then the chain runs in batches of ``batch_size``
+        (default 256), so n and the seed alone decide the result.
+        """
+        batch_size = batch_size or DEFAULT_BATCH_SIZE
         if isinstance(kw.get("classifier"), str | Path):  # loaded once, not per batch
             kw["classifier"] = self.load_classifier(kw["classifier"])
+        settings = self.sampling_settings(sampler, steps, eta, guidance_scale)
+        noise = self.initial_noise(n, generator) if noise is None else noise
         images, latents = [], []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             part_attrs = attrs[start : start + b] if isinstance(attrs, torch.Tensor) and attrs.dim() == 2 else attrs
-            part_noise = noise[start : start + b] if noise is not None else None
-            z = self.sample_latents(b, part_attrs, guidance_scale, sampler, steps, eta, generator,
-                                    part_noise, progress, **kw)
+            z = self.sample_latents(b, part_attrs, generator=generator, noise=noise[start : start + b],
+                                    progress=progress, **settings, **kw)
             latents.append(z)
             images.append(self.decode(z))
         images, latents = torch.cat(images), torch.cat(latents)
@@ -159,12 +200,14 @@ class LatentDiffusion(nn.Module):
         z_T = self.diffusion.ddim_invert(self.denoiser, z0, steps=steps, cond=cond)
         weights = torch.linspace(0, 1, n, device=z_T.device)
         path = torch.stack([slerp(z_T[0], z_T[1], float(w)) for w in weights])
-        return self.decode(self.sample_latents(n, attrs, sampler="ddim", steps=steps, eta=0.0, noise=path))
+        # Unguided and deterministic, as the inversion was: the path then leads back to a and b at its ends.
+        return self.decode(self.sample_latents(n, attrs, guidance_scale=1.0, sampler="ddim", steps=steps, eta=0.0,
+                                               noise=path))
 
     @torch.no_grad()
     def edit(self, images: torch.Tensor, attrs=None, strength: float = 0.4, mode: str = "sdedit",
-             guidance_scale: float = 1.0, sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0,
-             generator=None, noise=None, classifier=None, classifier_scale: float = 1.0,
+             guidance_scale: float | None = None, sampler: str | None = None, steps: int | None = None,
+             eta: float | None = None, generator=None, noise=None, classifier=None, classifier_scale: float = 1.0,
              progress: bool = False) -> torch.Tensor:
         """Edit images (B, C, H, W) in [-1, 1] towards ``attrs``; returns (B, C, H, W).
 
@@ -176,14 +219,14 @@ class LatentDiffusion(nn.Module):
             mode="invert": x_t from deterministic DDIM inversion of z0 (Song et al. 2021, §4.3), which keeps
                 more of the input's layout; with DDIM η = 0 and no attribute change it gives z0 back up to
                 the discretisation error.
+        Settings left None are the run's (``sampling_settings``), except that ``mode="invert"`` regenerates
+        with η = 0 unless told: the inverted x_t leads back to the image only along the deterministic path.
         ``strength`` 0 returns the reconstruction decode(encode(images)); higher strengths reach the asked
         attributes more often and keep less of the input (bench/attribute_sampling.py --edit-strength
         measures both; on shapes 0.4 is the knee). ``steps`` is the step count of
         a full chain; a partial one takes the same share of them. ``noise`` (B, *latent_shape): the ε
         of SDEdit.
         """
-        import math
-
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1] (0: the reconstruction, 1: all noise), got {strength}")
         if mode not in ("sdedit", "invert"):
@@ -191,6 +234,10 @@ class LatentDiffusion(nn.Module):
         z0 = self.encode(images)
         if strength == 0.0:
             return self.decode(z0)
+        if eta is None and mode == "invert":
+            eta = 0.0
+        s = self.sampling_settings(sampler, steps, eta, guidance_scale)
+        steps = s["steps"]
         T = self.diffusion.num_timesteps
         start_t = max(0, math.ceil(strength * T) - 1)
         k = None if steps is None else max(1, min(start_t + 1, round(steps * (start_t + 1) / T)))
@@ -202,15 +249,13 @@ class LatentDiffusion(nn.Module):
             x = noise if strength == 1.0 else self.diffusion.q_sample(z0, t, noise.to(z0.device))
         else:  # the unconditional model inverts: the input's own attributes are unknown
             x = self.diffusion.ddim_invert(self.denoiser, z0, steps=k, start_t=start_t, progress=progress)
-        z = self.sample_latents(z0.shape[0], attrs, guidance_scale, sampler, k, eta, generator, x, progress,
-                                classifier=classifier, classifier_scale=classifier_scale, start_t=start_t)
+        z = self.sample_latents(z0.shape[0], attrs, s["guidance_scale"], s["sampler"], k, s["eta"], generator, x,
+                                progress, classifier=classifier, classifier_scale=classifier_scale, start_t=start_t)
         return self.decode(z)
 
     def read_image(self, path: str | Path) -> torch.Tensor:
         """An image file as (C, H, W) in [-1, 1] in the layout of the run's data: the autoencoder's channels
         (greyscale or RGB) and size, centre-cropped (to the dataset's ``crop`` option when it has one)."""
-        from latentdiff.data.common import load_image, to_unit_range
-
         path = Path(path)
         if self.autoencoder is None:
             raise ValueError("this run diffuses data points directly, not images; editing needs a run with an "
@@ -229,23 +274,33 @@ class LatentDiffusion(nn.Module):
 
     def load_classifier(self, folder: str | Path):
         """The ``train_classifier.py`` classifier in ``folder``, checked to belong to this run's latents."""
-        from latentdiff.latent_classifier import load_classifier
-
         return load_classifier(folder, ldm=self, device=self.device)
 
-    # -- loading ---------------------------------------------------------------------------------
+    # -- loading and export -----------------------------------------------------------------------
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "last", use_ema: bool = True,
                  device: str | torch.device = "cpu") -> LatentDiffusion:
-        """Rebuild a trained stage-two run (and its autoencoder) from ``runs/<name>``."""
-        from latentdiff.builders import build_ldm_from_checkpoint
+        """Rebuild a trained stage-two run from ``runs/<name>`` (or an exported folder, see ``from_pretrained``).
 
-        run_dir = Path(run_dir)
-        path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-        if not path.exists() and checkpoint == "best":
-            path = run_dir / "checkpoints" / "last.pt"
-        state = load_checkpoint(path, map_location=device)
-        return build_ldm_from_checkpoint(state, use_ema=use_ema, device=device)
+        Works from any working directory and after the run folder was moved or copied: the run carries
+        its own copy of the autoencoder (``runs/<name>/autoencoder/``). ``checkpoint``: "last" or "best";
+        ``use_ema``: the EMA weights (what the training grids show) instead of the raw ones.
+        """
+        if is_bundle(run_dir):
+            return cls.from_pretrained(run_dir, device=device)
+        return cls(**ldm_parts_from_run(run_dir, checkpoint, use_ema, device))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> LatentDiffusion:
+        """Load a ``save_pretrained`` folder (config.json + safetensors); never unpickles anything."""
+        return cls(**ldm_parts_from_bundle(folder, device))
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Export to ``folder``: ``config.json`` (diffusion, denoiser, latent shape, attribute schema, sampling
+        defaults, the training data section), ``denoiser.safetensors``, ``normaliser.safetensors`` and the
+        autoencoder as ``autoencoder/{config.json,model.safetensors}``. The weights are the ones loaded
+        (EMA by default). See ``latentdiff.loading`` for the format."""
+        save_ldm_bundle(self, folder)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
@@ -257,15 +312,3 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
         return ((1 - w) * a + w * b)
     s = torch.sin(omega)
     return ((torch.sin((1 - w) * omega) / s) * a.double() + (torch.sin(w * omega) / s) * b.double()).to(a.dtype)
-
-
-def check_autoencoder_identity(path: str | Path, expected_hash: str) -> None:
-    """The autoencoder a diffusion run was trained on must be the one loaded now."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"the autoencoder checkpoint {path} this diffusion run was trained on is missing; "
-                              f"restore it or retrain the diffusion with ae.run=<its run>")
-    actual = file_hash(path)
-    if actual != expected_hash:
-        raise CheckpointError(f"the autoencoder checkpoint {path} changed since this diffusion run was trained "
-                              f"(hash {actual[:12]} != {expected_hash[:12]}); retrain the diffusion on it")

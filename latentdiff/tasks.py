@@ -11,6 +11,7 @@ from torch import nn
 
 from latentdiff.conditioning import drop_attributes
 from latentdiff.latents import LatentNormaliser, training_batch
+from latentdiff.loading import write_autoencoder_copy
 from latentdiff.metrics.image import mse, psnr, ssim
 from latentdiff.viz import image_grid, scatter_image
 
@@ -86,6 +87,7 @@ class DiffusionTask:
         model: the denoiser (``ConditionalDenoiser`` when ``conditional``).
         normaliser: applied to every z before diffusion.
         heldout: normalised held-out latents (N, *latent_shape) for the validation loss and the bound.
+        autoencoder: the frozen stage one (None on data directly), written into the run folder at the start.
         render: ``render(model, step) -> {tag: image (3, H, W)}`` pictures for TensorBoard.
     """
 
@@ -94,7 +96,7 @@ class DiffusionTask:
     def __init__(self, diffusion, model: nn.Module, normaliser: LatentNormaliser, heldout: torch.Tensor,
                  from_cache: bool, conditional: bool = False, drop_attribute_prob: float = 0.1,
                  drop_all_prob: float = 0.1, render=None, bound_every: int = 2000, bound_timesteps: int = 100,
-                 extra_state: dict | None = None):
+                 extra_state: dict | None = None, autoencoder: nn.Module | None = None):
         self.diffusion, self.model, self.normaliser = diffusion, model, normaliser
         self.extra_modules = {}
         self.heldout = heldout
@@ -105,6 +107,7 @@ class DiffusionTask:
         self.bound_every = bound_every
         self.bound_timesteps = bound_timesteps if bound_timesteps < diffusion.num_timesteps - 1 else None
         self.extra_state = extra_state or {}
+        self.autoencoder = autoencoder  # frozen stage one, copied into the run folder by write_run_files
         # Fixed timesteps and noise for the validation loss, so its changes are the model's alone.
         g = torch.Generator().manual_seed(1234)
         T = diffusion.num_timesteps
@@ -113,6 +116,12 @@ class DiffusionTask:
 
     def state(self) -> dict:
         return {"normaliser": self.normaliser.state(), **self.extra_state}
+
+    def write_run_files(self, run_dir) -> None:
+        """Before the first step, once the run folder is checked: the copy of the frozen autoencoder that the
+        checkpoints name (``extra_state["ae"]["copy"]``), so the run samples without its stage-one run."""
+        if self.autoencoder is not None:
+            write_autoencoder_copy(self.autoencoder, run_dir)
 
     def load_state(self, state: dict) -> None:
         saved_ae, current_ae = state.get("ae"), self.extra_state.get("ae")

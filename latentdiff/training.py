@@ -720,6 +720,8 @@ def train(task, train_set, cfg: TrainConfig, run_dir, config_dict: dict, device,
     write_run_config(run_dir, config_dict)  # only now: a checkpoint that does not load leaves the folder as it was
     if is_main_process():
         remove_stale_temporaries(trainer.ckpt_dir)  # left by a run killed while saving
+        if hasattr(task, "write_run_files"):  # files a checkpoint refers to (stage two: its autoencoder copy)
+            task.write_run_files(run_dir)
     trainer.fit()
     if is_main_process():
         if trainer.stop_reason is not None:

@@ -78,24 +78,26 @@ def test_changed_autoencoder_is_a_clear_error_and_rebuilds_the_cache(runs, tmp_p
     out, _ = runs
     import shutil
 
+    from safetensors.torch import load_file, save_file
+
     ae_copy = tmp_path / "ae_copy"
     shutil.copytree(out / "shapes_ae_kl", ae_copy)
     ldm_copy = tmp_path / "ldm_copy"
     shutil.copytree(out / "shapes_ldm_kl", ldm_copy)
-    # Point the copied diffusion run at the copied autoencoder, then change that autoencoder.
-    ckpt = ldm_copy / "checkpoints" / "last.pt"
-    state = torch.load(ckpt, weights_only=True)
-    ae_ckpt = ae_copy / "checkpoints" / Path(state["task"]["ae"]["path"]).name
-    state["task"]["ae"]["path"] = str(ae_ckpt)
-    torch.save(state, ckpt)
+    # Change the diffusion run's own copy of its autoencoder: every load checks the copy's hash.
+    weights = ldm_copy / "autoencoder" / "model.safetensors"
+    tensors = {k: v + 0.01 if v.is_floating_point() else v for k, v in load_file(weights).items()}
+    save_file(tensors, weights)
+    r = cli("sample.py", "--run", ldm_copy, "--num", 2, check=False)
+    assert r.returncode == 2 and "changed since this diffusion run was trained" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "model.safetensors" in r.stderr
+    # training on a changed autoencoder encodes a fresh cache
+    ae_ckpt = next((ae_copy / "checkpoints").glob("best.pt"))
     ae_state = torch.load(ae_ckpt, weights_only=True)
     for v in ae_state["ema"]["module"].values():
         if v.is_floating_point():
             v.add_(0.01)
     torch.save(ae_state, ae_ckpt)
-    r = cli("sample.py", "--run", ldm_copy, "--num", 2, check=False)
-    assert r.returncode == 2 and "changed since this diffusion run was trained" in r.stderr
-    # training on the changed autoencoder encodes a fresh cache
     r = cli("train_diffusion.py", "--config", ROOT / "configs/shapes/ldm_kl.yaml", f"out_dir={out}",
             f"ae.run={ae_copy}", "name=third", *LDM_TINY)
     assert "latent cache hit" not in r.stdout

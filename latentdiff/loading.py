@@ -1,0 +1,231 @@
+"""Trained models from disk and back: the one home of checkpoint-to-object code and of export.
+
+Two on-disk forms of a trained latent diffusion model:
+
+    a run folder   runs/<name>/checkpoints/{last,best}.pt   train_diffusion.py's checkpoints (everything
+                   runs/<name>/autoencoder/                 needed to resume), plus the frozen stage one it
+                                                            was trained on, as a bundle (below)
+    a bundle       <dir>/config.json                        what rebuilds the model: diffusion, denoiser,
+                   <dir>/denoiser.safetensors               latent shape, normaliser, attribute schema,
+                   <dir>/normaliser.safetensors             sampling defaults, the training data section
+                   <dir>/autoencoder/{config.json,          (informational: evaluation reads its test split)
+                                      model.safetensors}
+
+A run folder is self-contained: it loads from any working directory, after being moved or copied, and after
+the stage-one run is deleted. A bundle holds no pickle at all (``latentdiff.bundle``). Loading reads only the
+sections sampling needs, so training-only paths (``ae.run``, ``data.root``) are never validated here.
+
+Dependencies run one way: ``pipeline`` (LatentDiffusion) → ``loading`` → ``builders`` → configs and nets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoencoders.models import Autoencoder
+from latentdiff.builders import build_autoencoder_from_config, build_denoiser, build_diffusion
+from latentdiff.bundle import (
+    is_bundle,
+    load_module_weights,
+    read_config,
+    read_tensors,
+    tensor_bytes,
+    write_bundle,
+)
+from latentdiff.config import AEModelConfig, DenoiserConfig, DiffusionConfig, SampleConfig, from_dict, to_dict
+from latentdiff.data.schema import AttributeSchema
+from latentdiff.latents import LatentNormaliser, file_hash
+from latentdiff.training import CheckpointError, load_checkpoint
+
+AE_COPY = "autoencoder"  # the stage-one bundle inside a stage-two run folder (and inside an exported bundle)
+LDM_KIND = "latent_diffusion"
+
+
+def load_weights(module: nn.Module, state: dict, use_ema: bool, what: str) -> None:
+    """Load a checkpoint's EMA weights (when asked and present) or raw weights into ``module``."""
+    weights = state["ema"]["module"] if use_ema and state.get("ema") else state["model"]
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{what}: weights do not fit the architecture in its config "
+                              f"({str(e).splitlines()[0][:120]})") from None
+
+
+def load_autoencoder(path: str | Path, use_ema: bool = True, device="cpu") -> Autoencoder:
+    """A frozen autoencoder (EMA weights where present) from a stage-one checkpoint file."""
+    state = load_checkpoint(path, map_location="cpu")
+    task_state = state.get("task", {})
+    if "sample_shape" not in task_state:
+        raise CheckpointError(f"{path} is not a stage-one (autoencoder) checkpoint")
+    model_cfg = from_dict(AEModelConfig, state["config"].get("model"), prefix="model.")
+    model = build_autoencoder_from_config(model_cfg, tuple(task_state["sample_shape"]))
+    load_weights(model, state, use_ema, what=str(path))
+    return model.to(device).eval().requires_grad_(False)
+
+
+def autoencoder_copy_hash(autoencoder: Autoencoder) -> str:
+    """sha256 of the ``model.safetensors`` that ``write_autoencoder_copy`` writes for ``autoencoder``."""
+    return hashlib.sha256(tensor_bytes(autoencoder.state_dict())).hexdigest()
+
+
+def write_autoencoder_copy(autoencoder: Autoencoder, run_dir: str | Path) -> str:
+    """Write the frozen stage one into ``run_dir/autoencoder/`` and return its weights' hash.
+
+    Called when stage two starts, so the run carries the exact weights it is trained on. An existing copy
+    is kept when it holds the same weights, and is an error when it holds others (the run folder belongs
+    to a run on another autoencoder).
+    """
+    folder = Path(run_dir) / AE_COPY
+    digest = autoencoder_copy_hash(autoencoder)
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        existing = file_hash(weights)
+        if existing != digest:
+            raise CheckpointError(f"{folder} holds another autoencoder (hash {existing[:12]}) than ae.run gives "
+                                  f"({digest[:12]}); use a new run name to train on this one")
+        return digest
+    autoencoder.save_pretrained(folder)
+    return digest
+
+
+def run_checkpoint(run_dir: str | Path, checkpoint: str = "last") -> Path:
+    """``run_dir/checkpoints/<checkpoint>.pt``; "best" falls back to "last" for runs that never evaluated."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} does not exist; give a train_diffusion.py run folder or an exported "
+                                f"model folder")
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not path.exists() and checkpoint == "best":
+        path = run_dir / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} holds neither checkpoints/{checkpoint}.pt nor an exported model "
+                              f"(config.json); give a train_diffusion.py run folder or an export.py folder")
+    return path
+
+
+def _autoencoder_of_run(ae: dict, run_dir: Path | None, device) -> Autoencoder:
+    """The stage one a diffusion checkpoint names: its copy in the run folder, or (older runs) its path."""
+    if ae.get("copy") and run_dir is not None:
+        folder = run_dir / ae["copy"]
+        weights = folder / "model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(f"{folder} is missing: this run's copy of its autoencoder was deleted; restore "
+                                  f"it from a backup of the run folder")
+        actual = file_hash(weights)
+        if actual != ae["copy_hash"]:
+            raise CheckpointError(f"{weights} changed since this diffusion run was trained (hash {actual[:12]} "
+                                  f"!= {ae['copy_hash'][:12]}); restore the run's own autoencoder/ folder")
+        return Autoencoder.from_pretrained(folder, device=device)
+    path = Path(ae["path"])
+    check_autoencoder_identity(path, ae["hash"])
+    print(f"note: this run points at its autoencoder by absolute path ({path}); make it portable with "
+          f"python export.py --run {run_dir} --out <folder>", file=sys.stderr)
+    return load_autoencoder(path, use_ema=ae.get("use_ema", True), device=device)
+
+
+def check_autoencoder_identity(path: str | Path, expected_hash: str) -> None:
+    """The autoencoder a diffusion run was trained on must be the one loaded now."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"the autoencoder checkpoint {path} this diffusion run was trained on is missing; "
+                              f"restore it or retrain the diffusion with ae.run=<its run>")
+    actual = file_hash(path)
+    if actual != expected_hash:
+        raise CheckpointError(f"the autoencoder checkpoint {path} changed since this diffusion run was trained "
+                              f"(hash {actual[:12]} != {expected_hash[:12]}); retrain the diffusion on it")
+
+
+def _assemble(config: dict, latent_shape: tuple, num_values, schema_state, normaliser: LatentNormaliser,
+              denoiser_weights, autoencoder, device, what: str) -> dict:
+    """The constructor arguments of ``LatentDiffusion`` from the sections sampling needs."""
+    diffusion_cfg = from_dict(DiffusionConfig, config.get("diffusion"), prefix="diffusion.")
+    denoiser_cfg = from_dict(DenoiserConfig, config.get("denoiser"), prefix="denoiser.")
+    from_dict(SampleConfig, config.get("sample"), prefix="sample.")  # validated here, read by sampling_settings
+    denoiser = build_denoiser(denoiser_cfg, latent_shape, num_values)
+    denoiser_weights(denoiser)
+    if autoencoder is not None and tuple(autoencoder.latent_shape) != latent_shape:
+        raise CheckpointError(f"{what}: its autoencoder has latents {tuple(autoencoder.latent_shape)}, the "
+                              f"diffusion was trained on {latent_shape}")
+    schema = AttributeSchema.from_dict(schema_state) if schema_state else None
+    return dict(diffusion=build_diffusion(diffusion_cfg), denoiser=denoiser.to(device).eval(),
+                autoencoder=autoencoder, normaliser=normaliser, latent_shape=latent_shape, schema=schema,
+                config=config)
+
+
+def ldm_parts_from_run(run_dir: str | Path, checkpoint: str = "last", use_ema: bool = True,
+                       device="cpu") -> dict:
+    """``LatentDiffusion`` constructor arguments from a ``train_diffusion.py`` run folder."""
+    path = run_checkpoint(run_dir, checkpoint)
+    return ldm_parts_from_checkpoint(load_checkpoint(path, map_location=device), Path(run_dir), use_ema, device)
+
+
+def ldm_parts_from_checkpoint(state: dict, run_dir: Path | None = None, use_ema: bool = True,
+                              device="cpu") -> dict:
+    """``LatentDiffusion`` constructor arguments from a stage-two checkpoint dict (see ``train_diffusion.py``).
+
+    ``run_dir``: the run folder the checkpoint lives in, where its autoencoder copy is.
+    """
+    task_state = state.get("task", {})
+    if "latent_shape" not in task_state:
+        raise CheckpointError("this is not a stage-two (diffusion) checkpoint; sampling needs a "
+                              "train_diffusion.py run")
+    config = state["config"]
+    num_values = task_state.get("num_values") if config.get("conditioning", {}).get("enabled") else None
+    ae = task_state.get("ae")
+    autoencoder = _autoencoder_of_run(ae, run_dir, device) if ae else None
+    return _assemble(config, tuple(task_state["latent_shape"]), num_values, task_state.get("schema"),
+                     LatentNormaliser.from_state(task_state["normaliser"]),
+                     lambda module: load_weights(module, state, use_ema, what="the denoiser checkpoint"),
+                     autoencoder, device, what=str(run_dir))
+
+
+def ldm_parts_from_bundle(folder: str | Path, device="cpu") -> dict:
+    """``LatentDiffusion`` constructor arguments from a ``save_pretrained`` folder; never unpickles."""
+    folder = Path(folder)
+    config = read_config(folder, LDM_KIND)
+    try:
+        latent_shape = tuple(int(n) for n in config["latent_shape"])
+        num_values, schema_state, ae_folder = config["num_values"], config["schema"], config["autoencoder"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder / 'config.json'} lacks or garbles {e}; re-export the model") from None
+    norm = read_tensors(folder / "normaliser.safetensors")
+    if set(norm) != {"shift", "scale"}:
+        raise CheckpointError(f"{folder / 'normaliser.safetensors'} must hold exactly 'shift' and 'scale', "
+                              f"it holds {sorted(norm)}")
+    autoencoder = Autoencoder.from_pretrained(folder / ae_folder, device=device) if ae_folder else None
+    weights_path = folder / "denoiser.safetensors"
+    weights = read_tensors(weights_path)
+    return _assemble(config, latent_shape, num_values, schema_state,
+                     LatentNormaliser(shift=norm["shift"], scale=norm["scale"]),
+                     lambda module: load_module_weights(module, weights, weights_path), autoencoder, device,
+                     what=str(folder))
+
+
+def save_ldm_bundle(ldm, folder: str | Path) -> None:
+    """Write ``ldm`` (a ``LatentDiffusion``) as a pickle-free bundle (see the module docstring)."""
+    folder = Path(folder)
+    if folder.is_dir() and (folder / "checkpoints").is_dir():
+        raise CheckpointError(f"{folder} is a training run folder; export into a new folder")
+    config = {key: ldm.config[key] for key in ("diffusion", "denoiser", "sample", "data", "conditioning", "name")
+              if key in ldm.config}
+    config["diffusion"] = to_dict(from_dict(DiffusionConfig, config.get("diffusion")))  # every key, explicit
+    config["denoiser"] = to_dict(from_dict(DenoiserConfig, config.get("denoiser")))
+    config["sample"] = to_dict(from_dict(SampleConfig, config.get("sample")))
+    num_values = list(ldm.denoiser.embed.num_values) if ldm.conditional else None
+    config.update(latent_shape=list(ldm.latent_shape), num_values=num_values,
+                  schema=ldm.schema.to_dict() if ldm.schema is not None else None,
+                  autoencoder=AE_COPY if ldm.autoencoder is not None else None)
+    if ldm.autoencoder is not None:
+        ldm.autoencoder.save_pretrained(folder / AE_COPY)
+    normaliser = {k: torch.as_tensor(v) for k, v in ldm.normaliser.state().items()}
+    write_bundle(folder, LDM_KIND, config, {"denoiser": ldm.denoiser.state_dict(), "normaliser": normaliser})
+
+
+__all__ = ["AE_COPY", "autoencoder_copy_hash", "check_autoencoder_identity", "is_bundle", "ldm_parts_from_bundle",
+           "ldm_parts_from_checkpoint", "ldm_parts_from_run", "load_autoencoder", "load_weights", "run_checkpoint",
+           "save_ldm_bundle", "write_autoencoder_copy"]
