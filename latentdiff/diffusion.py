@@ -286,7 +286,8 @@ class GaussianDiffusion:
             generator: makes x_T and every step's noise reproducible.
             progress: show a tqdm bar.
             clip_denoised: clamp x̂0 to [−1, 1] at every step (off: latents are unbounded).
-            timestep_spacing: "linspace", "leading" or "trailing" (see ``schedules.spaced_timesteps``).
+            timestep_spacing: "linspace", "leading", "trailing" or "logsnr" (uniform in log α/σ; see
+                ``schedules.spaced_timesteps``).
             noise: x_T to start from (B, ...), instead of drawing it.
             return_trajectory: also return a dict {"t": (K,), "x_t": (K, B, ...), "x0_pred": (K, B, ...)}
                 of the state and x̂0 at every ``trajectory_every``-th step and at the last step.
@@ -306,10 +307,10 @@ class GaussianDiffusion:
             raise ValueError(f"eta must be >= 0, got {eta}")
         if trajectory_every < 1:
             raise ValueError(f"trajectory_every must be >= 1, got {trajectory_every}")
-        timesteps = spaced_timesteps(self._chain_length(start_t), steps, timestep_spacing)
+        timesteps = self.spaced_timesteps(steps, timestep_spacing, start_t)
         if start_t is not None and int(timesteps[-1]) != start_t:
             raise ValueError(f"timestep_spacing={timestep_spacing!r} does not start at start_t={start_t}; "
-                             f"use 'linspace' or 'trailing' for a partial chain")
+                             f"use 'linspace', 'trailing' or 'logsnr' for a partial chain")
         if noise is None:
             device = device or _model_device(model)
             gen_device = generator.device if generator is not None else device
@@ -332,9 +333,15 @@ class GaussianDiffusion:
         error of evaluating ε̂ at the current point instead of the next one. ``start_t`` stops the
         inversion at level ᾱ_{start_t} (the ``start_t`` of ``sample`` that takes it back).
         """
-        timesteps = spaced_timesteps(self._chain_length(start_t), steps, timestep_spacing)
+        timesteps = self.spaced_timesteps(steps, timestep_spacing, start_t)
         return ddim_invert_loop(self, model, x0, timesteps, progress=progress, cond=cond,
                                 guidance_scale=guidance_scale, uncond=uncond)
+
+    def spaced_timesteps(self, steps: int | None, spacing: str = "linspace", start_t: int | None = None):
+        """The ascending (S,) int64 indices a (partial, up to ``start_t``) chain visits; see
+        ``schedules.spaced_timesteps`` (the "logsnr" spacing reads this schedule's ᾱ)."""
+        n = self._chain_length(start_t)
+        return spaced_timesteps(n, steps, spacing, alphas_cumprod=self.alphas_cumprod[:n])
 
     def _chain_length(self, start_t: int | None) -> int:
         """How many timestep indices a (partial) chain ending at ``start_t`` covers."""

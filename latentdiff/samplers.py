@@ -12,7 +12,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from latentdiff.schedules import posterior_coefficients
+from latentdiff.schedules import check_timesteps, posterior_coefficients
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -72,6 +72,7 @@ def sample_loop(diffusion, model, x_T: torch.Tensor, timesteps: torch.Tensor, sa
     Returns:
         x0 (B, ...), or (x0, {"t": (K,), "x_t": (K, B, ...), "x0_pred": (K, B, ...)}).
     """
+    check_timesteps(timesteps, diffusion.num_timesteps)
     abar = diffusion.alphas_cumprod
     order = timesteps.flip(0).tolist()
     x = x_T
@@ -100,6 +101,7 @@ def ddim_invert_loop(diffusion, model, x0: torch.Tensor, timesteps: torch.Tensor
     From level ᾱ_s (1 at the start) to ᾱ_t: ε̂ = ε_θ(x_s, t), x̂0 = (x_s − √(1−ᾱ_s) ε̂)/√ᾱ_s,
     x_t = √ᾱ_t x̂0 + √(1−ᾱ_t) ε̂ — the DDIM step with ε̂ taken at the current point, since x_t is unknown.
     """
+    check_timesteps(timesteps, diffusion.num_timesteps)
     abar = diffusion.alphas_cumprod
     x, abar_s = x0, 1.0
     for t in tqdm(timesteps.tolist(), desc="ddim inversion", disable=not progress):
