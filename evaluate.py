@@ -49,7 +49,8 @@ def parse_args(argv=None):
                    help="also score an outside set (e.g. a peer's samples): an .npz whose `images` are N×C×H×W "
                         "in [-1, 1], like sample.py --npz writes (repeatable)")
     p.add_argument("--batch-size", type=int, default=250, help="images per sampling / network batch")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the run's sample.sampler")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver++"], default=None,
+                   help="default: the run's sample.sampler")
     p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the run's, else 50 / all T)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the run's sample.eta)")
     p.add_argument("--guidance", type=float, default=None,
@@ -237,7 +238,7 @@ def sample_settings(args, run_config: dict) -> dict:
     steps = args.steps
     if steps is None:
         steps = run_sample.get("steps") if sampler == run_sample.get("sampler", "ddim") else None
-        steps = 50 if steps is None and sampler == "ddim" else steps
+        steps = 50 if steps is None and sampler in ("ddim", "dpm_solver++") else steps
     eta = args.eta if args.eta is not None else (run_sample.get("eta", 0.0) if sampler == "ddim" else 0.0)
     guidance = args.guidance if args.guidance is not None else run_sample.get("guidance_scale", 1.0)
     return {"sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}

@@ -33,9 +33,11 @@ def parse_args(argv=None):
     p.add_argument("--run", required=True, help="a train_diffusion.py run folder")
     p.add_argument("--num", type=int, default=None, help="number of samples (default 64), or of edits per image (4)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per reverse-process batch")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the run's sample.sampler")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver++"], default=None,
+                   help="default: the run's sample.sampler (dpm_solver++: few-step ODE solver, DPM-Solver++(2M))")
     p.add_argument("--steps", type=int, default=None,
-                   help="reverse steps (default: the run's sample.steps with its sampler, else 50 for ddim, all T)")
+                   help="reverse steps (default: the run's sample.steps with its sampler, else 50 for ddim and "
+                        "dpm_solver++, all T for ddpm)")
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM stochasticity (0 deterministic, 1 ~ DDPM; default: the run's sample.eta, "
                         "0 for --edit-mode invert)")
@@ -95,7 +97,7 @@ def main(argv=None):
         if args.sampler is None:
             args.sampler = run_sample.get("sampler", "ddim")
             args.steps = args.steps if args.steps is not None else run_sample.get("steps")
-        if args.sampler == "ddim" and args.steps is None:
+        if args.sampler in ("ddim", "dpm_solver++") and args.steps is None:
             args.steps = 50
         if args.eta is None and args.edit_mode == "invert":
             args.eta = 0.0  # the inverted x_t only leads back to the image along the deterministic path

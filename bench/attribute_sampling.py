@@ -39,7 +39,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
     p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver++"], default="ddim")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--eta", type=float, default=None, help="default: the run's sample.eta")
     p.add_argument("--per-value", type=int, default=16, help="samples per asked combination / value")

@@ -35,9 +35,9 @@ def test_attribute_sampling_with_edits_writes_every_row(runs, tmp_path):  # noqa
 def test_quality_vs_steps_scores_each_setting(runs, tmp_path):  # noqa: F811
     out, _ = runs
     bench("quality_vs_steps.py", "--run", out / "shapes_ldm_kl", "--num", 16, "--settings", "ddim:2", "ddpm:3",
-          results=tmp_path)
+          "dpm_solver++:3", results=tmp_path)
     rows = json.loads((tmp_path / "quality_vs_steps_shapes_ldm_kl.json").read_text())["rows"]
-    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("ddpm", 3)]
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("ddpm", 3), ("dpm_solver++", 3)]
     assert all(r["fd"] >= 0 for r in rows)
 
 
