@@ -46,3 +46,16 @@ def test_speed_benches_against_diffusers_run_quick(script, tmp_path):
     pytest.importorskip("diffusers", reason="the speed benches compare with diffusers (requirements-bench.txt)")
     stdout = bench(script, "--quick", results=tmp_path)
     assert "|" in stdout and len(list(tmp_path.glob("*.json"))) == 1
+
+
+def test_inpainting_quick_reports_kept_psnr_and_the_judge(runs, tmp_path):  # noqa: F811
+    out, _ = runs
+    bench("inpainting.py", "--run", out / "shapes_ldm_kl", "--quick", "--sampler", "ddpm", "--resample", 1, 2,
+          results=tmp_path)
+    result = json.loads((tmp_path / "inpainting_shapes_ldm_kl.json").read_text())
+    assert [(r["request"], r["resample"]) for r in result["rows"]] == \
+        [("own", 1), ("other color", 1), ("own", 2), ("other color", 2)]
+    for row in result["rows"]:
+        assert row["n"] == 8 and 0 <= row["joint"] <= row["judge color"] <= 1
+        assert row["psnr kept"] > 0 and row["psnr kept recon"] > 0
+    assert result["sampler"] == "ddpm" and result["steps"] == 3
