@@ -49,7 +49,8 @@ def parse_args(argv=None):
                    help="also score an outside set (e.g. a peer's samples): an .npz whose `images` are N×C×H×W "
                         "in [-1, 1], like sample.py --npz writes (repeatable)")
     p.add_argument("--batch-size", type=int, default=250, help="images per sampling / network batch")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the run's sample.sampler")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver++"], default=None,
+                   help="default: the run's sample.sampler")
     p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the run's, else 50 / all T)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the run's sample.eta)")
     p.add_argument("--guidance", type=float, default=None,

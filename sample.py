@@ -7,10 +7,13 @@
     python sample.py --run runs/shapes_ldm_uncond --classifier --classifier-scale 3 --attr color=red
     python sample.py --run runs/shapes_ldm_kl --edit photo.png --attr color=blue --strength 0.4
     python sample.py --run runs/shapes_ldm_kl --edit photo.png --grid-by color --edit-mode invert
+    python sample.py --run runs/shapes_ldm_kl --inpaint photo.png --mask right_half.png --sampler ddpm --resample 5
 
 --classifier guides with the noise-conditional classifier of train_classifier.py (default folder <run>/classifier),
 also on unconditional runs. --edit encodes an image, noises it to t = strength·T (or DDIM-inverts it there) and
-regenerates it with the asked attributes; the PNG shows each original followed by its edits.
+regenerates it with the asked attributes; the PNG shows each original followed by its edits. --inpaint fills the
+part of each image where the --mask PNG (the run's image size, greyscale: > 0.5 keep, else fill) is black, RePaint
+style; the PNG shows each original, the kept part, and the fills.
 """
 
 import argparse
@@ -34,9 +37,11 @@ def parse_args(argv=None):
     p.add_argument("--run", required=True, help="a train_diffusion.py run folder, or an export.py folder")
     p.add_argument("--num", type=int, default=None, help="number of samples (default 64), or of edits per image (4)")
     p.add_argument("--batch-size", type=int, default=None, help="samples per reverse-process batch (default 256)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the run's sample.sampler")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver++"], default=None,
+                   help="default: the run's sample.sampler (dpm_solver++: few-step ODE solver, DPM-Solver++(2M))")
     p.add_argument("--steps", type=int, default=None,
-                   help="reverse steps (default: the run's sample.steps with its sampler, else 50 for ddim, all T)")
+                   help="reverse steps (default: the run's sample.steps with its sampler, else 50 for ddim and "
+                        "dpm_solver++, all T for ddpm)")
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM stochasticity (0 deterministic, 1 ~ DDPM; default: the run's sample.eta, "
                         "0 for --edit-mode invert)")
@@ -57,6 +62,11 @@ def parse_args(argv=None):
                         "(shapes, SDEdit: reaches the asked colour 96 %% of the time, keeps the size 82 %%)")
     p.add_argument("--edit-mode", choices=["sdedit", "invert"], default=None,
                    help="--edit: add noise (SDEdit, default) or DDIM-invert to t = strength·T")
+    p.add_argument("--inpaint", nargs="+", default=None, metavar="IMAGE", help="fill the masked part of these images")
+    p.add_argument("--mask", default=None, metavar="MASK.png", help="--inpaint: white (> 0.5) keep, black fill")
+    p.add_argument("--resample", type=int, default=None, help="--inpaint: RePaint jumps per step (default 1; "
+                   "R > 1 needs --sampler ddpm or ddim with --eta > 0)")
+    p.add_argument("--no-paste-back", action="store_true", help="--inpaint: keep the decoded pixels everywhere")
     p.add_argument("--checkpoint", choices=["best", "last"], default="last")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto")
@@ -72,6 +82,10 @@ def main(argv=None):
     with user_errors():
         if args.edit is None and (args.strength is not None or args.edit_mode is not None):
             raise ValueError("--strength and --edit-mode apply to --edit IMAGE only")
+        if args.inpaint is None and (args.mask or args.resample is not None or args.no_paste_back):
+            raise ValueError("--mask, --resample and --no-paste-back apply to --inpaint IMAGE only")
+        if args.inpaint is not None and (args.mask is None or args.edit is not None or args.classifier is not None):
+            raise ValueError("--inpaint needs --mask MASK.png, and goes without --edit and --classifier")
         if args.classifier is None and args.classifier_scale is not None:
             raise ValueError("--classifier-scale needs --classifier (the folder train_classifier.py wrote)")
         flush_denormals()
@@ -86,7 +100,7 @@ def main(argv=None):
         guided = dict(classifier=classifier, classifier_scale=3.0 if args.classifier_scale is None
                       else args.classifier_scale) if classifier is not None else {}
         if args.num is None:
-            args.num = 4 if args.edit is not None else 64
+            args.num = 4 if args.edit is not None or args.inpaint is not None else 64
         per_image = args.num
         if args.edit is not None and args.grid_by is not None and ldm.schema and args.grid_by in ldm.schema.names:
             per_image = ldm.schema.num_values(ldm.schema.names.index(args.grid_by))  # one edit per value
@@ -94,6 +108,9 @@ def main(argv=None):
         num = cond.shape[0] if cond is not None else per_image
         generator = torch.Generator(device=device).manual_seed(args.seed)
         settings = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance)
+        if args.inpaint is not None:
+            inpaint(ldm, args, cond, num, settings, generator)
+            return
         if args.edit is not None:
             edit(ldm, args, cond, num, settings, generator, guided)
             return
@@ -128,6 +145,39 @@ def edit(ldm, args, cond, per_image, settings, generator, guided):
     print(f"wrote {out}")
     if args.npz:
         write_npz(args.npz, ldm, attrs, originals=originals, images=edits)
+
+
+def inpaint(ldm, args, cond, per_image, settings, generator):
+    """--inpaint: one PNG row per input image: the original, its kept part (the rest black), ``per_image`` fills."""
+    from PIL import Image
+
+    originals = torch.stack([ldm.read_image(path) for path in args.inpaint]).to(ldm.device)
+    path = Path(args.mask)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask {path} does not exist")
+    try:
+        with Image.open(path) as picture:
+            grey = np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+    except OSError as e:
+        raise ValueError(f"cannot read the mask {path} as an image ({type(e).__name__}); give a PNG") from None
+    height, width = originals.shape[-2:]
+    if grey.shape != (height, width):
+        raise ValueError(f"the mask {path} is {grey.shape[1]}×{grey.shape[0]} pixels; this run's images are "
+                         f"{width}×{height}")
+    mask = torch.from_numpy(grey > 0.5).float().view(1, 1, height, width).to(ldm.device)
+    n = len(args.inpaint)
+    attrs = cond.repeat(n, 1) if cond is not None else None
+    fills = ldm.inpaint(originals.repeat_interleave(per_image, dim=0), mask, attrs=attrs, **settings,
+                        resample=1 if args.resample is None else args.resample, paste_back=not args.no_paste_back,
+                        generator=generator, progress=not args.no_progress)
+    kept = originals * mask + (mask - 1)  # the filled region black (−1)
+    rows = torch.cat([originals.unsqueeze(1), kept.unsqueeze(1), fills.view(n, per_image, *fills.shape[1:])], dim=1)
+    stem = Path(args.inpaint[0]).stem
+    out = Path(args.out) if args.out else samples_folder(args.run) / f"inpaint_{stem}_{args.seed}.png"
+    save_png(image_grid(rows.flatten(0, 1), nrow=per_image + 2), out)
+    print(f"wrote {out}")
+    if args.npz:
+        write_npz(args.npz, ldm, attrs, originals=originals, mask=mask, images=fills)
 
 
 def samples_folder(run: str) -> Path:

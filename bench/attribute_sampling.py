@@ -40,7 +40,8 @@ def main():
     p.add_argument("--run", required=True)
     # Unset sampler settings are the run's own (LatentDiffusion.sampling_settings), as sample.py uses them.
     p.add_argument("--guidance", type=float, default=None, help="default: the run's sample.guidance_scale")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the run's sample.sampler")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver++"], default=None,
+                   help="default: the run's sample.sampler")
     p.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")
     p.add_argument("--eta", type=float, default=None, help="default: the run's sample.eta")
     p.add_argument("--per-value", type=int, default=16, help="samples per asked combination / value")

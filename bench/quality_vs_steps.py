@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Sample quality against sampling steps: Fréchet distance (judge features) and time per image.
 
-    python bench/quality_vs_steps.py --run runs/fashion_mnist_ldm_kl          # DDIM 10/20/50/100, DDPM 1000
+    python bench/quality_vs_steps.py --run runs/fashion_mnist_ldm_kl          # DDIM 10/20/50/100, DDPM 1000,
+                                                                              # DPM-Solver++ 5/10/20
     python bench/quality_vs_steps.py --run runs/fashion_mnist_ldm_kl --num 200 --quick
 
 Unconditional samples of a stage-two run, scored exactly as ``evaluate.py`` scores them (same
@@ -25,13 +26,20 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
     p.add_argument("--num", type=int, default=500)
-    p.add_argument("--settings", nargs="+", default=["ddim:10", "ddim:20", "ddim:50", "ddim:100", "ddpm:1000"],
-                   help="SAMPLER:STEPS[:ETA]")
+    p.add_argument("--settings", nargs="+", default=["ddim:10", "ddim:20", "ddim:50", "ddim:100", "ddpm:1000",
+                                                     "dpm_solver++:5", "dpm_solver++:10", "dpm_solver++:20"],
+                   help="SAMPLER:STEPS[:ETA], SAMPLER one of ddpm, ddim, dpm_solver++ (ETA: ddim only)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="DDIM 5 and 10 only")
+    p.add_argument("--quick", action="store_true", help="DDIM 5 and 10, DPM-Solver++ 5 only")
     args = p.parse_args()
     if args.quick:
-        args.settings = ["ddim:5", "ddim:10"]
+        args.settings = ["ddim:5", "ddim:10", "dpm_solver++:5"]
+    for setting in args.settings:  # before loading anything
+        parts = setting.split(":")
+        if (len(parts) not in (2, 3) or parts[0] not in ("ddpm", "ddim", "dpm_solver++") or not parts[1].isdigit()
+                or (len(parts) == 3 and parts[0] != "ddim")):
+            p.error(f"--settings {setting!r}: write SAMPLER:STEPS[:ETA] with SAMPLER ddpm, ddim or dpm_solver++ "
+                    f"(ETA for ddim only), e.g. dpm_solver++:10")
     import torch
 
     sys.path.insert(0, str(ROOT))

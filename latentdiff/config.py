@@ -211,7 +211,7 @@ class ConditioningConfig:
 class SampleConfig:
     """Defaults for sample grids logged during training and for ``sample.py``."""
 
-    sampler: Literal["ddpm", "ddim"] = "ddim"  # ancestral (Algorithm 2) or DDIM (Song et al. Eq. 12)
+    sampler: Literal["ddpm", "ddim", "dpm_solver++"] = "ddim"  # ancestral (Alg. 2), DDIM (Eq. 12), DPM-Solver++(2M)
     steps: int | None = field(default=50, metadata=check(min=1))  # None: all T
     eta: float = field(default=0.0, metadata=check(min=0.0))  # DDIM noise: 0 deterministic, 1 ancestral
     num: int = field(default=64, metadata=check(min=1))  # images in the logged grids

@@ -112,7 +112,7 @@ class LatentDiffusion(nn.Module):
         visualize.py, bench/, the gallery), so the same call gives the same images everywhere:
             sampler: the run's ``sample.sampler``;
             steps: the run's ``sample.steps`` when the sampler is the run's, else 50 for DDIM and all T for
-                DDPM (pass ``steps=num_timesteps`` to ask for the full chain explicitly);
+                DDPM; 50 for DPM-Solver++ too (pass ``steps=num_timesteps`` to ask for the full chain explicitly);
             eta: the run's ``sample.eta`` for DDIM (0 for other samplers, which have no η);
             guidance_scale: the run's ``sample.guidance_scale`` (classifier-free w; unused without attributes).
         Returns {"sampler", "steps", "eta", "guidance_scale"}.
@@ -120,7 +120,7 @@ class LatentDiffusion(nn.Module):
         run = from_dict(SampleConfig, self.config.get("sample"), prefix="sample.")
         sampler = sampler or run.sampler
         if steps is None:
-            steps = run.steps if sampler == run.sampler else (50 if sampler == "ddim" else None)
+            steps = run.steps if sampler == run.sampler else (None if sampler == "ddpm" else 50)
         if steps is not None:
             steps = min(int(steps), self.diffusion.num_timesteps)
         if eta is None:
@@ -252,6 +252,70 @@ class LatentDiffusion(nn.Module):
         z = self.sample_latents(z0.shape[0], attrs, s["guidance_scale"], s["sampler"], k, s["eta"], generator, x,
                                 progress, classifier=classifier, classifier_scale=classifier_scale, start_t=start_t)
         return self.decode(z)
+
+    def latent_mask(self, mask: torch.Tensor, images_shape: tuple) -> torch.Tensor:
+        """A pixel mask (B or 1, 1, H, W), 1 = keep, 0 = fill, on the latent grid: (B or 1, 1, h, w) of 0/1.
+
+        Rule: a latent cell is known only if ALL the f×f pixels it covers are known (a min-pool by the
+        downsampling factor f = H/h). A cell whose pixels are partly to be filled is generated: its code mixes
+        in the pixels that must be regenerated, so keeping it would copy part of what the user asked to replace
+        (and the cell's receptive field in the encoder reaches wider still; paste-back restores the kept pixels
+        exactly afterwards). Without an autoencoder the "latents" are the data, and the mask is used as given
+        (broadcastable to the data). Bad shapes or values raise ValueError (one line).
+        """
+        mask = torch.as_tensor(mask)
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("the inpainting mask must hold only 0 (fill) and 1 (keep)")
+        if self.autoencoder is None:
+            try:
+                torch.broadcast_shapes(mask.shape, tuple(images_shape))
+            except RuntimeError:
+                raise ValueError(f"the mask's shape {tuple(mask.shape)} does not broadcast to the data's "
+                                 f"{tuple(images_shape)}") from None
+            return mask.float()
+        B, _, H, W = images_shape
+        if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, B) or tuple(mask.shape[2:]) != (H, W):
+            raise ValueError(f"the mask must be (1 or {B}, 1, {H}, {W}) like the images (1 keep, 0 fill), got "
+                             f"{tuple(mask.shape)}")
+        if len(self.latent_shape) != 3:
+            raise ValueError(f"inpainting needs a spatial latent grid; this run's latents are vectors "
+                             f"{self.latent_shape}")
+        h, w = self.latent_shape[1:]
+        if H % h or W % w or H // h != W // w:
+            raise ValueError(f"images {H}×{W} do not tile the {h}×{w} latent grid evenly")
+        f = H // h
+        return mask.float().view(mask.shape[0], 1, h, f, w, f).amin(dim=(3, 5))
+
+    @torch.no_grad()
+    def inpaint(self, images: torch.Tensor, mask: torch.Tensor, attrs=None, guidance_scale: float | None = None,
+                sampler: str | None = None, steps: int | None = None, eta: float | None = None, resample: int = 1,
+                paste_back: bool = True, generator=None, progress: bool = False) -> torch.Tensor:
+        """Fill the masked-out part of images (B, C, H, W) in [-1, 1]; returns (B, C, H, W).
+
+        ``mask`` (B or 1, 1, H, W): 1 = keep, 0 = fill; it goes to the latent grid by :meth:`latent_mask`
+        (a cell is known only if all its pixels are). The reverse process runs from noise with the known
+        latent cells replaced at every step by ``q_sample`` of the encoded image at that step's level, and by
+        the encoded image itself at the end (RePaint, Lugmayr et al. 2022, Eq. 8); ``resample=R`` redoes each
+        step R times with a jump back up in between (their Algorithm 1), which harmonises the fill with the
+        kept part; it needs a stochastic sampler (ddpm, or ddim with eta > 0). ``attrs`` (conditional runs)
+        and ``guidance_scale`` steer the fill as in :meth:`sample`. None for sampler, steps, eta or
+        guidance_scale takes the run's ``sample:`` settings (:meth:`sampling_settings`). ``paste_back``
+        copies the kept pixels of ``images`` over the decoded result, so what the user kept is kept exactly
+        (the decoder alone reproduces it only up to the autoencoder's reconstruction error).
+        """
+        settings = self.sampling_settings(sampler, steps, eta, guidance_scale)
+        images = images.to(self.device)
+        latent_mask = self.latent_mask(mask, tuple(images.shape)).to(self.device)
+        z0 = self.encode(images)
+        self.diffusion._check_inpainting((z0, latent_mask), resample, tuple(z0.shape), settings["sampler"],
+                                         settings["eta"])  # one line before the reverse process, not after
+        z = self.sample_latents(z0.shape[0], attrs, settings["guidance_scale"], settings["sampler"], settings["steps"],
+                                settings["eta"], generator, None, progress, known=(z0, latent_mask),
+                                resample=resample)
+        out = self.decode(z)
+        if paste_back:
+            out = torch.where(torch.as_tensor(mask).to(self.device).bool(), images, out)
+        return out
 
     def read_image(self, path: str | Path) -> torch.Tensor:
         """An image file as (C, H, W) in [-1, 1] in the layout of the run's data: the autoencoder's channels

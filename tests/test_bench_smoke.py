@@ -35,9 +35,9 @@ def test_attribute_sampling_with_edits_writes_every_row(runs, tmp_path):  # noqa
 def test_quality_vs_steps_scores_each_setting(runs, tmp_path):  # noqa: F811
     out, _ = runs
     bench("quality_vs_steps.py", "--run", out / "shapes_ldm_kl", "--num", 16, "--settings", "ddim:2", "ddpm:3",
-          results=tmp_path)
+          "dpm_solver++:3", results=tmp_path)
     rows = json.loads((tmp_path / "quality_vs_steps_shapes_ldm_kl.json").read_text())["rows"]
-    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("ddpm", 3)]
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("ddpm", 3), ("dpm_solver++", 3)]
     assert all(r["fd"] >= 0 for r in rows)
 
 
@@ -46,3 +46,16 @@ def test_speed_benches_against_diffusers_run_quick(script, tmp_path):
     pytest.importorskip("diffusers", reason="the speed benches compare with diffusers (requirements-bench.txt)")
     stdout = bench(script, "--quick", results=tmp_path)
     assert "|" in stdout and len(list(tmp_path.glob("*.json"))) == 1
+
+
+def test_inpainting_quick_reports_kept_psnr_and_the_judge(runs, tmp_path):  # noqa: F811
+    out, _ = runs
+    bench("inpainting.py", "--run", out / "shapes_ldm_kl", "--quick", "--sampler", "ddpm", "--resample", 1, 2,
+          results=tmp_path)
+    result = json.loads((tmp_path / "inpainting_shapes_ldm_kl.json").read_text())
+    assert [(r["request"], r["resample"]) for r in result["rows"]] == \
+        [("own", 1), ("other color", 1), ("own", 2), ("other color", 2)]
+    for row in result["rows"]:
+        assert row["n"] == 8 and 0 <= row["joint"] <= row["judge color"] <= 1
+        assert row["psnr kept"] > 0 and row["psnr kept recon"] > 0
+    assert result["sampler"] == "ddpm" and result["steps"] == 3

@@ -159,3 +159,105 @@ def test_bad_sampling_arguments_are_clear_errors():
         diff.sample(model, (2, 2), noise=torch.randn(3, 2))
     with pytest.raises(ValueError, match="steps"):
         diff.sample(model, (2, 2), steps=11)
+
+
+# -- DPM-Solver++(2M) ---------------------------------------------------------------------------------------
+def pf_ode_solution(diff, s, x_T, timesteps):
+    """The probability-flow ODE for N(0, s²I) data keeps x_t / √(ᾱ_t s² + 1 − ᾱ_t) constant (x_t ~ N(0, that)
+    and the flow is linear), so from the first level ᾱ = ᾱ_{τ_S} it lands on x_0 = s x / √(ᾱ s² + 1 − ᾱ)."""
+    abar = float(diff.alphas_cumprod[timesteps[-1]])
+    return s * x_T / math.sqrt(abar * s**2 + 1 - abar)
+
+
+@pytest.mark.parametrize("s", [0.5, 2.0])
+def test_dpm_solver_pp_is_far_closer_to_the_exact_ode_solution_than_ddim(s):
+    """Relative error against the exact flow, linear schedule T = 1000, logsnr spacing for both samplers.
+    Measured (s = 0.5 / 2.0): DDIM 10 steps 0.235 / 0.235, DPM-Solver++ 0.032 / 0.039 (7.4× / 6.0× closer);
+    20 steps: DDIM 0.119, DPM-Solver++ 0.0146 (8.2×). Asserted: at least 4× closer, and below 0.05."""
+    diff = GaussianDiffusion()
+    model = exact_eps(diff, s)
+    x_T = torch.randn(1000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for steps in (10, 20):
+        exact = pf_ode_solution(diff, s, x_T, diff.spaced_timesteps(steps, "logsnr"))
+        errors = {}
+        for sampler in ("ddim", "dpm_solver++"):
+            x = diff.sample(model, x_T.shape, sampler=sampler, steps=steps, noise=x_T, timestep_spacing="logsnr")
+            errors[sampler] = float((x - exact).norm() / exact.norm())
+        assert errors["dpm_solver++"] < 0.05, (steps, errors)
+        assert errors["ddim"] > 4 * errors["dpm_solver++"], (steps, errors)
+
+
+def test_dpm_solver_pp_defaults_to_logsnr_spacing_and_is_deterministic():
+    diff = GaussianDiffusion()
+    model = exact_eps(diff, 0.5)
+    x_T = torch.randn(200, 4, generator=torch.Generator().manual_seed(1))
+    a = diff.sample(model, x_T.shape, sampler="dpm_solver++", steps=10, noise=x_T,
+                    generator=torch.Generator().manual_seed(1))
+    b = diff.sample(model, x_T.shape, sampler="dpm_solver++", steps=10, noise=x_T, timestep_spacing="logsnr",
+                    generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="eta"):
+        diff.sample(model, x_T.shape, sampler="dpm_solver++", steps=10, eta=0.5)
+
+
+class Predictors:
+    """The exact networks of N(mean_c, s²I) data, class c ∈ {0, 1} in ``cond``, as ε, x0 or v outputs
+    (c = −1 or no cond: the network of N(0, s²I), standing in for an unconditional model)."""
+
+    def __init__(self, diffusion, s, means=(1.0, -2.0)):
+        self.diffusion, self.s, self.means = diffusion, s, torch.tensor(means)
+
+    def __call__(self, prediction):
+        d = self.diffusion
+
+        def model(x_t, t, cond=None):
+            abar = d.alphas_cumprod[t].to(x_t.dtype).view(-1, 1)
+            mean = torch.zeros_like(x_t[:, :1])  # no class (None, or −1 rows): a zero mean
+            if cond is not None:
+                mean = torch.where(cond.view(-1, 1) >= 0, self.means[cond.clamp(min=0)].view(-1, 1), 0.0)
+            eps = (1 - abar).sqrt() * (x_t - abar.sqrt() * mean) / (abar * self.s**2 + 1 - abar)
+            x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+            return {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[prediction]
+        return model
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_dpm_solver_pp_is_the_same_with_x0_and_v_networks(prediction):
+    s = 0.7
+    eps_diff, other = GaussianDiffusion(prediction="eps"), GaussianDiffusion(prediction=prediction)
+    x_T = torch.randn(300, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    by_eps = eps_diff.sample(Predictors(eps_diff, s)("eps"), x_T.shape, sampler="dpm_solver++", steps=15,
+                             noise=x_T)
+    by_other = other.sample(Predictors(other, s)(prediction), x_T.shape, sampler="dpm_solver++", steps=15,
+                            noise=x_T)
+    assert torch.allclose(by_eps, by_other, atol=1e-8)
+    exact = pf_ode_solution(eps_diff, s, x_T, eps_diff.spaced_timesteps(15, "logsnr"))
+    assert float((by_other - exact).norm() / exact.norm()) < 0.05
+
+
+def test_dpm_solver_pp_takes_classifier_free_guidance_through_the_model_hook():
+    """Guidance is applied by ``predict``, the one hook every sampler reads: w = 1 follows the conditional
+    flow exactly (x_0 = m + s (x − √ᾱ m)/√(ᾱ s² + 1 − ᾱ)), and w = 3 equals running the solver on the
+    hand-combined network ε_u + w (ε_c − ε_u)."""
+    s, diff = 0.5, GaussianDiffusion()
+    models = Predictors(diff, s)
+    cond_model = models("eps")
+    x_T = torch.randn(400, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    cond = torch.tensor([0, 1]).repeat(200)
+    x = diff.sample(cond_model, x_T.shape, sampler="dpm_solver++", steps=20, noise=x_T, cond=cond)
+    abar = float(diff.alphas_cumprod[-1])
+    m = models.means[cond].double().view(-1, 1)
+    exact = m + s * (x_T - math.sqrt(abar) * m) / math.sqrt(abar * s**2 + 1 - abar)
+    assert float((x - exact).norm() / exact.norm()) < 0.03
+
+    w, uncond = 3.0, torch.full_like(cond, -1)
+
+    def combined(x_t, t, c=None):
+        e_u = cond_model(x_t, t, None)
+        return e_u + w * (cond_model(x_t, t, c) - e_u)
+
+    guided = diff.sample(cond_model, x_T.shape, sampler="dpm_solver++", steps=20, noise=x_T, cond=cond,
+                         uncond=uncond, guidance_scale=w)
+    by_hand = diff.sample(combined, x_T.shape, sampler="dpm_solver++", steps=20, noise=x_T, cond=cond)
+    assert torch.allclose(guided, by_hand, atol=1e-8)
+    assert not torch.allclose(guided, x, atol=1e-2)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from latentdiff.schedules import make_beta_schedule, posterior_coefficients, spaced_timesteps
+from latentdiff.diffusion import GaussianDiffusion
+from latentdiff.schedules import check_timesteps, make_beta_schedule, posterior_coefficients, spaced_timesteps
 
 
 def test_linear_schedule_runs_from_beta_start_to_beta_end_and_destroys_the_signal():
@@ -81,9 +82,92 @@ def test_bad_steps_and_spacing_are_clear_errors():
         spaced_timesteps(100, 101)
     with pytest.raises(ValueError, match="trailing"):
         spaced_timesteps(100, 10, "middle")
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        spaced_timesteps(100, 10, "logsnr")
 
 
 def test_one_linspace_step_starts_from_the_noisiest_level():
     # a one-step chain (full, or the partial chain of an edit) must start at T-1, not at index 0
     assert spaced_timesteps(1000, 1, "linspace").tolist() == [999]
     assert spaced_timesteps(300, 1, "linspace").tolist() == [299]
+
+
+@pytest.mark.parametrize("T", [10, 50, 100, 250, 1000])
+def test_every_spacing_gives_exactly_s_distinct_indices_for_every_s(T):
+    """Issue 15: trailing spacing built with a float arange gave S + 1 indices ending at −1 for 62 values of S
+    at T = 1000 (61, 103, 121, ...). Every spacing, every S: S strictly increasing indices in 0..T−1."""
+    linear = GaussianDiffusion(T, beta_start=0.1 / T, beta_end=min(20 / T, 0.5)).alphas_cumprod
+    cosine = GaussianDiffusion(T, beta_schedule="cosine").alphas_cumprod
+    for spacing, abar in (("linspace", None), ("leading", None), ("trailing", None), ("logsnr", linear),
+                          ("logsnr", cosine)):
+        for S in range(1, T + 1):
+            ts = spaced_timesteps(T, S, spacing, alphas_cumprod=abar)
+            assert ts.dtype == torch.long and ts.shape == (S,), (spacing, S, ts)
+            assert int(ts.min()) >= 0 and int(ts.max()) <= T - 1, (spacing, S, ts)
+            assert S == 1 or bool((ts.diff() > 0).all()), (spacing, S, ts)
+            if spacing in ("linspace", "trailing", "logsnr"):
+                assert int(ts[-1]) == T - 1, (spacing, S)  # the chain starts from the noisiest level
+
+
+def test_trailing_spacing_is_round_of_j_t_over_s_minus_one():
+    # the definition, in exact fractions (ties to even, as torch.round): T = 1000, S = 61 is the issue's case
+    for T, S in ((1000, 61), (1000, 103), (50, 29), (10, 4)):
+        expected = [round(j * T / S) - 1 for j in range(1, S + 1)]
+        assert spaced_timesteps(T, S, "trailing").tolist() == expected
+        assert expected[0] >= 0
+
+
+def test_logsnr_spacing_is_uniform_in_log_snr_where_the_schedule_allows():
+    diff = GaussianDiffusion(1000)  # linear: λ from 4.61 down to −5.06
+    ts = spaced_timesteps(1000, 20, "logsnr", alphas_cumprod=diff.alphas_cumprod)
+    lam = 0.5 * (diff.alphas_cumprod / (1 - diff.alphas_cumprod)).log()
+    gaps = lam[ts].diff()
+    target = float(lam[-1] - lam[0]) / 19
+    # equal gaps in λ up to the schedule's resolution, except the first one, where λ(0) − λ(1) = 0.39 alone
+    # is most of a gap (the first indices are 0, 1, 4, 10, ...)
+    assert float((gaps[1:] - target).abs().max()) < 0.08, gaps
+    assert int(ts[0]) == 0 and int(ts[-1]) == 999
+
+
+def test_check_timesteps_names_what_is_wrong():
+    check_timesteps(torch.tensor([0, 3, 9]), 10, 3)
+    for bad, words in ((torch.tensor([-1, 3, 9]), "0..9"), (torch.tensor([0, 3, 10]), "0..9"),
+                       (torch.tensor([0, 3, 3]), "strictly increasing"), (torch.tensor([5, 3]), "strictly"),
+                       (torch.tensor([0.0, 3.0]), "int64"), (torch.tensor([], dtype=torch.long), "empty")):
+        with pytest.raises(ValueError, match=words):
+            check_timesteps(bad, 10)
+    with pytest.raises(ValueError, match="expected 4 timesteps"):
+        check_timesteps(torch.tensor([0, 3, 9]), 10, 4)
+
+
+def test_sampler_loop_and_inversion_refuse_bad_timesteps():
+    from latentdiff.samplers import ddim_invert_loop, sample_loop
+
+    diff = GaussianDiffusion(10)
+    model = lambda x, t, cond=None: torch.zeros_like(x)  # noqa: E731
+    for bad in (torch.tensor([-1, 4, 9]), torch.tensor([4, 4, 9])):
+        with pytest.raises(ValueError, match="timesteps"):
+            sample_loop(diff, model, torch.randn(2, 2), bad, sampler="ddim")
+        with pytest.raises(ValueError, match="timesteps"):
+            ddim_invert_loop(diff, model, torch.randn(2, 2), bad)
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "linspace", "logsnr"])
+def test_ddim_at_61_steps_keeps_the_spread_of_the_data(spacing):
+    """The issue's symptom: with the −1 index, DDIM on N(1, 0.25) data at S = 61 trailing collapsed every
+    sample to the mean (std 0.0002); with the exact ε predictor it keeps std ≈ 0.5."""
+    diff = GaussianDiffusion(1000)
+    mean, std = 1.0, 0.5
+
+    def model(x_t, t, cond=None):  # exact ε of N(mean, std²): √(1−ᾱ)(x_t − √ᾱ mean)/(ᾱ std² + 1 − ᾱ)
+        abar = diff.alphas_cumprod[t].to(x_t.dtype).view(-1, 1)
+        return (1 - abar).sqrt() * (x_t - abar.sqrt() * mean) / (abar * std**2 + 1 - abar)
+
+    x = diff.sample(model, (4000, 1), sampler="ddim", steps=61, timestep_spacing=spacing,
+                    generator=torch.Generator().manual_seed(0))
+    assert float(x.mean()) == pytest.approx(mean, abs=0.05)
+    assert float(x.std()) == pytest.approx(std, rel=0.1)
+    x_T = diff.ddim_invert(model, x[:200], steps=61, timestep_spacing=spacing)
+    back = diff.sample(model, (200, 1), sampler="ddim", steps=61, timestep_spacing=spacing, noise=x_T)
+    # the round trip's discretisation error at 61 steps: mean |error| 0.04-0.07 measured; it was 1.0 with the −1 index
+    assert float((back - x[:200]).abs().mean()) < 0.1
