@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from latentdiff.bundle import is_bundle  # noqa: E402
 from latentdiff.cli import condition_rows, parse_attrs, user_errors  # noqa: E402
+from latentdiff.diffusion import check_guidance_interval  # noqa: E402
 from latentdiff.pipeline import LatentDiffusion  # noqa: E402
 from latentdiff.training import flush_denormals, pick_device  # noqa: E402
 from latentdiff.viz import image_grid, save_png  # noqa: E402
@@ -50,6 +51,9 @@ def parse_args(argv=None):
                    help="attribute to ask for (repeatable); the rest stay free")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale w (1 = conditional, 0 = unconditional; default: the run's)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="guide only where LO <= t/T <= HI, the plain conditional model elsewhere (default: the "
+                        "run's sample.guidance_interval; 0 1 guides everywhere)")
     p.add_argument("--grid-by", default=None, metavar="NAME",
                    help="one row per value of this attribute (with --edit: one edit per value)")
     p.add_argument("--classifier", nargs="?", const="", default=None, metavar="DIR",
@@ -108,6 +112,8 @@ def main(argv=None):
         num = cond.shape[0] if cond is not None else per_image
         generator = torch.Generator(device=device).manual_seed(args.seed)
         settings = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance)
+        if args.guidance_interval is not None:
+            settings["guidance_interval"] = check_guidance_interval(args.guidance_interval)
         if args.inpaint is not None:
             inpaint(ldm, args, cond, num, settings, generator)
             return

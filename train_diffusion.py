@@ -74,6 +74,7 @@ def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, 
         every = max(1, (cfg.sample.steps or diffusion.num_timesteps) // 8)  # ~8 snapshots of the reverse process
         z, trajectory = diffusion.sample(model, noise.shape, sampler=cfg.sample.sampler, steps=cfg.sample.steps,
                                          eta=cfg.sample.eta, cond=c, uncond=u, guidance_scale=scale,
+                                         guidance_interval=cfg.sample.guidance_interval,
                                          noise=noise.to(device), return_trajectory=True, trajectory_every=every)
         images = decode(z)
         grid = image_grid(images, nrow=nrow)

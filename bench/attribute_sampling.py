@@ -44,6 +44,9 @@ def main():
                    help="default: the run's sample.sampler")
     p.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")
     p.add_argument("--eta", type=float, default=None, help="default: the run's sample.eta")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="guide only where LO <= t/T <= HI (default: the run's sample.guidance_interval)")
+    p.add_argument("--tag", default="", help="appended to the results file's name (e.g. for a settings sweep)")
     p.add_argument("--per-value", type=int, default=16, help="samples per asked combination / value")
     p.add_argument("--max", type=int, default=1000, help="at most this many samples per setting")
     p.add_argument("--classifier", default=None, help="post-hoc guidance classifier folder (train_classifier.py)")
@@ -69,7 +72,7 @@ def main():
     schema = ldm.schema
     if schema is None or not schema.names:
         sys.exit(f"error: {args.run}: its dataset has no attributes to ask for")
-    s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance)
+    s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance, args.guidance_interval)
     judge, record, _ = load_or_train_classifier(ldm.config["data"], Path(args.run).parent / "classifiers")
     A = len(schema.names)
     generator = torch.Generator().manual_seed(args.seed)
@@ -83,7 +86,8 @@ def main():
         if not ldm.conditional:
             guidance = 1.0
         images = ldm.sample(asked.shape[0], attrs=attrs, guidance_scale=guidance, sampler=s["sampler"],
-                            steps=s["steps"], eta=s["eta"], generator=generator, batch_size=args.batch_size, **guide)
+                            steps=s["steps"], eta=s["eta"], guidance_interval=s["guidance_interval"],
+                            generator=generator, batch_size=args.batch_size, **guide)
         return judge.judge(images)[1]
 
     rows = []
@@ -138,10 +142,11 @@ def main():
                             for b, other in enumerate(schema.names) if b != a}})
     columns = ["asked", "n", "joint", *[f"acc {n}" for n in schema.names], *[f"spread {n}" for n in schema.names]]
     columns += [c for c in dict.fromkeys(k for row in rows for k in row) if c.startswith("kept ")]
-    name = Path(args.run).name + ("_posthoc" if args.classifier else "")
+    name = Path(args.run).name + ("_posthoc" if args.classifier else "") + (f"_{args.tag}" if args.tag else "")
     write_results(f"attribute_sampling_{name}", rows, columns,
                   extra={"run": args.run, "guidance": s["guidance_scale"], "sampler": s["sampler"], "steps": s["steps"],
-                         "eta": s["eta"], "judge_test_accuracy": record["test_accuracy"], **extra,
+                         "eta": s["eta"], "guidance_interval": s["guidance_interval"],
+                         "judge_test_accuracy": record["test_accuracy"], **extra,
                          **({"edit_mode": args.edit_mode} if args.edit_strength else {})})
 
 

@@ -216,6 +216,8 @@ class SampleConfig:
     eta: float = field(default=0.0, metadata=check(min=0.0))  # DDIM noise: 0 deterministic, 1 ancestral
     num: int = field(default=64, metadata=check(min=1))  # images in the logged grids
     guidance_scale: float = 3.0  # classifier-free guidance w (1 conditional, 0 unconditional)
+    # guide only where lo <= t/T <= hi (Kynkäänniemi et al. 2024), the conditional model elsewhere; null: everywhere
+    guidance_interval: tuple[float, float] | None = field(default=None, metadata=check(min=0.0, max=1.0))
     seed: int = 0  # fixed noise of the logged grids
 
 

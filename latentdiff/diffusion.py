@@ -31,6 +31,17 @@ class ReverseStep(NamedTuple):
     eps_hat: torch.Tensor
 
 
+def check_guidance_interval(interval) -> tuple[float, float]:
+    """``guidance_interval`` as (lo, hi) floats, or one ValueError line: it must satisfy 0 <= lo < hi <= 1."""
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance_interval must be two fractions of T (lo, hi), got {interval!r}") from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo < hi <= 1, got {interval!r}")
+    return lo, hi
+
+
 def normal_kl(mean1, logvar1, mean2, logvar2):
     """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) per element, in nats (closed form for Gaussians)."""
     return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
@@ -179,7 +190,8 @@ class GaussianDiffusion:
 
     # -- reverse process -------------------------------------------------------------------------------
     def predict(self, model, x_t: torch.Tensor, t: torch.Tensor, cond=None, guidance_scale: float = 1.0,
-                uncond=None, classifier_guidance=None, clip_denoised: bool = False):
+                uncond=None, classifier_guidance=None, clip_denoised: bool = False,
+                guidance_interval: tuple[float, float] | None = None):
         """(ε̂, x̂0) at (x_t, t) after classifier-free guidance, classifier guidance and optional clipping.
 
         Args:
@@ -189,7 +201,14 @@ class GaussianDiffusion:
             classifier_guidance: None or ``(grad_log_prob, scale)``, see
                 :func:`latentdiff.guidance.apply_classifier_guidance`.
             clip_denoised: clamp x̂0 to [−1, 1] and recompute ε̂ from it (for data known to lie there).
+            guidance_interval: None (guide at every level), or (lo, hi) with 0 ≤ lo < hi ≤ 1: guide (both kinds)
+                only where lo ≤ (t+1)/T ≤ hi, and use the plain conditional model elsewhere (Kynkäänniemi et
+                al. 2024, "Applying guidance in a limited interval"). Guidance at the noisiest levels is where
+                the layout (size, shape) is chosen; there a high w sharpens every attribute towards the ones
+                its implicit classifier finds easiest, not only the asked one.
         """
+        if guidance_interval is not None and not self.in_guidance_interval(t, guidance_interval):
+            guidance_scale, classifier_guidance = 1.0, None
         out = classifier_free_guidance(model, x_t, t, cond, uncond, guidance_scale)
         if out.shape != x_t.shape:
             raise ValueError(f"the model returned shape {tuple(out.shape)} for inputs {tuple(x_t.shape)}; "
@@ -206,6 +225,12 @@ class GaussianDiffusion:
             x0 = x0.clamp(-1, 1)
             eps = self.predict_eps_from_x0(x_t, t, x0)
         return eps, x0
+
+    def in_guidance_interval(self, t: torch.Tensor, interval: tuple[float, float]) -> bool:
+        """Whether timestep indices ``t`` (all equal, as in the samplers) lie in ``interval`` (fractions of T)."""
+        lo, hi = check_guidance_interval(interval)
+        level = (int(t.reshape(-1)[0]) + 1) / self.num_timesteps
+        return lo <= level <= hi
 
     def p_mean_variance(self, model, x_t: torch.Tensor, t: torch.Tensor, cond=None,
                         **predict_kwargs) -> ReverseStep:
@@ -271,7 +296,8 @@ class GaussianDiffusion:
                cond=None, guidance_scale: float = 1.0, uncond=None, generator: torch.Generator | None = None,
                progress: bool = False, clip_denoised: bool = False, timestep_spacing: str | None = None,
                noise: torch.Tensor | None = None, return_trajectory: bool = False, trajectory_every: int = 1,
-               classifier_guidance=None, device=None, start_t: int | None = None, known=None, resample: int = 1):
+               classifier_guidance=None, device=None, start_t: int | None = None, known=None, resample: int = 1,
+               guidance_interval: tuple[float, float] | None = None):
         """Draw x0 ~ p_θ by running the reverse process from x_T ~ N(0, I) (or from x_{start_t}).
 
         Args:
@@ -285,6 +311,7 @@ class GaussianDiffusion:
                 process of Nichol & Dhariwal 2021 §4 (its β's recomputed from ᾱ on the subsequence).
             eta: DDIM's η (0: deterministic; 1: the ancestral sampler with σ² = β̃). DDIM only.
             cond, guidance_scale, uncond: classifier-free guidance (``uncond`` needed when w != 1).
+            guidance_interval: None, or (lo, hi) fractions of T: guide only there (see ``predict``).
             generator: makes x_T and every step's noise reproducible.
             progress: show a tqdm bar.
             clip_denoised: clamp x̂0 to [−1, 1] at every step (off: latents are unbounded).
@@ -331,6 +358,8 @@ class GaussianDiffusion:
             raise ValueError(f"timestep_spacing={timestep_spacing!r} does not start at start_t={start_t}; "
                              f"use 'linspace', 'trailing' or 'logsnr' for a partial chain")
         known = self._check_inpainting(known, resample, shape, sampler, eta)
+        if guidance_interval is not None:
+            guidance_interval = check_guidance_interval(guidance_interval)
         if noise is None:
             device = device or _model_device(model)
             gen_device = generator.device if generator is not None else device
@@ -341,7 +370,8 @@ class GaussianDiffusion:
                            progress=progress, known=known, resample=resample,
                            trajectory_every=trajectory_every if return_trajectory else None,
                            cond=cond, guidance_scale=guidance_scale, uncond=uncond,
-                           classifier_guidance=classifier_guidance, clip_denoised=clip_denoised)
+                           classifier_guidance=classifier_guidance, clip_denoised=clip_denoised,
+                           guidance_interval=guidance_interval)
 
     @staticmethod
     def _check_inpainting(known, resample, shape, sampler: str, eta: float):

@@ -105,7 +105,7 @@ class LatentDiffusion(nn.Module):
 
     # -- sampling --------------------------------------------------------------------------------
     def sampling_settings(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-                          guidance_scale: float | None = None) -> dict:
+                          guidance_scale: float | None = None, guidance_interval=None) -> dict:
         """The sampler settings to use: each argument given, else the run's ``sample:`` section.
 
         The one place defaults are resolved, for the Python API and every command (sample.py, evaluate.py,
@@ -114,8 +114,10 @@ class LatentDiffusion(nn.Module):
             steps: the run's ``sample.steps`` when the sampler is the run's, else 50 for DDIM and all T for
                 DDPM; 50 for DPM-Solver++ too (pass ``steps=num_timesteps`` to ask for the full chain explicitly);
             eta: the run's ``sample.eta`` for DDIM (0 for other samplers, which have no η);
-            guidance_scale: the run's ``sample.guidance_scale`` (classifier-free w; unused without attributes).
-        Returns {"sampler", "steps", "eta", "guidance_scale"}.
+            guidance_scale: the run's ``sample.guidance_scale`` (classifier-free w; unused without attributes);
+            guidance_interval: the run's ``sample.guidance_interval`` ((lo, hi) fractions of T where guidance
+                acts, None: everywhere; pass ``(0, 1)`` to guide everywhere on a run that limits it).
+        Returns {"sampler", "steps", "eta", "guidance_scale", "guidance_interval"}.
         """
         run = from_dict(SampleConfig, self.config.get("sample"), prefix="sample.")
         sampler = sampler or run.sampler
@@ -126,13 +128,15 @@ class LatentDiffusion(nn.Module):
         if eta is None:
             eta = run.eta if sampler == "ddim" else 0.0
         guidance_scale = run.guidance_scale if guidance_scale is None else guidance_scale
-        return {"sampler": sampler, "steps": steps, "eta": float(eta), "guidance_scale": float(guidance_scale)}
+        interval = run.guidance_interval if guidance_interval is None else guidance_interval
+        return {"sampler": sampler, "steps": steps, "eta": float(eta), "guidance_scale": float(guidance_scale),
+                "guidance_interval": None if interval is None else tuple(float(v) for v in interval)}
 
     @torch.no_grad()
     def sample_latents(self, n: int, attrs=None, guidance_scale: float | None = None, sampler: str | None = None,
                        steps: int | None = None, eta: float | None = None, generator=None, noise=None,
                        progress: bool = False, classifier_guidance=None, classifier=None,
-                       classifier_scale: float = 1.0, **kw) -> torch.Tensor:
+                       classifier_scale: float = 1.0, guidance_interval=None, **kw) -> torch.Tensor:
         """n normalised latents from the reverse process (see ``GaussianDiffusion.sample``).
 
         Settings left None are the run's (``sampling_settings``). ``classifier`` (a ``NoisyAttributeClassifier``
@@ -141,7 +145,7 @@ class LatentDiffusion(nn.Module):
         given are not guided. Conditional runs also get ``attrs`` as their condition (classifier-free guidance
         with ``guidance_scale``).
         """
-        s = self.sampling_settings(sampler, steps, eta, guidance_scale)
+        s = self.sampling_settings(sampler, steps, eta, guidance_scale, guidance_interval)
         if classifier is not None:
             if attrs is None:
                 raise ValueError("classifier guidance needs attributes to guide towards (attrs / --attr NAME=VALUE)")
@@ -157,7 +161,8 @@ class LatentDiffusion(nn.Module):
         return self.diffusion.sample(self.denoiser, (n, *self.latent_shape), sampler=s["sampler"], steps=s["steps"],
                                      eta=s["eta"], cond=cond, guidance_scale=guidance_scale, uncond=uncond,
                                      generator=generator, noise=noise, progress=progress,
-                                     classifier_guidance=classifier_guidance, **kw)
+                                     classifier_guidance=classifier_guidance,
+                                     guidance_interval=s["guidance_interval"], **kw)
 
     def initial_noise(self, n: int, generator=None) -> torch.Tensor:
         """x_T ~ N(0, I) for n latents, drawn in one call from ``generator`` (on its device) before any step."""
@@ -167,7 +172,8 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, attrs=None, guidance_scale: float | None = None, sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, generator=None, noise=None,
-               progress: bool = False, return_latents: bool = False, batch_size: int | None = None, **kw):
+               progress: bool = False, return_latents: bool = False, batch_size: int | None = None,
+               guidance_interval=None, **kw):
         """n images in [-1, 1]: sample latents, then decode. With ``return_latents`` also the latents.
 
         Settings left None are the run's own (``sampling_settings``), exactly as ``sample.py`` uses them: with
@@ -178,7 +184,7 @@ class LatentDiffusion(nn.Module):
         batch_size = batch_size or DEFAULT_BATCH_SIZE
         if isinstance(kw.get("classifier"), str | Path):  # loaded once, not per batch
             kw["classifier"] = self.load_classifier(kw["classifier"])
-        settings = self.sampling_settings(sampler, steps, eta, guidance_scale)
+        settings = self.sampling_settings(sampler, steps, eta, guidance_scale, guidance_interval)
         noise = self.initial_noise(n, generator) if noise is None else noise
         images, latents = [], []
         for start in range(0, n, batch_size):
