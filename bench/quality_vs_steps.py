@@ -43,9 +43,9 @@ def main():
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from evaluate import Scorer, stacked
     from latentdiff.builders import build_data
     from latentdiff.config import DataConfig, from_dict
+    from latentdiff.evaluation import Scorer, stacked
     from latentdiff.metrics.classifier import load_or_train_classifier
     from latentdiff.pipeline import LatentDiffusion
     from latentdiff.training import flush_denormals

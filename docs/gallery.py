@@ -13,6 +13,7 @@ unconditional run with a train_classifier.py classifier) shows post-hoc classifi
 """
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,8 +23,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import sample  # noqa: E402
-import visualize  # noqa: E402
 from latentdiff.builders import autoencoder_checkpoint, build_data  # noqa: E402
 from latentdiff.cli import user_errors  # noqa: E402
 from latentdiff.config import AERunConfig, load_config  # noqa: E402
@@ -70,35 +69,37 @@ def main(argv=None):
     scratch = Path(tempfile.mkdtemp(prefix="gallery_"))
     jobs = []
     if args.shapes:
-        jobs += [(sample.main, ["--run", args.shapes, "--grid-by", "color", "--attr", "shape=triangle", "--num", "48",
+        jobs += [("sample.py", ["--run", args.shapes, "--grid-by", "color", "--attr", "shape=triangle", "--num", "48",
                                 "--guidance", "3", "--out", out / "shapes_triangles_by_color.png"]),
-                 (sample.main, ["--run", args.shapes, "--grid-by", "shape", "--attr", "color=red", "--num", "24",
+                 ("sample.py", ["--run", args.shapes, "--grid-by", "shape", "--attr", "color=red", "--num", "24",
                                 "--guidance", "3", "--out", out / "shapes_red_by_shape.png"]),
-                 (visualize.main, ["forward", "--run", args.shapes, "--out", out / "shapes_forward.gif", "--num", "6",
+                 ("visualize.py", ["forward", "--run", args.shapes, "--out", out / "shapes_forward.gif", "--num", "6",
                                    "--frames", "16"]),
-                 (visualize.main, ["reverse", "--run", args.shapes, "--out", out / "shapes_reverse.png", "--num", "3",
+                 ("visualize.py", ["reverse", "--run", args.shapes, "--out", out / "shapes_reverse.png", "--num", "3",
                                    "--columns", "10"]),
-                 (visualize.main, ["interpolate", "--run", args.shapes, "--out", out / "shapes_interpolation.png",
+                 ("visualize.py", ["interpolate", "--run", args.shapes, "--out", out / "shapes_interpolation.png",
                                    "--pairs", "3", "--n", "8"]),
-                 (sample.main, ["--run", args.shapes, "--edit", *test_images(args.shapes, scratch, 4), "--grid-by",
+                 ("sample.py", ["--run", args.shapes, "--edit", *test_images(args.shapes, scratch, 4), "--grid-by",
                                 "color", "--edit-mode", "invert", "--strength", "0.5", "--guidance", "3",
                                 "--out", out / "shapes_edit_by_color.png"])]
     if args.shapes_uncond:
-        jobs += [(sample.main, ["--run", args.shapes_uncond, "--classifier", "--classifier-scale", "3", "--grid-by",
+        jobs += [("sample.py", ["--run", args.shapes_uncond, "--classifier", "--classifier-scale", "3", "--grid-by",
                                 "color", "--num", "36", "--out", out / "shapes_posthoc_by_color.png"])]
     for name, run in (("fmnist_vae", args.fmnist), ("fmnist_rae", args.fmnist_rae)):
         if run:
-            jobs += [(sample.main, ["--run", run, "--num", "100", "--guidance", "0", "--out",
+            jobs += [("sample.py", ["--run", run, "--num", "100", "--guidance", "0", "--out",
                                     out / f"{name}_unconditional.png"]),
-                     (sample.main, ["--run", run, "--grid-by", "class", "--num", "60", "--guidance", "2", "--out",
+                     ("sample.py", ["--run", run, "--grid-by", "class", "--num", "60", "--guidance", "2", "--out",
                                     out / f"{name}_by_class.png"])]
     if args.toy:
-        jobs += [(visualize.main, ["forward", "--run", args.toy, "--out", out / "swissroll_forward.gif",
+        jobs += [("visualize.py", ["forward", "--run", args.toy, "--out", out / "swissroll_forward.gif",
                                    "--frames", "16"]),
-                 (visualize.main, ["reverse", "--run", args.toy, "--out", out / "swissroll_reverse.png",
+                 ("visualize.py", ["reverse", "--run", args.toy, "--out", out / "swissroll_reverse.png",
                                    "--columns", "8"])]
-    for fn, fn_args in jobs:
-        fn([str(a) for a in fn_args] + (["--no-progress"] if fn is sample.main else []))
+    for script, script_args in jobs:  # the commands themselves, as a user runs them
+        cmd = [sys.executable, str(ROOT / script), *map(str, script_args)]
+        if subprocess.run(cmd + (["--no-progress"] if script == "sample.py" else [])).returncode != 0:
+            sys.exit(f"error: {' '.join(cmd[1:])} failed")
     with user_errors():
         for run in args.ae:
             print(f"wrote {reconstructions(run, out / f'{Path(run).name}_reconstructions.png')}")

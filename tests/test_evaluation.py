@@ -218,17 +218,18 @@ def test_gmm_baseline_recovers_two_clusters_samples_and_decodes():
 # -- evaluate.py on a tiny run -----------------------------------------------------------------------------
 EVAL_TINY = ["--num", 16, "--steps", 3, "--bound-examples", 8, "--bound-timesteps", 4, "--classifier-steps", 3,
              "--gmm-components", 2, "--gmm-fit-examples", 48, "--batch-size", 8, "--no-progress"]
+TINY_OPTIONS = dict(num=16, steps=3, bound_examples=8, bound_timesteps=4, classifier_steps=3, gmm_components=2,
+                    gmm_fit_examples=48, batch_size=8, no_progress=True)  # the same, through the library
 
 
 def test_evaluate_writes_the_documented_json_for_a_diffusion_and_an_autoencoder_run(runs, tmp_path):  # noqa: F811
     pytest.importorskip("sklearn")
     out, _ = runs
-    import evaluate
+    from latentdiff.evaluation import EvalOptions, evaluate_run, finite
 
-    result = evaluate.main(["--run", str(out / "shapes_ldm_kl"), "--out", str(tmp_path / "ldm.json"),
-                            *map(str, EVAL_TINY)])
+    result = evaluate_run(EvalOptions(run=str(out / "shapes_ldm_kl"), out=str(tmp_path / "ldm.json"), **TINY_OPTIONS))
     saved = json.loads((tmp_path / "ldm.json").read_text())
-    assert saved == json.loads(json.dumps(evaluate.finite(result)))
+    assert saved == json.loads(json.dumps(finite(result)))
     assert {"run", "stage", "dataset", "autoencoder", "settings", "judge", "reconstruction", "likelihood",
             "samples", "notes"} <= set(saved)
     assert saved["stage"] == "diffusion" and saved["autoencoder"] == "vae"
@@ -254,9 +255,8 @@ def test_evaluate_writes_the_documented_json_for_a_diffusion_and_an_autoencoder_
     test_set = build_data(from_dict(DataConfig, data_cfg), "test")
     floor = torch.stack([test_set[i][0] for i in range(16, 32)]).numpy()
     np.savez(tmp_path / "copy.npz", images=floor)
-    result = evaluate.main(["--run", str(out / "shapes_ae_kl"), "--out", str(tmp_path / "ae.json"),
-                            "--baselines", "prior", "--samples", f"copy={tmp_path / 'copy.npz'}",
-                            *map(str, EVAL_TINY)])
+    result = evaluate_run(EvalOptions(run=str(out / "shapes_ae_kl"), out=str(tmp_path / "ae.json"),
+                                      baselines="prior", samples=[f"copy={tmp_path / 'copy.npz'}"], **TINY_OPTIONS))
     assert list(result["samples"]) == ["data", "copy", "reconstructions", "prior"]
     assert result["samples"]["copy"]["fd"] == pytest.approx(result["samples"]["data"]["fd"], abs=1e-9)
     del result["samples"]["copy"]
