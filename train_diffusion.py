@@ -17,7 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder
 import torch  # noqa: E402
 
 from latentdiff.builders import (  # noqa: E402
-    autoencoder_checkpoint,
     build_data,
     build_denoiser,
     build_diffusion,
@@ -31,7 +30,12 @@ from latentdiff.latents import (  # noqa: E402
     fit_normaliser,
     sample_latents,
 )
-from latentdiff.loading import AE_COPY, autoencoder_copy_hash, load_autoencoder  # noqa: E402
+from latentdiff.loading import (  # noqa: E402
+    AE_COPY,
+    autoencoder_checkpoint,
+    autoencoder_copy_hash,
+    load_autoencoder,
+)
 from latentdiff.tasks import DiffusionTask, toy_render  # noqa: E402
 from latentdiff.training import distributed_init, is_main_process, pick_device, seed_everything, train  # noqa: E402
 from latentdiff.viz import image_grid, reverse_process_grid, save_png  # noqa: E402

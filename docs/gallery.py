@@ -23,10 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from latentdiff.builders import autoencoder_checkpoint, build_data  # noqa: E402
+from latentdiff.builders import build_data  # noqa: E402
 from latentdiff.cli import user_errors  # noqa: E402
 from latentdiff.config import AERunConfig, load_config  # noqa: E402
-from latentdiff.loading import load_autoencoder  # noqa: E402
+from latentdiff.loading import autoencoder_checkpoint, load_autoencoder  # noqa: E402
 from latentdiff.viz import image_grid, save_png  # noqa: E402
 
 

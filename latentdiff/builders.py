@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from autoencoders import build_autoencoder
@@ -12,7 +10,6 @@ from latentdiff.config import AEModelConfig, DataConfig, DenoiserConfig, Diffusi
 from latentdiff.data import build_dataset
 from latentdiff.diffusion import GaussianDiffusion
 from latentdiff.nets import MLPDenoiser, UNet
-from latentdiff.training import CheckpointError
 
 
 def build_data(cfg: DataConfig, split: str):
@@ -29,20 +26,6 @@ def build_autoencoder_from_config(m: AEModelConfig, sample_shape: tuple):
                              num_res_blocks=m.num_res_blocks, latent_channels=m.latent_channels,
                              latent_dim=m.latent_dim, attention=m.attention, dropout=m.dropout,
                              spectral_norm=m.spectral_norm)
-
-
-def autoencoder_checkpoint(run: str | Path, checkpoint: str = "best") -> Path:
-    """``runs/<ae>/checkpoints/{best,last}.pt`` (best falls back to last), or a .pt path given directly."""
-    run = Path(run)
-    if run.suffix == ".pt":
-        return run
-    path = run / "checkpoints" / f"{checkpoint}.pt"
-    if not path.exists() and checkpoint == "best":
-        path = run / "checkpoints" / "last.pt"
-    if not path.exists():
-        raise CheckpointError(f"ae.run: {run} holds no autoencoder checkpoint ({path} is missing); "
-                              f"train one with train_ae.py first")
-    return path
 
 
 def build_diffusion(cfg: DiffusionConfig):

@@ -23,9 +23,10 @@ from torch.utils.data import DataLoader, Subset
 
 from latentdiff.baselines import GaussianMixturePrior, sklearn_available
 from latentdiff.builders import build_data
+from latentdiff.bundle import is_bundle
 from latentdiff.config import DataConfig, from_dict
 from latentdiff.latents import LatentNormaliser
-from latentdiff.loading import is_bundle, ldm_parts_from_checkpoint, load_autoencoder
+from latentdiff.loading import ldm_parts_from_checkpoint, load_autoencoder
 from latentdiff.metrics.classifier import (
     attribute_accuracy,
     diversity_by_value,

@@ -30,7 +30,6 @@ from torch import nn
 from autoencoders.models import Autoencoder
 from latentdiff.builders import build_autoencoder_from_config, build_denoiser, build_diffusion
 from latentdiff.bundle import (
-    is_bundle,
     load_module_weights,
     read_config,
     read_tensors,
@@ -93,18 +92,38 @@ def write_autoencoder_copy(autoencoder: Autoencoder, run_dir: str | Path) -> str
     return digest
 
 
+def _checkpoint_file(run_dir: Path, checkpoint: str) -> Path | None:
+    """``run_dir/checkpoints/<checkpoint>.pt`` where it exists ("best" falls back to "last": runs that never
+    evaluated have no best), else None."""
+    for name in (checkpoint, "last") if checkpoint == "best" else (checkpoint,):
+        path = run_dir / "checkpoints" / f"{name}.pt"
+        if path.exists():
+            return path
+    return None
+
+
 def run_checkpoint(run_dir: str | Path, checkpoint: str = "last") -> Path:
-    """``run_dir/checkpoints/<checkpoint>.pt``; "best" falls back to "last" for runs that never evaluated."""
+    """The checkpoint file of a training run folder (stage one or two), or one line saying what is missing."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} does not exist; give a train_diffusion.py run folder or an exported "
                                 f"model folder")
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not path.exists() and checkpoint == "best":
-        path = run_dir / "checkpoints" / "last.pt"
-    if not path.exists():
+    path = _checkpoint_file(run_dir, checkpoint)
+    if path is None:
         raise CheckpointError(f"{run_dir} holds neither checkpoints/{checkpoint}.pt nor an exported model "
                               f"(config.json); give a train_diffusion.py run folder or an export.py folder")
+    return path
+
+
+def autoencoder_checkpoint(run: str | Path, checkpoint: str = "best") -> Path:
+    """``ae.run``: a stage-one run folder's ``checkpoints/{best,last}.pt``, or a .pt path given directly."""
+    run = Path(run)
+    if run.suffix == ".pt":
+        return run
+    path = _checkpoint_file(run, checkpoint)
+    if path is None:
+        raise CheckpointError(f"ae.run: {run} holds no autoencoder checkpoint (checkpoints/{checkpoint}.pt is "
+                              f"missing); train one with train_ae.py first")
     return path
 
 
@@ -224,8 +243,3 @@ def save_ldm_bundle(ldm, folder: str | Path) -> None:
         ldm.autoencoder.save_pretrained(folder / AE_COPY)
     normaliser = {k: torch.as_tensor(v) for k, v in ldm.normaliser.state().items()}
     write_bundle(folder, LDM_KIND, config, {"denoiser": ldm.denoiser.state_dict(), "normaliser": normaliser})
-
-
-__all__ = ["AE_COPY", "autoencoder_copy_hash", "check_autoencoder_identity", "is_bundle", "ldm_parts_from_bundle",
-           "ldm_parts_from_checkpoint", "ldm_parts_from_run", "load_autoencoder", "load_weights", "run_checkpoint",
-           "save_ldm_bundle", "write_autoencoder_copy"]

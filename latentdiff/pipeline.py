@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from latentdiff.bundle import is_bundle
 from latentdiff.conditioning import UNSPECIFIED, ConditionalDenoiser
 from latentdiff.config import SampleConfig, from_dict
 from latentdiff.data.common import load_image, to_unit_range
 from latentdiff.guidance import classifier_grad_log_prob
 from latentdiff.latent_classifier import load_classifier
 from latentdiff.latents import LatentNormaliser
-from latentdiff.loading import is_bundle, ldm_parts_from_bundle, ldm_parts_from_run, save_ldm_bundle
+from latentdiff.loading import ldm_parts_from_bundle, ldm_parts_from_run, save_ldm_bundle
 
 DEFAULT_BATCH_SIZE = 256  # latents per reverse-process batch; the same in sample.py, so results match
 
