@@ -23,16 +23,16 @@ def main():
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
 
-    import train_diffusion
     from latentdiff.builders import build_data
-    from latentdiff.config import DataConfig
+    from latentdiff.config import DataConfig, LDMRunConfig, load_config
     from latentdiff.metrics.distribution import sliced_wasserstein
     from latentdiff.pipeline import LatentDiffusion
+    from latentdiff.stages import train_latent_diffusion
 
     name = f"bench_swissroll_{int(time.time())}"
-    trainer = train_diffusion.main(["--config", str(ROOT / "configs/toy/swissroll.yaml"), f"name={name}",
-                                    f"out_dir={args.out_dir}", f"train.max_minutes={args.minutes}",
-                                    *args.overrides])
+    cfg = load_config(LDMRunConfig, ROOT / "configs/toy/swissroll.yaml",
+                      [f"name={name}", f"out_dir={args.out_dir}", f"train.max_minutes={args.minutes}", *args.overrides])
+    trainer = train_latent_diffusion(cfg)
     ldm = LatentDiffusion.from_run(f"{args.out_dir}/{name}")
     g = torch.Generator().manual_seed(1)
     t0 = time.time()

@@ -1,0 +1,243 @@
+"""The three trainings as library calls: what train_ae.py, train_diffusion.py and train_classifier.py run.
+
+    from latentdiff.config import LDMRunConfig, load_config
+    from latentdiff.stages import train_latent_diffusion
+    cfg = load_config(LDMRunConfig, "configs/shapes/ldm_kl.yaml", ["ae.run=runs/shapes_ae_kl"])
+    trainer = train_latent_diffusion(cfg)          # the same run as the command line's
+
+Each builds its task from a validated config and hands it to the one training loop
+(``latentdiff.training.train``), which resumes, trains, checkpoints and returns the ``Trainer``.
+``argv`` is the command line shown in the resume hint (default: this process's).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from autoencoders import AutoencoderObjective
+from latentdiff.builders import build_autoencoder_from_config, build_data, build_denoiser, build_diffusion
+from latentdiff.config import AERunConfig, ClassifierRunConfig, LDMRunConfig, from_dict, to_dict
+from latentdiff.latent_classifier import ClassifierTask, NoisyAttributeClassifier
+from latentdiff.latents import build_latent_cache, cache_key, file_hash, fit_normaliser, sample_latents
+from latentdiff.loading import (
+    AE_COPY,
+    autoencoder_checkpoint,
+    autoencoder_copy_hash,
+    ldm_parts_from_checkpoint,
+    load_autoencoder,
+)
+from latentdiff.pipeline import LatentDiffusion
+from latentdiff.tasks import AutoencoderTask, DiffusionTask, toy_render
+from latentdiff.training import (
+    distributed_init,
+    is_main_process,
+    load_checkpoint,
+    pick_device,
+    seed_everything,
+    train,
+)
+from latentdiff.viz import image_grid, reverse_process_grid, save_png
+
+
+def _argv(argv):
+    return argv if argv is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]
+
+
+# ----------------------------------------------------------------------------- stage one
+
+def first_images(dataset, n: int) -> torch.Tensor:
+    return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
+
+
+def train_autoencoder(cfg: AERunConfig, resume: bool = False, argv: list[str] | None = None):
+    """Stage one: the autoencoder of ``cfg`` trained into ``<out_dir>/<name>`` (continued if it exists)."""
+    argv = _argv(argv)
+    distributed_init()
+    seed_everything(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    train_set, test_set = build_data(cfg.data, "train"), build_data(cfg.data, "test")
+    shape = tuple(train_set.sample_shape)
+    if len(shape) != 3:
+        raise ValueError(f"data.name: {cfg.data.name!r} yields {shape} points, not images; "
+                         f"train a diffusion on it directly (train_diffusion.py with ae.run: null)")
+    model = build_autoencoder_from_config(cfg.model, shape).to(device)
+    objective = AutoencoderObjective(model, **vars(cfg.loss)).to(device)
+    test_images = first_images(test_set, cfg.eval_samples)
+    task = AutoencoderTask(model, objective, test_images, test_images[:32])
+    task.state = lambda: {"sample_shape": list(shape), "schema": train_set.schema.to_dict()}
+    run_dir = Path(cfg.out_dir) / cfg.name
+    n_params = sum(p.numel() for p in model.parameters())
+    if is_main_process():
+        print(f"{cfg.model.kind} autoencoder: {n_params / 1e6:.2f} M parameters, latents "
+              f"{tuple(model.latent_shape)} for images {shape}; run folder {run_dir}", flush=True)
+    return train(task, train_set, cfg.train, run_dir, to_dict(cfg), device, resume,
+                 num_workers=cfg.data.num_workers, argv=argv)
+
+
+# ----------------------------------------------------------------------------- stage two
+
+def encode_split(cfg, autoencoder, ae_hash, dataset, split, device):
+    """The latent cache of one split, reused when it exists; under torchrun every rank encodes a shard."""
+    root = Path(cfg.latents.cache_dir or Path(cfg.out_dir) / "latent_cache")
+    folder = root / cache_key(ae_hash, to_dict(cfg.data), split)
+    meta = {"ae_hash": ae_hash, "split": split, "data": to_dict(cfg.data)}
+    if is_main_process() and (folder / "meta.json").exists():
+        print(f"latent cache hit: {folder}", flush=True)
+    return build_latent_cache(autoencoder, dataset, folder, cfg.latents.encode_batch_size, device,
+                              progress=sys.stderr.isatty(), meta=meta)
+
+
+def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, conditional, run_dir):
+    """Decoded EMA samples from fixed noise; for attribute runs one row per value of the first attribute."""
+    n = min(cfg.sample.num, 64)
+    cond = uncond = None
+    nrow = None
+    if conditional and schema is not None and schema.names:
+        values = schema.num_values(0)
+        per_row = max(1, n // values)
+        n = per_row * values
+        cond = torch.full((n, len(schema.names)), -1, dtype=torch.long)
+        cond[:, 0] = torch.arange(values).repeat_interleave(per_row)
+        uncond = torch.full_like(cond, -1)
+        nrow = per_row
+    noise = torch.randn(n, *latent_shape, generator=torch.Generator().manual_seed(cfg.sample.seed))
+
+    def decode(z):
+        return autoencoder.decode(normaliser.denormalise(z)).clamp(-1, 1)
+
+    def render(model, step):
+        device = next(model.parameters()).device
+        c = cond.to(device) if cond is not None else None
+        u = uncond.to(device) if uncond is not None else None
+        scale = cfg.sample.guidance_scale if c is not None else 1.0
+        every = max(1, (cfg.sample.steps or diffusion.num_timesteps) // 8)  # ~8 snapshots of the reverse process
+        z, trajectory = diffusion.sample(model, noise.shape, sampler=cfg.sample.sampler, steps=cfg.sample.steps,
+                                         eta=cfg.sample.eta, cond=c, uncond=u, guidance_scale=scale,
+                                         guidance_interval=cfg.sample.guidance_interval,
+                                         noise=noise.to(device), return_trajectory=True, trajectory_every=every)
+        images = decode(z)
+        grid = image_grid(images, nrow=nrow)
+        save_png(grid, run_dir / "samples" / f"step_{step:07d}.png")
+        save_png(grid, run_dir / "samples" / "latest.png")
+        first_two = {k: v[:, :2] if v.dim() > 1 else v for k, v in trajectory.items()}
+        return {"samples/ema_fixed_noise": grid, "samples/reverse_process": reverse_process_grid(first_two, decode)}
+
+    return render
+
+
+def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[str] | None = None):
+    """Stage two: a DDPM on the latent codes of ``cfg.ae.run`` (or on the data when it is null)."""
+    argv = _argv(argv)
+    distributed_init()
+    seed_everything(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    run_dir = Path(cfg.out_dir) / cfg.name
+    train_set, test_set = build_data(cfg.data, "train"), build_data(cfg.data, "test")
+    schema = train_set.schema
+    extra_state = {"schema": schema.to_dict()}
+    if cfg.ae.run is not None:
+        ae_path = autoencoder_checkpoint(cfg.ae.run, cfg.ae.checkpoint)
+        autoencoder = load_autoencoder(ae_path, cfg.ae.use_ema, device)
+        ae_hash = file_hash(ae_path)
+        expected = autoencoder.sample_shape
+        if tuple(train_set.sample_shape) != expected:
+            raise ValueError(f"data: the autoencoder in {cfg.ae.run} was trained on images {expected}, "
+                             f"this data config gives {tuple(train_set.sample_shape)}")
+        train_cache = encode_split(cfg, autoencoder, ae_hash, train_set, "train", device)
+        test_cache = encode_split(cfg, autoencoder, ae_hash, test_set, "test", device)
+        normaliser = fit_normaliser(train_cache.mean, train_cache.logvar, cfg.latents.normalisation)
+        k = min(cfg.bound_examples, len(test_cache))
+        g = torch.Generator().manual_seed(0)
+        held_mean = torch.from_numpy(test_cache.mean[:k].copy())
+        held_logvar = (torch.from_numpy(test_cache.logvar[:k].copy()) if test_cache.stochastic
+                       else torch.empty(0))
+        heldout = normaliser.normalise(sample_latents(held_mean, held_logvar, generator=g))
+        latent_shape, train_data, from_cache = train_cache.latent_shape, train_cache, True
+        # The run carries the exact stage one it trains on, so it samples without ae.run (moved, deleted).
+        copy_hash = autoencoder_copy_hash(autoencoder)  # the task writes the copy once the folder is checked
+        extra_state["ae"] = {"path": str(ae_path.resolve()), "hash": ae_hash, "use_ema": cfg.ae.use_ema,
+                             "stochastic": train_cache.stochastic, "copy": AE_COPY, "copy_hash": copy_hash}
+    else:
+        autoencoder = None
+        points = torch.stack([train_set[i][0] for i in range(len(train_set))])
+        normaliser = fit_normaliser(points, None, cfg.latents.normalisation)
+        k = min(cfg.bound_examples, len(test_set))
+        heldout = normaliser.normalise(torch.stack([test_set[i][0] for i in range(k)]))
+        latent_shape, train_data, from_cache = tuple(points.shape[1:]), train_set, False
+    conditional = cfg.conditioning.enabled
+    if conditional and not schema.names:
+        raise ValueError(f"conditioning.enabled: dataset {cfg.data.name!r} has no attributes to condition on")
+    num_values = [schema.num_values(i) for i in range(len(schema.names))] if conditional else None
+    extra_state.update(latent_shape=list(latent_shape), num_values=num_values)
+    diffusion = build_diffusion(cfg.diffusion)
+    denoiser = build_denoiser(cfg.denoiser, latent_shape, num_values).to(device)
+    if autoencoder is not None:
+        render = image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, conditional,
+                              run_dir)
+    else:
+        render = toy_render(diffusion, points, normaliser, out_png=run_dir / "samples" / "latest.png")
+    task = DiffusionTask(diffusion, denoiser, normaliser, heldout, from_cache, conditional,
+                         cfg.conditioning.drop_attribute_prob, cfg.conditioning.drop_all_prob, render=render,
+                         bound_every=cfg.bound_every, extra_state=extra_state, autoencoder=autoencoder)
+    n_params = sum(p.numel() for p in denoiser.parameters())
+    if is_main_process():
+        print(f"denoiser: {n_params / 1e6:.2f} M parameters on latents {tuple(latent_shape)}"
+              f"{' (attribute-conditional)' if conditional else ''}; run folder {run_dir}", flush=True)
+    return train(task, train_data, cfg.train, run_dir, to_dict(cfg), device, resume,
+                 num_workers=cfg.data.num_workers, argv=argv)
+
+
+# ----------------------------------------------------------------------------- post-hoc classifier
+
+def classifier_data(run: Path, state: dict, ldm, eval_examples: int):
+    """(train set, held-out (normalised latents, attrs), from_cache) of the diffusion run in ``run``."""
+    # ae.run is not needed (the autoencoder is the run's own copy) and may no longer exist: not validated
+    run_cfg = from_dict(LDMRunConfig, {**state["config"], "ae": {**state["config"].get("ae", {}), "run": None}})
+    if run_cfg.latents.cache_dir is None:  # the run's out_dir is <run>/.., wherever this is started from
+        run_cfg.latents.cache_dir = str(run.resolve().parent / "latent_cache")
+    train_set, test_set = build_data(run_cfg.data, "train"), build_data(run_cfg.data, "test")
+    ae = state["task"].get("ae")
+    g = torch.Generator().manual_seed(0)
+    if ae:
+        caches = [encode_split(run_cfg, ldm.autoencoder, ae["hash"], data, split, ldm.device)
+                  for data, split in ((train_set, "train"), (test_set, "test"))]
+        k = min(eval_examples, len(caches[1]))
+        mean, logvar, attrs = (torch.stack(column) for column in zip(*(caches[1][i] for i in range(k))))
+        z = sample_latents(mean, logvar, generator=g)
+        return caches[0], (ldm.normaliser.normalise(z), attrs), True
+    k = min(eval_examples, len(test_set))
+    points, attrs = (torch.stack(column) for column in zip(*(test_set[i] for i in range(k))))
+    return train_set, (ldm.normaliser.normalise(points), attrs), False
+
+
+def train_latent_classifier(cfg: ClassifierRunConfig, run: str | Path, resume: bool = False,
+                            argv: list[str] | None = None):
+    """A noise-conditional attribute classifier on the latents of the diffusion run in ``run``."""
+    argv = _argv(argv)
+    run = Path(run)
+    if not (run / "checkpoints" / "last.pt").exists():
+        raise FileNotFoundError(f"--run {run}: no diffusion checkpoint ({run / 'checkpoints' / 'last.pt'} "
+                                f"is missing); train one with train_diffusion.py first")
+    seed_everything(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    ldm = LatentDiffusion(**ldm_parts_from_checkpoint(state, run, device=device))
+    if ldm.schema is None or not ldm.schema.names:
+        raise ValueError(f"--run {run}: its dataset has no attributes to classify")
+    schema = ldm.schema
+    num_values = [schema.num_values(i) for i in range(len(schema.names))]
+    train_set, heldout, from_cache = classifier_data(run, state, ldm, cfg.eval_examples)
+    model = NoisyAttributeClassifier(ldm.latent_shape, num_values, cfg.model.width, cfg.model.num_blocks,
+                                     cfg.model.dropout).to(device)
+    identity = {"run": str(run.resolve()), "normaliser": ldm.normaliser.state(),
+                "latent_shape": list(ldm.latent_shape), "num_timesteps": ldm.diffusion.num_timesteps,
+                "schema": schema.to_dict(), "num_values": num_values}
+    task = ClassifierTask(ldm.diffusion, model, ldm.normaliser, heldout, schema.names, from_cache,
+                          extra_state=identity)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"classifier: {n_params / 1e6:.2f} M parameters, heads {dict(zip(schema.names, num_values))} "
+          f"on latents {tuple(ldm.latent_shape)}; folder {run / cfg.name}", flush=True)
+    return train(task, train_set, cfg.train, run / cfg.name, to_dict(cfg), device, resume, argv=argv)
