@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import step_bound
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,8 +19,9 @@ LDM_TINY = ["train.steps=12", "data.train_size=256", "data.test_size=64", "bound
 
 
 def cli(script, *args, check=True, cwd=None):
-    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
-                            text=True, cwd=cwd or ROOT)
+    """Run a command as a user would; training commands are bound by their steps (conftest.STEP_BOUND)."""
+    result = subprocess.run([sys.executable, str(ROOT / script), *step_bound(script, map(str, args))],
+                            capture_output=True, text=True, cwd=cwd or ROOT)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -34,11 +36,23 @@ def runs(tmp_path_factory):
     return out, first
 
 
+def assert_ran_all_its_steps(run_dir):
+    """A test's run is bound by its steps: no time budget in its config, and last.pt at train.steps."""
+    import yaml
+
+    from latentdiff.training import load_checkpoint
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["train"]["max_minutes"] is None, "tests must not inherit a recipe's wall-clock budget"
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == cfg["train"]["steps"]
+
+
 def test_both_stages_write_checkpoints_configs_and_sample_grids(runs):
     out, first = runs
     for name in ("shapes_ae_kl", "shapes_ldm_kl"):
         assert (out / name / "checkpoints" / "last.pt").exists()
         assert (out / name / "config.yaml").exists()
+        assert_ran_all_its_steps(out / name)
     assert (out / "shapes_ldm_kl" / "samples" / "latest.png").exists()
     assert "encoding latents" in first.stderr or "latent cache" not in first.stdout
 
