@@ -572,6 +572,56 @@ def _(r):
         return f"a unet needs C×H×W inputs; {r.data.name} gives 2-D points (use mlp or auto)"
 
 
+DEFAULT_IMAGE_SIZES = {"celeba": 64, "image_folder": 64}  # the others' default side is 32
+
+
+def ae_latent_shape(run: str | None) -> tuple | None:
+    """The latent shape of the autoencoder run ``run`` from its config.yaml (None when it cannot be read):
+    (latent_dim,), or (C, S/f, S/f) with S its image side and f = 2^(levels-1)."""
+    if run is None:
+        return None
+    try:
+        data = yaml.safe_load((Path(run).expanduser() / "config.yaml").read_text())
+        model, images = data.get("model", {}), data.get("data", {})
+        if model.get("latent_dim") is not None:
+            return (int(model["latent_dim"]),)
+        side = images.get("image_size") or DEFAULT_IMAGE_SIZES.get(images.get("name"), 32)
+        factor = 2 ** (len(model.get("channel_mults", [1, 2, 4])) - 1)
+        return (int(model.get("latent_channels", 4)), side // factor, side // factor)
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return None  # not readable here: the checkpoint's own checks speak later
+
+
+def _unet_latent_side(r) -> int | None:
+    """The side of the latents a UNet denoiser of run config ``r`` will see, when it is known before any work."""
+    shape = ae_latent_shape(r.ae.run)
+    if shape is None or len(shape) != 3 or r.denoiser.kind == "mlp":
+        return None
+    return shape[-1]
+
+
+@constraint(LDMRunConfig, "denoiser.channel_mults", "2^(levels−1) divides the autoencoder's latent side")
+def _(r):
+    side = _unet_latent_side(r)
+    factor = 2 ** (len(r.denoiser.channel_mults) - 1)
+    if side is not None and side % factor:
+        return (f"{r.denoiser.channel_mults!r} gives {len(r.denoiser.channel_mults)} UNet levels, which halve the "
+                f"side {len(r.denoiser.channel_mults) - 1} times, but the latents of ae.run are {side}×{side}; "
+                f"use fewer levels")
+
+
+@constraint(LDMRunConfig, "denoiser.attention_resolutions", "sides of UNet levels of the autoencoder's latents")
+def _(r):
+    side = _unet_latent_side(r)
+    if side is None:
+        return None
+    sides = [side // 2**level for level in range(len(r.denoiser.channel_mults))]
+    unknown = sorted(set(r.denoiser.attention_resolutions) - set(sides))
+    if unknown:
+        return (f"{unknown} match no UNet level: the latents of ae.run are {side}×{side}, so the levels have "
+                f"sides {sides}")
+
+
 # -- stage one (autoencoders.models.check_architecture, autoencoders.losses) -----------------------------
 
 @constraint(AEModelConfig, "channel_mults", "1 to 4 multipliers, each ≥ 1 (f = 1, 2, 4 or 8)")

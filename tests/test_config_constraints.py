@@ -11,6 +11,7 @@ import dataclasses
 import runpy
 import subprocess
 import sys
+import tempfile
 import typing
 from pathlib import Path
 
@@ -18,9 +19,13 @@ import pytest
 
 import latentdiff.builders
 import latentdiff.data
-from latentdiff.config import CONSTRAINTS, AERunConfig, ClassifierRunConfig, LDMRunConfig
+from latentdiff.config import CONSTRAINTS, AERunConfig, ClassifierRunConfig, LDMRunConfig, dump_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# An autoencoder run folder as train_ae.py leaves it, as far as validation reads it (its config.yaml):
+# the default shapes VAE, 32×32 images → 4×8×8 latents.
+AE_RUN = Path(tempfile.mkdtemp(prefix="latentdiff_ae_run_"))
+(AE_RUN / "config.yaml").write_text(dump_yaml(AERunConfig()))
 RUN_CLASSES = {"train_ae.py": AERunConfig, "train_diffusion.py": LDMRunConfig,
                "train_classifier.py": ClassifierRunConfig}
 
@@ -42,6 +47,10 @@ VIOLATIONS = [
     ("train_diffusion.py", ["denoiser.attention_resolutions=[0]"], "denoiser.attention_resolutions"),
     ("train_diffusion.py", ["denoiser.num_heads=3"], "denoiser.num_heads"),
     ("train_diffusion.py", ["data.name=swissroll", "denoiser.kind=unet"], "denoiser.kind"),
+    # ... against the latents of ae.run (8×8 here), read from its config.yaml before any data
+    ("train_diffusion.py", [f"ae.run={AE_RUN}", "denoiser.attention_resolutions=[2]"],
+     "denoiser.attention_resolutions"),
+    ("train_diffusion.py", [f"ae.run={AE_RUN}", "denoiser.channel_mults=[1,1,1,1,1]"], "denoiser.channel_mults"),
     # stage one
     ("train_ae.py", ["model.channel_mults=[1,2,2,2,2]"], "model.channel_mults"),
     ("train_ae.py", ["model.channel_mults=[1,0]"], "model.channel_mults"),
@@ -79,6 +88,9 @@ ACCEPTED = [
     ("train_diffusion.py", ["sample.sampler=ddim", "sample.eta=1", "sample.steps=null"]),
     ("train_diffusion.py", ["data.name=swissroll", "denoiser.kind=auto", "denoiser.num_heads=3"]),
     ("train_ae.py", ["model.kind=rae", "loss.decoder_regulariser=spectral_norm", "model.spectral_norm=true"]),
+    ("train_diffusion.py", [f"ae.run={AE_RUN}", "denoiser.attention_resolutions=[8,4]"]),
+    ("train_diffusion.py", [f"ae.run={AE_RUN}", "denoiser.channel_mults=[1,1,1,1]",
+                            "denoiser.attention_resolutions=[1]"]),
     ("train_ae.py", ["data.image_size=28", "model.channel_mults=[1,2,4]"]),
     ("train_ae.py", ["data.options.small=0.1", "data.options.large=0.5", "data.options.antialias=4"]),
 ]
