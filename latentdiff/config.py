@@ -566,6 +566,16 @@ def _(r):
                 f"denoiser.channel_mults); choose a number of heads dividing every width")
 
 
+@constraint(LDMRunConfig, "conditioning.enabled", "only for a dataset with attributes (not swissroll; "
+            "image_folder with data.options.attributes_csv)")
+def _(r):
+    if not r.conditioning.enabled:
+        return None
+    if r.data.name == "swissroll" or (r.data.name == "image_folder" and not r.data.options.get("attributes_csv")):
+        return f"dataset {r.data.name!r} has no attributes to condition on" + (
+            "; give data.options.attributes_csv" if r.data.name == "image_folder" else "")
+
+
 @constraint(LDMRunConfig, "denoiser.kind", "not unet for 2-D point data")
 def _(r):
     if r.denoiser.kind == "unet" and r.ae.run is None and r.data.name in POINT_DATASETS:

@@ -47,6 +47,9 @@ VIOLATIONS = [
     ("train_diffusion.py", ["denoiser.attention_resolutions=[0]"], "denoiser.attention_resolutions"),
     ("train_diffusion.py", ["denoiser.num_heads=3"], "denoiser.num_heads"),
     ("train_diffusion.py", ["data.name=swissroll", "denoiser.kind=unet"], "denoiser.kind"),
+    ("train_diffusion.py", ["data.name=swissroll", "conditioning.enabled=true"], "conditioning.enabled"),
+    ("train_diffusion.py", ["data.name=image_folder", f"data.root={ROOT}", "conditioning.enabled=true"],
+     "conditioning.enabled"),
     # ... against the latents of ae.run (8×8 here), read from its config.yaml before any data
     ("train_diffusion.py", [f"ae.run={AE_RUN}", "denoiser.attention_resolutions=[2]"],
      "denoiser.attention_resolutions"),
@@ -89,6 +92,7 @@ ACCEPTED = [
     ("train_diffusion.py", ["data.name=swissroll", "denoiser.kind=auto", "denoiser.num_heads=3"]),
     ("train_ae.py", ["model.kind=rae", "loss.decoder_regulariser=spectral_norm", "model.spectral_norm=true"]),
     ("train_diffusion.py", [f"ae.run={AE_RUN}", "denoiser.attention_resolutions=[8,4]"]),
+    ("train_diffusion.py", ["data.name=moons", "conditioning.enabled=true"]),
     ("train_diffusion.py", [f"ae.run={AE_RUN}", "denoiser.channel_mults=[1,1,1,1]",
                             "denoiser.attention_resolutions=[1]"]),
     ("train_ae.py", ["data.image_size=28", "model.channel_mults=[1,2,4]"]),
