@@ -31,9 +31,11 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="a few steps per stage, to check the pipeline runs")
     args = p.parse_args(argv)
     out = Path(args.out_dir)
-    tiny_ae = ["train.steps=20", "data.train_size=512", "data.test_size=128", "eval_samples=64",
-               "train.eval_every=10", "train.image_every=10"] if args.tiny else []
-    tiny_ldm = ["train.steps=20", "data.train_size=512", "data.test_size=128", "bound_examples=32",
+    # --tiny runs are bound by their steps alone (max_minutes null): a busy machine must not cut them short
+    tiny_ae = ["train.steps=20", "train.max_minutes=null", "data.train_size=512", "data.test_size=128",
+               "eval_samples=64", "train.eval_every=10", "train.image_every=10"] if args.tiny else []
+    tiny_ldm = ["train.steps=20", "train.max_minutes=null", "data.train_size=512", "data.test_size=128",
+                "bound_examples=32",
                 "train.eval_every=10", "train.image_every=10", "bound_every=10", "sample.num=12",
                 "sample.steps=5"] if args.tiny else []
     run("train_ae.py", "--config", str(HERE / "configs/shapes/ae_kl.yaml"), f"out_dir={out}", *tiny_ae)

@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Sample quality against sampling steps: Fréchet distance (judge features) and time per image.
 
-    python bench/quality_vs_steps.py --run runs/fashion_mnist_ldm_kl          # DDIM 10/20/50/100, DDPM 1000,
+    python bench/quality_vs_steps.py --run runs/fashion_mnist_ldm_kl          # DDIM 10/20/50/100, η=1, DDPM 1000,
                                                                               # DPM-Solver++ 5/10/20
+    python bench/quality_vs_steps.py --run runs/fashion_mnist_ldm_kl --settings ddpm:1000 --num 1000 --seed 1
     python bench/quality_vs_steps.py --run runs/fashion_mnist_ldm_kl --num 200 --quick
 
 Unconditional samples of a stage-two run, scored exactly as ``evaluate.py`` scores them (same
 reference: the first --num test images; same judge, cached in <run's parent>/classifiers), so the
-rows are comparable with its tables. Time includes decoding; one thread.
+rows are comparable with its tables. Time includes decoding; one thread. Writes
+bench/results/quality_vs_steps_<run>[_<settings>][_seed<K>].json (see ``result_name``).
 """
 
 from __future__ import annotations
@@ -21,15 +23,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, write_results  # noqa: E402
 
+DEFAULT_SETTINGS = ["ddim:10", "ddim:20", "ddim:50", "ddim:100", "ddim:50:1", "ddpm:1000", "dpm_solver++:5",
+                    "dpm_solver++:10", "dpm_solver++:20"]
+
+
+def _tag(setting: str) -> str:
+    """"ddpm:1000" → "ddpm1000", "ddim:50:1" → "ddim50eta1", "dpm_solver++:10" → "dpmsolverpp10" (file names)."""
+    sampler, steps, *eta = setting.split(":")
+    return f"{sampler.replace('_', '').replace('+', 'p')}{steps}" + (f"eta{eta[0]}".replace(".", "p") if eta else "")
+
+
+def result_name(run: str, settings: list[str], seed: int | None) -> str:
+    """quality_vs_steps_<run>[_<settings>][_seed<K>]: settings other than the default sweep and an explicit
+    seed each name the file, so a run with other settings or seeds never writes over another one's results."""
+    name = f"quality_vs_steps_{Path(run).name}"
+    if list(settings) != DEFAULT_SETTINGS:
+        name += "_" + "_".join(_tag(s) for s in settings)
+    if seed is not None:
+        name += f"_seed{seed}"
+    return name
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
     p.add_argument("--num", type=int, default=500)
-    p.add_argument("--settings", nargs="+", default=["ddim:10", "ddim:20", "ddim:50", "ddim:100", "ddpm:1000",
-                                                     "dpm_solver++:5", "dpm_solver++:10", "dpm_solver++:20"],
+    p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS,
                    help="SAMPLER:STEPS[:ETA], SAMPLER one of ddpm, ddim, dpm_solver++ (ETA: ddim only)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="noise seed (default 0); given, it names the file")
     p.add_argument("--quick", action="store_true", help="DDIM 5 and 10, DPM-Solver++ 5 only")
     args = p.parse_args()
     if args.quick:
@@ -60,7 +81,7 @@ def main():
     rows = []
     for setting in args.settings:
         sampler, steps, *eta = setting.split(":")
-        g = torch.Generator().manual_seed(args.seed)
+        g = torch.Generator().manual_seed(args.seed or 0)
         noise = torch.randn(args.num, *ldm.latent_shape, generator=g)
         start = time.perf_counter()
         images = ldm.sample(args.num, sampler=sampler, steps=int(steps), eta=float(eta[0]) if eta else 0.0,
@@ -71,9 +92,9 @@ def main():
                      "fd": m["fd"], "precision": m["precision"], "recall": m["recall"],
                      "ms_per_image": 1000 * seconds / args.num})
         print(rows[-1], flush=True)
-    name = f"quality_vs_steps_{Path(args.run).name}" + (f"_seed{args.seed}" if args.seed else "")
-    write_results(name, rows, list(rows[0]),
-                  extra={"run": args.run, "num": args.num, "reference": f"first {args.num} test images",
+    write_results(result_name(args.run, args.settings, args.seed), rows, list(rows[0]),
+                  extra={"run": args.run, "num": args.num, "seed": args.seed or 0, "settings": args.settings,
+                         "reference": f"first {args.num} test images",
                          "judge_test_accuracy": record["test_accuracy"], "threads": 1})
 
 

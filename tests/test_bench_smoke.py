@@ -36,9 +36,46 @@ def test_quality_vs_steps_scores_each_setting(runs, tmp_path):  # noqa: F811
     out, _ = runs
     bench("quality_vs_steps.py", "--run", out / "shapes_ldm_kl", "--num", 16, "--settings", "ddim:2", "ddpm:3",
           "dpm_solver++:3", results=tmp_path)
-    rows = json.loads((tmp_path / "quality_vs_steps_shapes_ldm_kl.json").read_text())["rows"]
+    result = json.loads((tmp_path / "quality_vs_steps_shapes_ldm_kl_ddim2_ddpm3_dpmsolverpp3.json").read_text())
+    rows = result["rows"]
     assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("ddpm", 3), ("dpm_solver++", 3)]
     assert all(r["fd"] >= 0 for r in rows)
+    # every result carries where and how it was made
+    for key in ("date", "machine", "torch", "git_commit", "command"):
+        assert result[key], key
+    assert result["command"].startswith("python ") and "quality_vs_steps.py" in result["command"]
+    assert "--settings ddim:2 ddpm:3" in result["command"]
+
+
+def test_autoencoder_bench_trains_the_recipes_steps_into_the_recipes_run_folder(tmp_path):
+    # the README's next command (train_diffusion.py with the ldm recipe) reads runs/<the ae recipe's name>
+    results, out = tmp_path / "results", tmp_path / "runs"
+    tiny = ["train.steps=3", "data.train_size=64", "data.test_size=16", "eval_samples=8", "train.batch_size=8",
+            "train.eval_every=3", "train.image_every=3", "model.base_channels=8", "train.max_minutes=null"]
+    bench("autoencoder.py", "--config", ROOT / "configs/shapes/ae_kl.yaml", "--out-dir", out, *tiny, results=results)
+    result = json.loads((results / "autoencoder_shapes_ae_kl.json").read_text())
+    assert result["rows"][0]["steps"] == 3 and result["run"] == str(out / "shapes_ae_kl")
+    assert (out / "shapes_ae_kl" / "checkpoints" / "last.pt").exists()
+    assert result["rows"][0]["test_psnr_db"] > 0
+    env = {**os.environ, "LATENTDIFF_BENCH_RESULTS": str(results)}
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "autoencoder.py"), "--config",
+                            str(ROOT / "configs/shapes/ae_kl.yaml"), "--out-dir", str(out), *tiny],
+                           capture_output=True, text=True, env=env)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_quality_vs_steps_names_its_file_by_settings_and_seed():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from quality_vs_steps import DEFAULT_SETTINGS, result_name
+
+    run = "runs/fashion_mnist_ldm_kl"
+    names = [result_name(run, DEFAULT_SETTINGS, None), result_name(run, DEFAULT_SETTINGS, 1),
+             result_name(run, ["ddpm:1000"], 0), result_name(run, ["ddpm:1000"], 1),
+             result_name(run, ["ddim:50:1"], None)]
+    assert names == ["quality_vs_steps_fashion_mnist_ldm_kl", "quality_vs_steps_fashion_mnist_ldm_kl_seed1",
+                     "quality_vs_steps_fashion_mnist_ldm_kl_ddpm1000_seed0",
+                     "quality_vs_steps_fashion_mnist_ldm_kl_ddpm1000_seed1",
+                     "quality_vs_steps_fashion_mnist_ldm_kl_ddim50eta1"]
 
 
 @pytest.mark.parametrize("script", ["sampling_speed.py", "denoiser_speed.py"])

@@ -6,7 +6,7 @@ matched to the nearest of the dataset's six saturated colours.
 
 import numpy as np
 import torch
-from test_end_to_end import ROOT, cli
+from test_end_to_end import ROOT, assert_ran_all_its_steps, cli
 
 from latentdiff.data.shapes import COLORS
 
@@ -42,6 +42,8 @@ def test_tiny_conditional_run_samples_the_asked_colour_far_above_chance(tmp_path
     cli("train_ae.py", "--config", ROOT / "configs/shapes/ae_kl.yaml", f"out_dir={out}", *AE)
     cli("train_diffusion.py", "--config", ROOT / "configs/shapes/ldm_kl.yaml", f"out_dir={out}",
         f"ae.run={out / 'shapes_ae_kl'}", *LDM)
+    for name in ("shapes_ae_kl", "shapes_ldm_kl"):  # the recipes' 5 and 9 min budgets must not cut them short
+        assert_ran_all_its_steps(out / name)
     npz = tmp_path / "by_colour.npz"
     cli("sample.py", "--run", out / "shapes_ldm_kl", "--num", 48, "--grid-by", "color", "--guidance", 3,
         "--steps", 20, "--eta", 1, "--no-progress", "--out", tmp_path / "by_colour.png", "--npz", npz)

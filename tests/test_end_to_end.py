@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import step_bound
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,8 +19,9 @@ LDM_TINY = ["train.steps=12", "data.train_size=256", "data.test_size=64", "bound
 
 
 def cli(script, *args, check=True, cwd=None):
-    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
-                            text=True, cwd=cwd or ROOT)
+    """Run a command as a user would; training commands are bound by their steps (conftest.STEP_BOUND)."""
+    result = subprocess.run([sys.executable, str(ROOT / script), *step_bound(script, map(str, args))],
+                            capture_output=True, text=True, cwd=cwd or ROOT)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -34,11 +36,23 @@ def runs(tmp_path_factory):
     return out, first
 
 
+def assert_ran_all_its_steps(run_dir):
+    """A test's run is bound by its steps: no time budget in its config, and last.pt at train.steps."""
+    import yaml
+
+    from latentdiff.training import load_checkpoint
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["train"]["max_minutes"] is None, "tests must not inherit a recipe's wall-clock budget"
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == cfg["train"]["steps"]
+
+
 def test_both_stages_write_checkpoints_configs_and_sample_grids(runs):
     out, first = runs
     for name in ("shapes_ae_kl", "shapes_ldm_kl"):
         assert (out / name / "checkpoints" / "last.pt").exists()
         assert (out / name / "config.yaml").exists()
+        assert_ran_all_its_steps(out / name)
     assert (out / "shapes_ldm_kl" / "samples" / "latest.png").exists()
     assert "encoding latents" in first.stderr or "latent cache" not in first.stdout
 
@@ -61,8 +75,15 @@ def test_sample_writes_grid_and_npz_of_the_documented_layout_reproducibly(runs, 
     assert a["images"].shape == (6, 3, 32, 32) and a["images"].dtype == np.float32
     assert a["images"].min() >= -1 and a["images"].max() <= 1
     assert a["latents"].shape == (6, 4, 8, 8)
-    assert list(a["attribute_names"]) == ["color", "size", "shape"] and a["attributes"][0, 0] == 0  # red
+    assert list(a["attribute_names"]) == ["color", "size", "shape"]
+    assert np.array_equal(a["attributes"], np.array([[0, -1, -1]] * 6)), "red asked, size and shape free"
     assert np.array_equal(a["images"], b["images"]), "one seed, one result"
+    # the npz's latents are the normalised latents its images were decoded from
+    from latentdiff.pipeline import LatentDiffusion
+
+    ldm = LatentDiffusion.from_run(out / "shapes_ldm_kl")
+    decoded = ldm.decode(torch.from_numpy(a["latents"])).numpy()
+    assert np.allclose(decoded, a["images"], atol=1e-5)
     assert (tmp_path / "a.png").stat().st_size > 100
 
 

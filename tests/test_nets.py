@@ -56,6 +56,42 @@ def test_unet_output_depends_on_time_and_condition():
     assert not torch.allclose(base, net(x, t))  # None: no condition added
 
 
+def _nets_with_condition():
+    torch.manual_seed(0)
+    unet = randomise_zero_layers(UNet(4, channels=16, num_res_blocks=1, cond_dim=6, attention_resolutions=(4,),
+                                      image_size=8))
+    mlp = randomise_zero_layers(MLPDenoiser(5, hidden=32, num_blocks=2, cond_dim=6))
+    return [(unet, torch.randn(3, 4, 8, 8)), (mlp, torch.randn(3, 5))]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["unet", "mlp"])
+def test_condition_is_added_to_the_time_embedding_exactly(which):
+    # ε(x, t, c) must equal the unconditional network whose time embedding is shifted by proj(c): the condition
+    # enters once, with its sign and scale, through the same vector as t (a dropped, doubled, negated or
+    # misrouted condition changes the output).
+    net, x = _nets_with_condition()[which]
+    t, cond = torch.tensor([3, 70, 900]), torch.randn(3, 6)
+    with torch.no_grad():
+        shift = net.cond_proj(cond)
+        conditional = net(x, t, cond)
+        plain_embed = net.time_embed.forward
+        net.time_embed.forward = lambda tt: plain_embed(tt) + shift
+        shifted = net(x, t)
+        net.time_embed.forward = plain_embed
+    assert torch.equal(conditional, shifted)
+    assert not torch.allclose(conditional, net(x, t))  # and the shift is not zero: the test can see it
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["unet", "mlp"])
+def test_each_example_sees_only_its_own_time_and_condition(which):
+    net, x = _nets_with_condition()[which]
+    t, cond = torch.tensor([3, 70, 900]), torch.randn(3, 6)
+    with torch.no_grad():
+        batch = net(x, t, cond)
+        alone = torch.cat([net(x[i:i + 1], t[i:i + 1], cond[i:i + 1]) for i in range(3)])
+    assert torch.allclose(batch, alone, atol=1e-5)
+
+
 def test_unet_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="divisible by 2"):
         UNet(4, channels=16, channel_mults=(1, 2))(torch.randn(1, 4, 7, 7), torch.zeros(1))

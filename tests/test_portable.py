@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import step_bound
 from test_end_to_end import AE_TINY, LDM_TINY, ROOT
 
 from latentdiff.pipeline import LatentDiffusion
@@ -25,8 +26,8 @@ SAMPLE = ["--num", 6, "--attr", "color=red", "--seed", 5, "--no-progress"]
 
 
 def cli(script, *args, cwd, check=True):
-    r = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                       cwd=cwd, env=ONE_THREAD)
+    r = subprocess.run([sys.executable, str(ROOT / script), *step_bound(script, map(str, args))],
+                       capture_output=True, text=True, cwd=cwd, env=ONE_THREAD)
     if check and r.returncode != 0:
         raise AssertionError(f"{script} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import step_bound
 
 from latentdiff.training import load_checkpoint
 
@@ -46,7 +47,8 @@ def toy(out, *extra):
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV,
+    args = step_bound(args[0], map(str, args)) if args else []
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=ENV,
                           timeout=300)
 
 
@@ -204,7 +206,7 @@ def in_process(script, *args):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        runpy.run_path(str(ROOT / script))["main"]([*map(str, args)])
+        runpy.run_path(str(ROOT / script))["main"](step_bound(script, map(str, args)))
     finally:
         torch.set_num_threads(threads)
 

@@ -1,0 +1,226 @@
+"""Where each figure of the README's "Results" section comes from: a JSON file under bench/results/.
+
+``FIGURES`` is a list of ``Figure(text, values)``: ``text`` is a piece of the README with ``{}`` where each
+figure stands, ``values`` says for each ``{}`` which JSON file, which value in it, and how the README rounds
+it. ``tests/test_readme_figures.py`` formats every value, fills ``text`` and requires it in the Results
+section (whitespace-insensitive), so a README figure that differs from its record fails CI.
+
+To add a figure: write the benchmark's JSON with ``bench/common.write_results``, commit it, then add a
+``Figure`` here, e.g. for "FD 3.07 (DDIM 50)"::
+
+    Figure("FD {} (DDIM 50)", [V("quality_vs_steps_x.json", "rows", {"sampler": "ddim", "steps": 50}, "fd")])
+
+A path step that is a dict picks the first list item whose keys have those values. ``fmt`` turns the value
+into the README's text (default: 2 decimals); ``fn`` computes a derived figure from the value at the path
+(the whole JSON when the path is empty). A number in the Results section that no figure produces must be a
+setting listed in ``SETTINGS`` (sizes, seeds, guidance scales...), never a result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+def f0(v):
+    return f"{v:.0f}"
+
+
+def f1(v):
+    return f"{v:.1f}"
+
+
+def f2(v):
+    return f"{v:.2f}"
+
+
+def f3(v):
+    return f"{v:.3f}"
+
+
+def g(v):
+    return f"{v:g}"
+
+
+def pct0(v):
+    return f"{100 * v:.0f}"
+
+
+def pct(v):
+    """Percent with one decimal, without it for a whole number (100 %, 98.4 %)."""
+    x = round(100 * v, 1)
+    return f"{x:.0f}" if x == int(x) else f"{x:.1f}"
+
+
+class V:
+    """One value: ``file`` under bench/results/, the ``path`` to it, how the README writes it (``fmt``), and
+    optionally ``fn``, computing a derived figure from what the path leads to."""
+
+    def __init__(self, file: str, *path, fmt: Callable = f2, fn: Callable | None = None):
+        self.file, self.path, self.fmt, self.fn = file, path, fmt, fn
+
+
+@dataclass
+class Figure:
+    text: str
+    values: list[V] = field(default_factory=list)
+
+
+AE_KL, AE_RAE = "autoencoder_fashion_mnist_ae_kl.json", "autoencoder_fashion_mnist_ae_rae.json"
+SWISS = "toy_swissroll.json"
+SEEDS = [f"quality_vs_steps_fashion_mnist_ldm_kl_ddpm1000_seed{k}.json" for k in range(3)]
+RAE_DDPM = "quality_vs_steps_fashion_mnist_ldm_rae_ddpm1000.json"
+SWEEP = "quality_vs_steps_fashion_mnist_ldm_kl.json"
+PEER = "pixel_ddpm_peer.json"
+ATTR = "attribute_sampling_shapes_ldm_kl_newinit.json"  # the current recipe (attribute-embedding change)
+ATTR_OLD = "attribute_sampling_shapes_ldm_kl.json"  # before it: the editing rows
+POSTHOC = "attribute_sampling_shapes_ldm_kl_uncond_posthoc.json"
+DENOISER, SAMPLING = "denoiser_speed.json", "sampling_speed.json"
+CACHE, MEMORY, SCALING = "cache_vs_reencode.json", "latent_cache_memory.json", "scaling.json"
+
+
+def row(**match):
+    return ("rows", match)
+
+
+def first_row(file, key, fmt=f2, fn=None):
+    return V(file, "rows", 0, key, fmt=fmt, fn=fn)
+
+
+def psnr_of_mean_mse(mse):
+    return 10 * math.log10(2.0**2 / mse)  # images in [-1, 1]: data range 2
+
+
+def _asked(result, asked):
+    return next(r for r in result["rows"] if r["asked"] == asked)
+
+
+def spread_range(*asked):
+    """(min, max) of the "spread ..." values of the rows asked for ``asked``."""
+    def fn(result):
+        values = [v for a in asked for k, v in _asked(result, a).items() if k.startswith("spread ")]
+        return min(values), max(values)
+    return fn
+
+
+def spread(file, asked, end):
+    return V(file, fn=lambda r: spread_range(*asked)(r)[end], fmt=f2)
+
+
+def one_attribute(file, name):
+    """Accuracy on attribute ``name`` when it alone is asked for."""
+    return V(file, fn=lambda r: _asked(r, name)[f"acc {name}"], fmt=pct)
+
+
+def edit(mode, strength):
+    asked = f"edit color {mode} s={strength}"
+    return [V(ATTR_OLD, "rows", {"asked": asked}, key, fmt=pct0) for key in ("acc color", "kept size", "kept shape")]
+
+
+def speed(file, match, key, fmt):
+    return V(file, "rows", match, key, fmt=fmt)
+
+
+FIGURES: list[Figure] = [
+    # -- the main job and the recipes
+    Figure("Fashion-MNIST VAE / RAE (f = 4, 4×8×8 latents, {} / {} M params), {} steps in {} / {} min on one thread",
+           [first_row(AE_KL, "params_M"), first_row(AE_RAE, "params_M"), first_row(AE_KL, "steps", f0),
+            first_row(AE_KL, "minutes", f1), first_row(AE_RAE, "minutes", f1)]),
+    Figure("{} steps in", [first_row(AE_RAE, "steps", f0)]),
+    Figure("test PSNR {} / {} dB, SSIM {} / {}",
+           [first_row(AE_KL, "test_psnr_db"), first_row(AE_RAE, "test_psnr_db"), first_row(AE_KL, "test_ssim", f3),
+            first_row(AE_RAE, "test_ssim", f3)]),
+    Figure("the PSNR of the mean test MSE is lower: {} / {} dB for the same two models",
+           [first_row(AE_KL, "test_mse", fn=psnr_of_mean_mse), first_row(AE_RAE, "test_mse", fn=psnr_of_mean_mse)]),
+    Figure("{}× after {} min ({} steps)",
+           [first_row(SWISS, "ratio"), first_row(SWISS, "train_minutes", f1), first_row(SWISS, "steps", f0)]),
+    # -- sample quality, Fashion-MNIST
+    Figure("trained on the labels, test accuracy {} %", [V(SEEDS[0], "judge_test_accuracy", "class", fmt=pct)]),
+    Figure("| **VAE + latent diffusion, DDPM 1000 steps** (seeds 0 / 1 / 2) | {} | **{}** / {} / {} | {} / {} / {} "
+           "| {} / {} / {} |",
+           [V(SEEDS[0], "num", fmt=f0), *(first_row(f, "fd") for f in SEEDS),
+            *(first_row(f, "precision") for f in SEEDS), *(first_row(f, "recall") for f in SEEDS)]),
+    Figure("| RAE + latent diffusion, DDPM 1000 steps | {} | {} | {} | {} |",
+           [V(RAE_DDPM, "num", fmt=f0), first_row(RAE_DDPM, "fd"), first_row(RAE_DDPM, "precision"),
+            first_row(RAE_DDPM, "recall")]),
+    Figure("({} to {} above)", [first_row(SEEDS[0], "fd"), first_row(SEEDS[1], "fd")]),
+    Figure("{} samples, seed 0; `quality_vs_steps_fashion_mnist_ldm_kl.json`): FD {} (DDIM 10), {} (20), {} (50), "
+           "{} (100), {} (DDIM 50, η = 1), {} (DDPM 1000)",
+           [V(SWEEP, "num", fmt=f0),
+            *(V(SWEEP, *row(sampler="ddim", steps=s, eta=0.0), "fd") for s in (10, 20, 50, 100)),
+            V(SWEEP, *row(sampler="ddim", steps=50, eta=1.0), "fd"), V(SWEEP, *row(sampler="ddpm", steps=1000), "fd")]),
+    Figure("UNet2DModel {} M + DDPMScheduler, EMA, DDIM {}) trained for {} CPU-min ({} steps; "
+           "`python bench/pixel_ddpm_peer.py --minutes {}`",
+           [first_row(PEER, "params_M"), first_row(PEER, "ddim_steps", f0), first_row(PEER, "cpu_minutes", f1),
+            first_row(PEER, "steps", f0), V(PEER, "args", "minutes", fmt=g)]),
+    # -- attributes, shapes
+    Figure("DDIM {}, η = {}, judged by a pixel CNN with {} % test accuracy",
+           [V(ATTR, "steps", fmt=f0), V(ATTR, "eta", fmt=g), V(ATTR, "judge_test_accuracy", "joint", fmt=pct)]),
+    Figure("| conditional, classifier-free w = {} | all three ({}) | {} % | {} % | {} % | **{} %** | – |",
+           [V(ATTR, "guidance", fmt=g), V(ATTR, *row(asked="all"), "n", fmt=f0),
+            *(V(ATTR, *row(asked="all"), k, fmt=pct) for k in ("acc color", "acc size", "acc shape", "joint"))]),
+    Figure("| | one attribute | {} % | {} % | {} % | – | {}–{} |",
+           [one_attribute(ATTR, "color"), one_attribute(ATTR, "size"), one_attribute(ATTR, "shape"),
+            spread(ATTR, ("color", "size", "shape"), 0), spread(ATTR, ("color", "size", "shape"), 1)]),
+    Figure("| | nothing | – | – | – | – | {}–{} |", [spread(ATTR, ("none",), 0), spread(ATTR, ("none",), 1)]),
+    Figure("| unconditional + post-hoc classifier, s = {} | all three | {} % | {} % | {} % | {} % | – |",
+           [V(POSTHOC, "classifier_scale", fmt=g),
+            *(V(POSTHOC, *row(asked="all"), k, fmt=pct) for k in ("acc color", "acc size", "acc shape", "joint"))]),
+    Figure("| | one attribute | **{} %** | {} % | {} % | – | {}–{} |",
+           [one_attribute(POSTHOC, "color"), one_attribute(POSTHOC, "size"), one_attribute(POSTHOC, "shape"),
+            spread(POSTHOC, ("color", "size", "shape"), 0), spread(POSTHOC, ("color", "size", "shape"), 1)]),
+    Figure("{} images, w = {}): the strength trades",
+           [V(ATTR_OLD, *row(asked="edit color sdedit s=0.4"), "n", fmt=f0), V(ATTR_OLD, "guidance", fmt=g)]),
+    *(Figure(f"| {s} | {{}} % / {{}} % / {{}} % | {{}} % / {{}} % / {{}} % |", [*edit("sdedit", s), *edit("invert", s)])
+      for s in (0.2, 0.3, 0.4, 0.6)),
+    # -- speed against diffusers
+    Figure("| denoiser training step, 4×8×8 latents, batch {}, both {} M params | {} img/s | {} img/s | {}× |",
+           [speed(DENOISER, {"input": "latent 4x8x8"}, k, fmt) for k, fmt in
+            (("batch", f0), ("ours_params_M", f2), ("ours_img_per_s", f0), ("diffusers_img_per_s", f0),
+             ("ours/diffusers", f2))]),
+    Figure("| same on 1×32×32 pixels, batch {}, both {} M params | {} img/s | {} img/s | {}× |",
+           [speed(DENOISER, {"input": "pixels 1x32x32"}, k, fmt) for k, fmt in
+            (("batch", f0), ("ours_params_M", f2), ("ours_img_per_s", f1), ("diffusers_img_per_s", f1),
+             ("ours/diffusers", f2))]),
+    Figure("batch {} (sample.py's default): latent (ours) vs pixel-space peer | {} / {} img/s | {} / {} img/s "
+           "| **{}× / {}×** |",
+           [speed(SAMPLING, {"batch": 256}, "batch", f0),
+            speed(SAMPLING, {"batch": 256, "ddim_steps": 10}, "latent_img_per_s", f0),
+            speed(SAMPLING, {"batch": 256, "ddim_steps": 50}, "latent_img_per_s", f1),
+            speed(SAMPLING, {"batch": 256, "ddim_steps": 10}, "pixel_img_per_s", f1),
+            speed(SAMPLING, {"batch": 256, "ddim_steps": 50}, "pixel_img_per_s", f1),
+            speed(SAMPLING, {"batch": 256, "ddim_steps": 10}, "latent/pixel", f1),
+            speed(SAMPLING, {"batch": 256, "ddim_steps": 50}, "latent/pixel", f1)]),
+    Figure("| same, batch 64 / batch 16 | {} / {}, {} / {} img/s | {} / {}, {} / {} img/s | {}× / {}×, {}× / {}× |",
+           [speed(SAMPLING, {"batch": b, "ddim_steps": s}, key, fmt)
+            for key, fmts in (("latent_img_per_s", (f0, f1)), ("pixel_img_per_s", (f1, f1)), ("latent/pixel", (f1, f1)))
+            for b in (64, 16) for s, fmt in zip((10, 50), fmts)]),
+    # -- cost of the design choices
+    Figure("| {} (FMNIST VAE), {} (RAE), {} (CIFAR-10 f4), {} (CelebA 64 f4) |",
+           [speed(CACHE, m, "cached/denoiser", f3) for m in
+            ({"recipe": "ldm_kl", "dataset": "fashion_mnist"}, {"recipe": "ldm_rae", "dataset": "fashion_mnist"},
+             {"dataset": "cifar10"}, {"dataset": "celeba64"})]),
+    Figure("| {}×, {}×, {}×, {}× |",
+           [speed(CACHE, m, "reencode/cached", f2) for m in
+            ({"recipe": "ldm_kl", "dataset": "fashion_mnist"}, {"recipe": "ldm_rae", "dataset": "fashion_mnist"},
+             {"dataset": "cifar10"}, {"dataset": "celeba64"})]),
+    Figure("| {} / {} / {} / {} MiB (memory map: {} / {} / {} / {} MiB) |",
+           [speed(MEMORY, {"latents": n}, key, f0) for key in ("pread_peak_rss", "mmap_peak_rss")
+            for n in (10_000, 200_000, 1_000_000, 4_000_000)]),
+    Figure("32: {}x time, {}x memory; 64: {}x time, {}x memory; 128: {}x time, {}x memory "
+           "(latent {}, {}, {} s, pixel {}, {}, {} s per step)",
+           [speed(SCALING, {"side": side}, key, f1) for side in (32, 64, 128)
+            for key in ("pixel/latent time", "pixel/latent memory")]
+           + [speed(SCALING, {"side": side}, key, f2) for key in ("latent_step_s", "pixel_step_s")
+              for side in (32, 64, 128)]),
+]
+
+# Numbers in the Results section that are settings or sizes, not measured results (a figure must come from a
+# JSON). Keep this short: a measured number added to the README without a record must fail, not land here.
+SETTINGS = {
+    "2026", "11", "28", "29",  # the dates of the records ("2026-11-28/29")
+    "2.14",  # torch 2.14.1
+    "5", "9", "30",  # the recipes' time budgets in minutes (shapes AE / LDM, Fashion-MNIST LDM)
+    "200",  # "10 k / 200 k / 1 M / 4 M latents": cache sizes measured
+}
