@@ -147,7 +147,7 @@ def train(script: str, recipe: Path, run: Path, steps: int, overrides: list[str]
                f"train.max_minutes={cap_minutes:.3g}"]
     if script == "train_diffusion.py":
         command.append(f"latents.cache_dir={run / 'latent_cache'}")  # its own cache: the encode is in its budget
-    record = record or {"command": command, "steps_asked": steps, "cpu_s": 0.0, "attempts": 0}
+    record = record or {"run": str(run), "command": command, "steps_asked": steps, "cpu_s": 0.0, "attempts": 0}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     run.mkdir(parents=True, exist_ok=True)
     log = run.parent / f"{run.name}.log"
