@@ -12,8 +12,9 @@ through the commands themselves (train_ae.py, train_diffusion.py as subprocesses
 so its cosine learning-rate schedule ends inside its share: a calibration (below) gives a stage's fixed cost
 (start-up, data, the latent cache it encodes, the final evaluation) and its CPU seconds per step, and
 ``train.steps = floor((share - fixed) / per_step)``; the recipe's warm-ups keep their fraction of the schedule,
-and ``train.max_minutes`` (wall clock, twice the share) is only a safety cap. Every stage-two run encodes its
-own latent cache (in its run folder, removed after training), so the encode is charged to every run alike.
+and ``train.max_minutes`` (wall clock: twice the share plus a minute) is only a safety cap. Every stage-two run
+encodes its own latent cache (in its run folder, removed after training), so the encode is charged to every run
+alike.
 
 Sets scored, with the library's evaluation (``latentdiff.evaluation.evaluate_run``: the project's judge, FD on
 its features, precision/recall with k = 3, ``--num`` samples against ``--num`` held-out test images), at the
@@ -172,6 +173,9 @@ def train(script: str, recipe: Path, run: Path, steps: int, overrides: list[str]
         print(tail, end="", file=sys.stderr)
         raise TrainingError(f"{script} failed for {run} (exit {code}); its output is in {log}")
     record.update(finished=True, capped=record["steps_trained"] < steps)
+    if record["capped"]:
+        print(f"note: {run.name} stopped at the wall-clock cap (train.max_minutes) after {record['steps_trained']} of "
+              f"{steps} steps", flush=True)
     record_path.write_text(json.dumps(record, indent=1))
     if not keep_cache:
         shutil.rmtree(run / "latent_cache", ignore_errors=True)
@@ -238,9 +242,10 @@ def evaluate(args, run: Path, seed: int, gmm: bool) -> dict:
     from latentdiff.evaluation import EvalOptions, evaluate_run
 
     out = run / f"eval_seed{seed}.json"
-    if out.exists():
-        saved = json.loads(out.read_text())
-        if saved["settings"]["num"] == args.num and ("gmm" in saved["samples"]) == gmm:
+    if out.exists() and out.stat().st_mtime >= (run / "checkpoints" / "last.pt").stat().st_mtime:
+        saved = json.loads(out.read_text())  # reused when it scored these weights with these settings
+        if (saved["settings"]["num"] == args.num and saved["settings"].get("steps") == (args.sample_steps or
+                saved["settings"].get("steps")) and ("gmm" in saved["samples"]) == gmm):
             return saved
     options = EvalOptions(run=str(run), num=args.num, seed=seed, steps=args.sample_steps,
                           baselines="gmm" if gmm else "none", gmm_components=args.gmm_components,
@@ -331,7 +336,7 @@ def parse_args(argv=None):
                         "recipes' own split is 13.5 : 30 minutes, about 0.3)")
     p.add_argument("--steps", nargs=2, type=int, metavar=("AE", "LDM"), default=None,
                    help="fixed step counts instead of budgets (no calibration)")
-    p.add_argument("--calib-steps", nargs=2, type=int, metavar=("N1", "N2"), default=[20, 80],
+    p.add_argument("--calib-steps", nargs=2, type=int, metavar=("N1", "N2"), default=[20, 120],
                    help="the two short runs per stage that give its seconds per step and fixed cost")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="sampling seeds (default 0 1 2)")
     p.add_argument("--num", type=int, default=1000, help="samples per set, and held-out reference images")
@@ -462,7 +467,10 @@ def run_point(args, recipes, kind: str, budget: float | None, calibration: dict 
 
 
 def git_commit() -> str | None:
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    except OSError:
+        return None
     return r.stdout.strip() or None
 
 
