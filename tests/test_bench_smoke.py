@@ -96,3 +96,59 @@ def test_inpainting_quick_reports_kept_psnr_and_the_judge(runs, tmp_path):  # no
         assert row["n"] == 8 and 0 <= row["joint"] <= row["judge color"] <= 1
         assert row["psnr kept"] > 0 and row["psnr kept recon"] > 0
     assert result["sampler"] == "ddpm" and result["steps"] == 3
+
+
+def test_budget_curve_quick_scores_every_variant_from_the_trained_steps_and_resumes(tmp_path):
+    """Both autoencoder kinds, both stage-two models, every scored set over two seeds; the steps in the JSON are
+    the steps in the run folders' checkpoints; a rerun trains and samples nothing again."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    plot = importlib.util.find_spec("matplotlib") is not None  # requirements-bench.txt; CI has only -dev
+    args = ["--quick", "--out-dir", tmp_path / "runs", *([] if plot else ["--no-plot"])]
+    bench("budget_curve.py", *args, results=tmp_path)
+    result = json.loads((tmp_path / "budget_curve_shapes_quick.json").read_text())
+    variants = ["dedicated_uncond", "cond_model_uncond", "cond_model_cfg", "gmm", "reconstructions", "data"]
+    assert [(r["kind"], r["variant"]) for r in result["rows"]] == [(k, v) for k in ("vae", "rae") for v in variants]
+    for row in result["rows"]:
+        assert row["fd"] >= 0 and row["fd_min"] <= row["fd"] <= row["fd_max"] and len(row["fd_seeds"]) == 2
+        assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1 and row["cpu_min"] > 0
+    assert all(0 <= r["class_accuracy"] <= 1 for r in result["rows"] if r["variant"] == "cond_model_cfg")
+    sampled_from = {"dedicated_uncond": "uncond", "cond_model_uncond": "cond", "cond_model_cfg": "cond"}
+    checkpoints = {}
+    for point in result["points"]:
+        assert set(point["runs"]) == {"ae", "uncond", "cond"}
+        trained = {}
+        for stage, run in point["runs"].items():
+            path = Path(run["run"]) / "checkpoints" / "last.pt"
+            checkpoints[path] = path.stat().st_mtime_ns
+            trained[stage] = torch.load(path, weights_only=True)["step"]
+            assert run["steps_asked"] == run["steps_trained"] == trained[stage] == 8 and run["cpu_s"] > 0
+        for row in (r for r in result["rows"] if r["kind"] == point["kind"]):
+            assert row["ae_steps"] == trained["ae"]
+            assert row["ldm_steps"] == (trained[sampled_from[row["variant"]]] if row["variant"] in sampled_from
+                                        else None)
+    assert (tmp_path / "budget_curve_shapes_quick.png").stat().st_size > 1000 if plot else result["plot"] is None
+
+    again = bench("budget_curve.py", *args, results=tmp_path)
+    assert "training " not in again and again.count("done already") == 6
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
+    assert json.loads((tmp_path / "budget_curve_shapes_quick.json").read_text())["rows"] == result["rows"]
+
+
+def test_budget_curve_sizes_steps_from_the_calibrated_cost_per_step_and_fixed_cost():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from budget_curve import fit_calibration, schedule_overrides, steps_for
+
+    fit = fit_calibration([(20, 4.0 + 20 * 0.5), (80, 4.0 + 80 * 0.5)])
+    assert fit["per_step_s"] == pytest.approx(0.5) and fit["fixed_s"] == pytest.approx(4.0)
+    assert steps_for(64.0, fit) == 120 and steps_for(63.9, fit) == 119  # 4 s fixed + 120 steps of 0.5 s
+    with pytest.raises(ValueError, match="fixed cost"):
+        steps_for(3.0, fit)
+    with pytest.raises(ValueError, match="do not grow"):
+        fit_calibration([(20, 9.0), (80, 8.0)])
+    recipe = {"train.steps": 3000, "train.warmup_steps": 200, "loss.kl_warmup_steps": 1000, "bound_every": 6000}
+    assert schedule_overrides(recipe, 600) == ["train.steps=600", "train.warmup_steps=40", "loss.kl_warmup_steps=200",
+                                               "train.eval_every=600", "train.image_every=600", "bound_every=601"]

@@ -1,0 +1,478 @@
+#!/usr/bin/env python
+"""Sample quality against a total CPU budget: does the diffusion prior beat the Gaussian mixture at every budget?
+
+    OMP_NUM_THREADS=1 python bench/budget_curve.py                    # Fashion-MNIST, VAE and RAE, 10 / 20 / 45 min
+    python bench/budget_curve.py --budgets 10 20 --ae-share 0.3 --seeds 0 1 2
+    python bench/budget_curve.py --quick                              # shapes, tiny fixed steps: a smoke test
+
+What is measured. For each autoencoder kind (VAE: the recipes ae_kl.yaml + ldm_kl.yaml; RAE: ae_rae.yaml +
+ldm_rae.yaml of configs/<dataset>/) and each total budget B (CPU minutes of both training commands, one
+thread each), the autoencoder is trained with ``--ae-share`` of B and each stage-two model with the rest,
+through the commands themselves (train_ae.py, train_diffusion.py as subprocesses). Each run's steps are sized
+so its cosine learning-rate schedule ends inside its share: a calibration (below) gives a stage's fixed cost
+(start-up, data, the latent cache it encodes, the final evaluation) and its CPU seconds per step, and
+``train.steps = floor((share - fixed) / per_step)``; the recipe's warm-ups keep their fraction of the schedule,
+and ``train.max_minutes`` (wall clock: twice the share plus a minute) is only a safety cap. Every stage-two run
+encodes its own latent cache (in its run folder, removed after training), so the encode is charged to every run
+alike.
+
+Sets scored, with the library's evaluation (``latentdiff.evaluation.evaluate_run``: the project's judge, FD on
+its features, precision/recall with k = 3, ``--num`` samples against ``--num`` held-out test images), at the
+recipes' own sampler settings, once per sampling seed (``--seeds``; mean, standard deviation, min and max):
+
+  dedicated_uncond    a stage-two model trained without attributes (the recipe with conditioning.enabled=false)
+  cond_model_uncond   the class-conditional model sampled with every attribute unspecified (its unconditional
+                      branch: what the recipe gives a user who asks for no class)
+  cond_model_cfg      the class-conditional model asked for the reference images' classes, classifier-free
+                      guidance at the recipe's scale (its class accuracy is recorded)
+  gmm                 the baseline to beat: an ex-post Gaussian mixture (Ghosh et al. 2020) fitted on the same
+                      autoencoder's training latents (its fit is not charged to the budget)
+  reconstructions     the same autoencoder's reconstructions of test images: the floor any prior can reach
+  data                other held-out test images: the judge's own floor
+
+Calibration: per autoencoder kind, each stage (the autoencoder, the conditional and the unconditional
+stage-two model) is trained twice for a few dozen steps (``--calib-steps N1 N2``) in throw-away run folders;
+the child's CPU time (user + system, ``resource.getrusage(RUSAGE_CHILDREN)``) of the two gives the seconds per
+step as the slope and the fixed cost as the intercept. It is written to <out-dir>/calibration.json and reused
+on reruns, so a resumed sweep asks for the same steps. ``--steps AE LDM`` skips it and trains fixed step counts
+(the x axis is then the measured CPU time).
+
+Resumable: a run whose folder holds its last checkpoint at the asked step, and an evaluation whose JSON exists,
+are not redone; an interrupted run continues from its checkpoint (its CPU time is the sum of its attempts).
+Writes bench/results/budget_curve_<dataset>.json (``LATENTDIFF_BENCH_RESULTS`` moves it) and a PNG beside it:
+FD against CPU minutes, one line per set, VAE and RAE as two panels (matplotlib, requirements-bench.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, write_results  # noqa: E402
+
+KINDS = {"vae": ("ae_kl", "ldm_kl"), "rae": ("ae_rae", "ldm_rae")}  # recipes in configs/<dataset>/
+MODELS = {"uncond": ["conditioning.enabled=false"], "cond": []}  # the stage-two models, as recipe overrides
+# Scored set -> (stage-two model whose evaluation holds it, key in the evaluation's "samples").
+VARIANTS = {"dedicated_uncond": ("uncond", "ldm"), "cond_model_uncond": ("cond", "ldm"),
+            "cond_model_cfg": ("cond", "ldm_conditional"), "gmm": ("cond", "gmm"),
+            "reconstructions": ("cond", "reconstructions"), "data": ("cond", "data")}
+METRICS = ("fd", "precision", "recall")
+SCHEDULE_KEYS = ("train.warmup_steps", "loss.kl_warmup_steps")  # scaled with the steps, as fractions
+
+# --quick: the shapes recipes on a few hundred images, fixed tiny step counts, tiny evaluation.
+QUICK_DATA = ["data.train_size=256", "data.test_size=64", "train.batch_size=32"]
+QUICK_AE = [*QUICK_DATA, "eval_samples=32"]
+QUICK_LDM = [*QUICK_DATA, "bound_examples=16", "sample.num=12", "sample.steps=4", "denoiser.channels=32"]
+
+
+# ----------------------------------------------------------------------------- steps from a CPU budget
+
+
+def fit_calibration(points: list[tuple[int, float]]) -> dict:
+    """(steps, CPU seconds) of two or more runs of one stage -> {"per_step_s", "fixed_s"} (least squares line)."""
+    n = len(points)
+    if n < 2 or len({s for s, _ in points}) < 2:
+        raise ValueError("calibration needs runs of at least two different step counts")
+    mx = sum(s for s, _ in points) / n
+    my = sum(c for _, c in points) / n
+    slope = sum((s - mx) * (c - my) for s, c in points) / sum((s - mx) ** 2 for s, _ in points)
+    if slope <= 0:
+        raise ValueError(f"calibration runs {points} do not grow with the steps: run longer ones (--calib-steps)")
+    return {"per_step_s": slope, "fixed_s": max(0.0, my - slope * mx), "runs": [list(p) for p in points]}
+
+
+def steps_for(budget_s: float, calibration: dict) -> int:
+    """Optimiser steps whose whole run (fixed cost + steps) fits in ``budget_s`` CPU seconds."""
+    steps = math.floor((budget_s - calibration["fixed_s"]) / calibration["per_step_s"])
+    if steps < 1:
+        raise ValueError(f"a budget of {budget_s:.0f} CPU-s does not cover the stage's fixed cost of "
+                         f"{calibration['fixed_s']:.0f} s; give larger --budgets or a different --ae-share")
+    return steps
+
+
+def schedule_overrides(recipe: dict, steps: int, eval_once: bool = True) -> list[str]:
+    """Overrides that make a recipe a ``steps``-step run with the same schedule shape: warm-ups keep their
+    fraction of the recipe's steps; evaluation and image grids only at the end (a fixed cost, as calibrated)."""
+    out = [f"train.steps={steps}"]
+    for key in SCHEDULE_KEYS:
+        value = recipe.get(key)
+        if value:
+            out.append(f"{key}={min(value, round(value * steps / recipe['train.steps']))}")
+    if eval_once:
+        out += [f"train.eval_every={steps}", f"train.image_every={steps}"]
+        if "bound_every" in recipe:
+            out.append(f"bound_every={steps + 1}")  # the bound's periodic cost would not be in the calibration
+    return out
+
+
+# ----------------------------------------------------------------------------- the commands
+
+
+def cpu_of_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def last_step(run: Path) -> int | None:
+    """The step of a run folder's last checkpoint, or None."""
+    from latentdiff.training import load_checkpoint
+
+    path = run / "checkpoints" / "last.pt"
+    return int(load_checkpoint(path)["step"]) if path.exists() else None
+
+
+def train(script: str, recipe: Path, run: Path, steps: int, overrides: list[str], cap_minutes: float,
+          keep_cache: bool = False) -> dict:
+    """Train ``run`` (= out_dir/name) with a command for ``steps`` steps unless it already did; returns its record
+    {command, steps_asked, steps_trained, cpu_s (summed over attempts), attempts, capped}, kept in the folder."""
+    record_path = run / "budget_curve_run.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else None
+    if record is not None and record["steps_asked"] != steps:
+        raise ValueError(f"{run} was trained for {record['steps_asked']} steps and this sweep asks {steps} (another "
+                         f"calibration, --ae-share or budget?); delete it or pick another --out-dir")
+    if record is not None and record.get("finished") and last_step(run) is not None:
+        print(f"done already: {run.name} ({record['steps_trained']} steps, {record['cpu_s']:.0f} CPU-s)", flush=True)
+        return record
+    command = [sys.executable, str(ROOT / script), "--config", str(recipe), f"name={run.name}",
+               f"out_dir={run.parent}", *overrides, *schedule_overrides(recipe_values(recipe), steps),
+               f"train.max_minutes={cap_minutes:.3g}"]
+    if script == "train_diffusion.py":
+        command.append(f"latents.cache_dir={run / 'latent_cache'}")  # its own cache: the encode is in its budget
+    record = record or {"run": str(run), "command": command, "steps_asked": steps, "cpu_s": 0.0, "attempts": 0}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    run.mkdir(parents=True, exist_ok=True)
+    log = run.parent / f"{run.name}.log"
+    print(f"training {run.name}: {steps} steps ({log})", flush=True)
+    before = cpu_of_children()
+    with open(log, "a") as f:
+        child = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:  # the child got the signal too: it saves last.pt; count its CPU, then stop
+            child.wait()
+            raise
+        finally:
+            record["cpu_s"] += cpu_of_children() - before
+            record["attempts"] += 1
+            record["steps_trained"] = last_step(run)
+            record_path.write_text(json.dumps(record, indent=1))
+    if code != 0:
+        from latentdiff.training import TrainingError
+
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        print(tail, end="", file=sys.stderr)
+        raise TrainingError(f"{script} failed for {run} (exit {code}); its output is in {log}")
+    record.update(finished=True, capped=record["steps_trained"] < steps)
+    if record["capped"]:
+        print(f"note: {run.name} stopped at the wall-clock cap (train.max_minutes) after {record['steps_trained']} of "
+              f"{steps} steps", flush=True)
+    record_path.write_text(json.dumps(record, indent=1))
+    if not keep_cache:
+        shutil.rmtree(run / "latent_cache", ignore_errors=True)
+    return record
+
+
+def recipe_values(recipe: Path) -> dict:
+    """The recipe's scheduling keys (defaults filled in by the library's config classes)."""
+    from latentdiff.config import AERunConfig, LDMRunConfig, load_config
+
+    is_ldm = recipe.stem.startswith("ldm")
+    cfg = load_config(LDMRunConfig if is_ldm else AERunConfig, recipe, ["ae.run=null"] if is_ldm else [])
+    out = {"train.steps": cfg.train.steps, "train.warmup_steps": cfg.train.warmup_steps}
+    if is_ldm:
+        out["bound_every"] = cfg.bound_every
+    else:
+        out["loss.kl_warmup_steps"] = getattr(cfg.loss, "kl_warmup_steps", 0)
+    return out
+
+
+def calibrate(args, recipes: dict, folder: Path) -> dict:
+    """Per kind: {"ae": fit, "uncond": fit, "cond": fit} from short runs of each stage (see the docstring)."""
+    path = folder / "calibration.json"
+    key = {"dataset": args.dataset, "calib_steps": args.calib_steps, "ae_overrides": args.ae_overrides,
+           "ldm_overrides": args.ldm_overrides}
+    saved = json.loads(path.read_text()) if path.exists() else {"key": key, "stages": {}}
+    if saved["key"] != key:
+        raise ValueError(f"{path} was calibrated with other settings ({saved['key']}); delete it or pick another "
+                         f"--out-dir")
+    stages = saved["stages"]
+    for kind in args.kinds:
+        if kind in stages:
+            print(f"calibration of {kind} from {path}", flush=True)
+            continue
+        ae_recipe, ldm_recipe = recipes[kind]
+        points, ae_run = [], None
+        for n in args.calib_steps:
+            ae_run = folder / "calibration" / f"{kind}_ae_{n}"
+            r = train("train_ae.py", ae_recipe, ae_run, n, args.ae_overrides, cap_minutes=30)
+            points.append((n, r["cpu_s"]))
+        fits = {"ae": fit_calibration(points)}
+        for model, extra in MODELS.items():
+            points = []
+            for n in args.calib_steps:
+                run = folder / "calibration" / f"{kind}_ldm_{model}_{n}"
+                r = train("train_diffusion.py", ldm_recipe, run, n,
+                          [f"ae.run={ae_run}", *extra, *args.ldm_overrides], cap_minutes=30)
+                points.append((n, r["cpu_s"]))
+            fits[model] = fit_calibration(points)
+        print(f"calibration {kind}: " + ", ".join(f"{s} {c['per_step_s']:.3f} s/step + {c['fixed_s']:.1f} s"
+                                                  for s, c in fits.items()), flush=True)
+        stages[kind] = fits
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "stages": stages}, indent=1))
+    return stages
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def evaluate(args, run: Path, seed: int, gmm: bool) -> dict:
+    """The library's evaluation of a stage-two run at one sampling seed (the run's own sampler settings),
+    written to <run>/eval_seed<K>.json and read back from there on reruns."""
+    from latentdiff.evaluation import EvalOptions, evaluate_run
+
+    out = run / f"eval_seed{seed}.json"
+    if out.exists() and out.stat().st_mtime >= (run / "checkpoints" / "last.pt").stat().st_mtime:
+        saved = json.loads(out.read_text())  # reused when it scored these weights with these settings
+        if (saved["settings"]["num"] == args.num and saved["settings"].get("steps") == (args.sample_steps or
+                saved["settings"].get("steps")) and ("gmm" in saved["samples"]) == gmm):
+            return saved
+    options = EvalOptions(run=str(run), num=args.num, seed=seed, steps=args.sample_steps,
+                          baselines="gmm" if gmm else "none", gmm_components=args.gmm_components,
+                          gmm_fit_examples=args.gmm_fit_examples, bound_examples=args.bound_examples,
+                          bound_timesteps=args.bound_timesteps, classifier_dir=str(args.out_dir / "classifiers"),
+                          classifier_steps=args.classifier_steps, no_inception=True, out=str(out), no_progress=True)
+    evaluate_run(options)
+    return json.loads(out.read_text())  # as written: NaN already null
+
+
+def summary(values: list[float | None]) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "min": min(vals), "max": max(vals)}
+
+
+def point_rows(point: dict) -> list[dict]:
+    """One table row per scored set of a (kind, budget) point: metrics as mean and spread over seeds."""
+    rows = []
+    for variant, (model, _) in VARIANTS.items():
+        per_seed = point["scores"][variant]
+        sampled = variant in ("dedicated_uncond", "cond_model_uncond", "cond_model_cfg")  # else: no stage two
+        row = {"kind": point["kind"], "budget_min": point["budget_min"], "variant": variant,
+               "cpu_min": point["cpu_min"][model if sampled else "ae"],
+               "ae_steps": point["runs"]["ae"]["steps_trained"],
+               "ldm_steps": point["runs"][model]["steps_trained"] if sampled else None}
+        for m in METRICS:
+            s = summary([seed_scores.get(m) for seed_scores in per_seed.values()])
+            row[m] = s["mean"]
+            row[f"{m}_std"], row[f"{m}_min"], row[f"{m}_max"] = s["std"], s["min"], s["max"]
+        row["fd_seeds"] = [seed_scores.get("fd") for seed_scores in per_seed.values()]
+        if variant == "cond_model_cfg":
+            row["class_accuracy"] = summary([(s.get("attribute_accuracy") or {}).get("joint")
+                                             for s in per_seed.values()])["mean"]
+        rows.append(row)
+    return rows
+
+
+def plot(rows: list[dict], kinds: list[str], path: Path, x_label: str) -> None:
+    """FD against CPU minutes, one line per scored set (error bars: min to max over seeds), one panel per kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"dedicated_uncond": ("tab:blue", "-", "o", "unconditional LDM"),
+              "cond_model_uncond": ("tab:orange", "-", "s", "conditional LDM, no class asked"),
+              "cond_model_cfg": ("tab:green", "-", "^", "conditional LDM, class + CFG"),
+              "gmm": ("tab:red", "--", "D", "ex-post GMM, same autoencoder"),
+              "reconstructions": ("gray", ":", ".", "reconstructions (floor)"),
+              "data": ("black", ":", ".", "other test images (judge floor)")}
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), squeeze=False, sharey=True)
+    for ax, kind in zip(axes[0], kinds):
+        for variant, (color, line, marker, label) in styles.items():
+            pts = sorted((r["x_min"], r["fd"], r["fd_min"], r["fd_max"]) for r in rows
+                         if r["kind"] == kind and r["variant"] == variant and r["fd"] is not None)
+            if not pts:
+                continue
+            x, y, lo, hi = zip(*pts)
+            ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]], color=color,
+                        linestyle=line, marker=marker, capsize=3, label=label)
+        ax.set_title(kind.upper())
+        ax.set_xlabel(x_label)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("FD (judge features), lower is better")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="fashion_mnist", help="recipes from configs/<dataset>/ (shapes, ...)")
+    p.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
+    p.add_argument("--budgets", nargs="+", type=float, default=None,
+                   help="total CPU minutes of both training commands, one thread each (default 10 20 45)")
+    p.add_argument("--ae-share", type=float, default=0.3,
+                   help="fraction of each budget for the autoencoder; each stage-two model gets the rest (the "
+                        "recipes' own split is 13.5 : 30 minutes, about 0.3)")
+    p.add_argument("--steps", nargs=2, type=int, metavar=("AE", "LDM"), default=None,
+                   help="fixed step counts instead of budgets (no calibration)")
+    p.add_argument("--calib-steps", nargs=2, type=int, metavar=("N1", "N2"), default=[20, 120],
+                   help="the two short runs per stage that give its seconds per step and fixed cost")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="sampling seeds (default 0 1 2)")
+    p.add_argument("--num", type=int, default=1000, help="samples per set, and held-out reference images")
+    p.add_argument("--sample-steps", type=int, default=None, help="reverse steps (default: the recipe's)")
+    p.add_argument("--classifier-steps", type=int, default=None, help="judge training steps (default: the library's)")
+    p.add_argument("--gmm-components", type=int, default=10)
+    p.add_argument("--gmm-fit-examples", type=int, default=10000)
+    p.add_argument("--bound-examples", type=int, default=16,
+                   help="the evaluation always computes likelihood bounds; this bench does not report them, so "
+                        "they are kept cheap")
+    p.add_argument("--bound-timesteps", type=int, default=4)
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="run folders (default: runs/bench/budget_curve_<dataset>)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: shapes, tiny data, 16 samples, 2 sampling steps, seeds 0 1, and --steps 8 8 "
+                        "unless --budgets are given (then calibrated, e.g. --budgets 0.4 --calib-steps 2 6)")
+    args = p.parse_args(argv)
+    args.ae_overrides, args.ldm_overrides = [], []
+    args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    if args.quick:
+        args.dataset, args.num, args.sample_steps = "shapes", 16, 2
+        if args.budgets is None:
+            args.steps = args.steps or [8, 8]
+        args.classifier_steps, args.gmm_components, args.gmm_fit_examples = 5, 2, 128
+        args.bound_examples, args.bound_timesteps = 4, 2
+        args.ae_overrides, args.ldm_overrides = QUICK_AE, QUICK_LDM
+    args.budgets = args.budgets or [10.0, 20.0, 45.0]
+    if not 0 < args.ae_share < 1:
+        p.error(f"--ae-share {args.ae_share}: give a fraction between 0 and 1")
+    if args.steps is not None and min(args.steps) < 1:
+        p.error("--steps: give at least 1 step per stage")
+    if len(set(args.calib_steps)) < 2 or min(args.calib_steps) < 1:
+        p.error("--calib-steps: give two different step counts of at least 1")
+    if args.out_dir is None:
+        args.out_dir = ROOT / "runs" / "bench" / f"budget_curve_{args.dataset}{'_quick' if args.quick else ''}"
+    args.out_dir = args.out_dir.resolve()
+    return args
+
+
+def check_before_work(args, recipes: dict) -> None:
+    """One line (exit 2) for what would otherwise fail hours in: recipes, the dataset, scikit-learn, matplotlib."""
+    from latentdiff.builders import build_data
+    from latentdiff.config import AERunConfig, load_config
+    from latentdiff.evaluation import EvalOptions, check_options
+
+    for kind in args.kinds:
+        for recipe in recipes[kind]:
+            if not recipe.is_file():
+                raise FileNotFoundError(f"--dataset {args.dataset}: {recipe} does not exist")
+    check_options(EvalOptions(run="", num=args.num, baselines="gmm"))  # scikit-learn present, --num sane
+    if not args.no_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("the plot needs matplotlib: pip install -r requirements-bench.txt "
+                             "(or pass --no-plot)") from None
+    data = load_config(AERunConfig, recipes[args.kinds[0]][0], args.ae_overrides).data
+    build_data(data, "test")  # the dataset loader's own one-line message when the files are absent
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from latentdiff.cli import user_errors
+    from latentdiff.training import flush_denormals
+
+    torch.set_num_threads(1)
+    flush_denormals()
+    folder = ROOT / "configs" / args.dataset
+    recipes = {k: (folder / f"{ae}.yaml", folder / f"{ldm}.yaml") for k, (ae, ldm) in KINDS.items()}
+    with user_errors():
+        check_before_work(args, recipes)
+        calibration = None if args.steps else calibrate(args, recipes, args.out_dir)
+        points = []
+        for budget in ([None] if args.steps else sorted(args.budgets)):
+            for kind in args.kinds:
+                points.append(run_point(args, recipes[kind], kind, budget, calibration))
+    rows = [row for point in points for row in point_rows(point)]
+    for row in rows:  # the plot's x: the budget, or the measured CPU time when the steps were fixed
+        row["x_min"] = row["budget_min"] if row["budget_min"] is not None else row["cpu_min"]
+    name = f"budget_curve_{args.dataset}{'_quick' if args.quick else ''}"
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    columns = ["kind", "budget_min", "cpu_min", "variant", "ae_steps", "ldm_steps", "fd", "fd_std", "precision",
+               "recall", "class_accuracy"]
+    out = write_results(name, rows, columns, extra={
+        "settings": settings, "threads": 1, "commit": git_commit(), "calibration": calibration,
+        "variants": {v: {"model": m, "eval_set": s} for v, (m, s) in VARIANTS.items()}, "points": points,
+        "plot": None if args.no_plot else f"{name}.png"})
+    if not args.no_plot:
+        x_label = "total CPU minutes, both stages (budget)" if not args.steps else "measured CPU minutes, both stages"
+        plot(rows, args.kinds, out.with_suffix(".png"), x_label)
+
+
+def run_point(args, recipes, kind: str, budget: float | None, calibration: dict | None) -> dict:
+    """Train one autoencoder and both stage-two models for one budget (or fixed steps), then score every seed."""
+    ae_recipe, ldm_recipe = recipes
+    if budget is None:
+        tag, ae_steps, ldm_steps = f"steps{args.steps[0]}_{args.steps[1]}", args.steps[0], {m: args.steps[1]
+                                                                                            for m in MODELS}
+        ae_cap = ldm_cap = 30.0
+    else:
+        ae_s, ldm_s = 60 * budget * args.ae_share, 60 * budget * (1 - args.ae_share)
+        tag = f"{budget:g}min"
+        ae_steps = steps_for(ae_s, calibration[kind]["ae"])
+        ldm_steps = {m: steps_for(ldm_s, calibration[kind][m]) for m in MODELS}
+        ae_cap, ldm_cap = 2 * ae_s / 60 + 1, 2 * ldm_s / 60 + 1
+    where = args.out_dir / tag
+    runs = {"ae": train("train_ae.py", ae_recipe, where / f"{kind}_ae", ae_steps, args.ae_overrides, ae_cap)}
+    for model, extra in MODELS.items():
+        runs[model] = train("train_diffusion.py", ldm_recipe, where / f"{kind}_ldm_{model}", ldm_steps[model],
+                            [f"ae.run={where / f'{kind}_ae'}", *extra, *args.ldm_overrides], ldm_cap)
+    evals = {model: {seed: evaluate(args, where / f"{kind}_ldm_{model}", seed, gmm=model == "cond")
+                     for seed in args.seeds} for model in MODELS}
+    scores = {}
+    for variant, (model, key) in VARIANTS.items():
+        scores[variant] = {str(seed): evals[model][seed]["samples"].get(key, {}) for seed in args.seeds}
+    first = evals["cond"][args.seeds[0]]
+    return {"kind": kind, "budget_min": budget, "folder": str(where),
+            "cpu_min": {"ae": runs["ae"]["cpu_s"] / 60,
+                        **{m: (runs["ae"]["cpu_s"] + runs[m]["cpu_s"]) / 60 for m in MODELS}},
+            "runs": {k: {key: v for key, v in r.items() if key != "command"} | {"command": r["command"][1:]}
+                     for k, r in runs.items()},
+            "sampling": {k: first["settings"].get(k) for k in ("sampler", "steps", "eta", "guidance_scale", "num")},
+            "judge": first["judge"], "scores": scores}
+
+
+def git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    except OSError:
+        return None
+    return r.stdout.strip() or None
+
+
+if __name__ == "__main__":
+    main()
