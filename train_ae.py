@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder
 import torch  # noqa: E402
 
 from latentdiff.builders import build_autoencoder_from_config, build_data  # noqa: E402
-from latentdiff.cli import parse_cli, user_errors  # noqa: E402
+from latentdiff.cli import finish_training, parse_cli, user_errors  # noqa: E402
 from latentdiff.config import AERunConfig, to_dict  # noqa: E402
 from latentdiff.tasks import AutoencoderTask  # noqa: E402
 from latentdiff.training import (  # noqa: E402
@@ -54,8 +54,10 @@ def main(argv=None):
         if is_main_process():
             print(f"{cfg.model.kind} autoencoder: {n_params / 1e6:.2f} M parameters, latents "
                   f"{tuple(model.latent_shape)} for images {shape}; run folder {run_dir}", flush=True)
-        return train(task, train_set, cfg.train, run_dir, to_dict(cfg), device, args.resume,
-              num_workers=cfg.data.num_workers, argv=[Path(__file__).name, *(argv or sys.argv[1:])])
+        trainer = train(task, train_set, cfg.train, run_dir, to_dict(cfg), device, args.resume,
+                        num_workers=cfg.data.num_workers, argv=[Path(__file__).name, *(argv or sys.argv[1:])],
+                        overwrite=args.overwrite)
+        return finish_training(trainer)
 
 
 if __name__ == "__main__":

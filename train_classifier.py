@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder
 import torch  # noqa: E402
 
 from latentdiff.builders import build_data, build_ldm_from_checkpoint  # noqa: E402
-from latentdiff.cli import parse_cli, user_errors  # noqa: E402
+from latentdiff.cli import finish_training, parse_cli, user_errors  # noqa: E402
 from latentdiff.config import ClassifierRunConfig, LDMRunConfig, from_dict, to_dict  # noqa: E402
 from latentdiff.latent_classifier import ClassifierTask, NoisyAttributeClassifier  # noqa: E402
 from latentdiff.latents import sample_latents  # noqa: E402
@@ -77,8 +77,10 @@ def main(argv=None):
         n_params = sum(p.numel() for p in model.parameters())
         print(f"classifier: {n_params / 1e6:.2f} M parameters, heads {dict(zip(schema.names, num_values))} "
               f"on latents {tuple(ldm.latent_shape)}; folder {run / cfg.name}", flush=True)
-        return train(task, train_set, cfg.train, run / cfg.name, to_dict(cfg), device, args.resume,
-                     argv=[Path(__file__).name, *(argv or sys.argv[1:])])
+        trainer = train(task, train_set, cfg.train, run / cfg.name, to_dict(cfg), device, args.resume,
+                        argv=[Path(__file__).name, *(argv or sys.argv[1:])],
+                        overwrite=args.overwrite)
+        return finish_training(trainer)
 
 
 if __name__ == "__main__":

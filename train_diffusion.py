@@ -23,7 +23,7 @@ from latentdiff.builders import (  # noqa: E402
     build_diffusion,
     load_autoencoder,
 )
-from latentdiff.cli import parse_cli, user_errors  # noqa: E402
+from latentdiff.cli import finish_training, parse_cli, user_errors  # noqa: E402
 from latentdiff.config import LDMRunConfig, to_dict  # noqa: E402
 from latentdiff.latents import (  # noqa: E402
     build_latent_cache,
@@ -141,8 +141,10 @@ def main(argv=None):
         if is_main_process():
             print(f"denoiser: {n_params / 1e6:.2f} M parameters on latents {tuple(latent_shape)}"
                   f"{' (attribute-conditional)' if conditional else ''}; run folder {run_dir}", flush=True)
-        return train(task, train_data, cfg.train, run_dir, to_dict(cfg), device, args.resume,
-              num_workers=cfg.data.num_workers, argv=[Path(__file__).name, *(argv or sys.argv[1:])])
+        trainer = train(task, train_data, cfg.train, run_dir, to_dict(cfg), device, args.resume,
+                        num_workers=cfg.data.num_workers, argv=[Path(__file__).name, *(argv or sys.argv[1:])],
+                        overwrite=args.overwrite)
+        return finish_training(trainer)
 
 
 if __name__ == "__main__":

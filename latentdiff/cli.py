@@ -21,6 +21,9 @@ def parse_cli(cls, argv=None, description: str = "", extra_args=None):
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in <out_dir>/<name> (also automatic when its last.pt exists)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a run folder that holds another run (its checkpoints, TensorBoard "
+                             "events and samples are deleted)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.steps=500")
     if extra_args:
         extra_args(parser)
@@ -33,6 +36,18 @@ def parse_cli(cls, argv=None, description: str = "", extra_args=None):
         print(dump_yaml(cfg), end="")
         sys.exit(0)
     return cfg, args
+
+
+def finish_training(trainer):
+    """Return ``trainer``, or exit with 128 + the signal number when SIGINT/SIGTERM stopped it.
+
+    The checkpoint is saved by then; the status tells shells (``&&``) and job schedulers that the run
+    was pre-empted rather than finished (130 for Ctrl-C, 143 for SIGTERM).
+    """
+    signum = getattr(trainer, "stop_signal", None)
+    if signum is not None:
+        sys.exit(128 + signum)
+    return trainer
 
 
 def exit_with_error(err, status: int = 2):
@@ -54,11 +69,12 @@ def user_errors():
     Config, dataset, checkpoint and training problems are raised as exceptions whose message is
     already the line a user needs. ``LATENTDIFF_DEBUG=1`` shows the full traceback instead.
     """
+    from latentdiff.latents import LatentCacheError
     from latentdiff.training import CheckpointError, TrainingError
 
     try:
         yield
-    except (ConfigError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, TrainingError, LatentCacheError, FileNotFoundError, ValueError) as e:
         if os.environ.get("LATENTDIFF_DEBUG"):
             raise
         exit_with_error(e)
