@@ -880,7 +880,7 @@ def check_run_dir(run_dir: str | Path, config_dict: dict, resume: bool, overwrit
         raise ConfigError(f"--resume: {last} does not exist, so there is nothing to continue")
     kept = sorted(p.name for p in ckpts.glob("*.pt")) if ckpts.is_dir() else []
     if kept:
-        source = HEALTHY if HEALTHY in kept else kept[0]
+        source = "best.pt" if "best.pt" in kept else HEALTHY if HEALTHY in kept else kept[0]
         raise ConfigError(f"{run_dir} holds {', '.join(kept)} but no last.pt, and starting here would replace "
                           f"them; to continue from {source}: cp {ckpts / source} {last} and rerun; to start over: "
                           f"--overwrite; or pick another name=...")
