@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from latentdiff.cli import condition_rows, parse_attrs, user_errors  # noqa: E402
+from latentdiff.cli import check_sample_args, condition_rows, parse_attrs, user_errors  # noqa: E402
 from latentdiff.pipeline import LatentDiffusion  # noqa: E402
 from latentdiff.training import flush_denormals, pick_device  # noqa: E402
 from latentdiff.viz import image_grid, save_png  # noqa: E402
@@ -68,6 +68,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     with user_errors():
+        check_sample_args(args)  # before the model is loaded: a bad flag costs nothing
         if args.edit is None and (args.strength is not None or args.edit_mode is not None):
             raise ValueError("--strength and --edit-mode apply to --edit IMAGE only")
         if args.classifier is None and args.classifier_scale is not None:

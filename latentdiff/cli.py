@@ -116,3 +116,64 @@ def condition_rows(ldm, num: int, attrs: dict, grid_by: str | None):
     rows = base.view(1, -1).repeat(per_row * values, 1)
     rows[:, a] = torch.arange(values).repeat_interleave(per_row)
     return rows, per_row
+
+
+# ----------------------------------------------------------------------------- early checks of sample.py's flags
+
+
+def check_output_path(flag: str, path, extensions: tuple[str, ...] | None = None) -> None:
+    """Before any work: ``path`` has a known extension and can be written (else one line naming ``flag``).
+
+    ``extensions`` None means any image format Pillow can write. The nearest existing folder above
+    ``path`` must be a folder where a file can be created (tried with a temporary file, so read-only
+    mounts and permissions are both caught); missing folders below it are created later.
+    """
+    import tempfile
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    suffix = p.suffix.lower()
+    if extensions is None:
+        from PIL import Image
+
+        Image.init()
+        known = sorted(e for e, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
+        if suffix not in known:
+            raise ValueError(f"{flag} {str(path)!r}: unknown image extension {suffix or '(none)'!r}; use .png "
+                             f"(or another Pillow format: .jpg, .webp, ...)")
+    elif suffix not in extensions:
+        raise ValueError(f"{flag} {str(path)!r}: the file name must end in {' or '.join(extensions)}")
+    if p.is_dir():
+        raise ValueError(f"{flag} {str(path)!r} is a folder; give a file name")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {str(path)!r}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {str(path)!r}: cannot write in {folder} ({e.strerror or e})") from None
+
+
+def check_sample_args(args) -> None:
+    """sample.py's flags, checked before the model is loaded: each problem is one line naming the flag."""
+    import math
+
+    for flag, value, low in (("--num", args.num, 1), ("--batch-size", args.batch_size, 1), ("--steps", args.steps, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} {value}: must be at least {low}")
+    for flag, value in (("--guidance", args.guidance), ("--eta", args.eta), ("--strength", args.strength),
+                        ("--classifier-scale", args.classifier_scale)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{flag} {value}: must be a finite number")
+    if args.eta is not None and args.eta < 0:
+        raise ValueError(f"--eta {args.eta}: must be 0 (deterministic) or more")
+    if args.strength is not None and not 0.0 <= args.strength <= 1.0:
+        raise ValueError(f"--strength {args.strength}: must be between 0 and 1")
+    if args.out is not None:
+        check_output_path("--out", args.out)
+    if args.npz is not None:
+        check_output_path("--npz", args.npz, (".npz",))
+
