@@ -114,6 +114,10 @@ class NpyRows:
             raise ValueError(f"{self.path}: Fortran-ordered arrays are not latent caches; rebuild the cache")
         self.shape = tuple(shape)
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        size = os.path.getsize(self.path)
+        if size != self.offset + self.shape[0] * self.row_bytes:  # found now rather than at some later row
+            raise OSError(f"{self.path}: {size} bytes where its header promises "
+                          f"{self.offset + self.shape[0] * self.row_bytes} (truncated cache?)")
         self._fd = os.open(self.path, os.O_RDONLY)
 
     def __len__(self) -> int:
@@ -160,10 +164,21 @@ class LatentCache(Dataset):
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self.meta = json.loads((self.folder / "meta.json").read_text())
-        self.mean = _open_rows(self.folder / "mean.npy")
-        self.logvar = _open_rows(self.folder / "logvar.npy") if self.meta["stochastic"] else None
-        self.attrs = _open_rows(self.folder / "attrs.npy")
+        name = "meta.json"
+        try:  # a truncated or garbled file (a disk that filled up, bit rot, a hand edit) is one line
+            self.meta = json.loads((self.folder / name).read_text())
+            name = "mean.npy"
+            self.mean = _open_rows(self.folder / name)
+            name = "logvar.npy"
+            self.logvar = _open_rows(self.folder / name) if self.meta["stochastic"] else None
+            name = "attrs.npy"
+            self.attrs = _open_rows(self.folder / name)
+            if len(self.attrs) != len(self.mean) or (self.logvar is not None and self.logvar.shape != self.mean.shape):
+                raise ValueError("its arrays do not have matching rows")
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise LatentCacheError(f"latent cache file {self.folder / name} is truncated or garbled ({first}); "
+                                   f"delete the folder {self.folder} and rerun to encode it again") from None
 
     @property
     def stochastic(self) -> bool:

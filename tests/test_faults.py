@@ -224,3 +224,50 @@ def test_8_a_signal_saves_then_exits_128_plus_its_number(tmp_path, sig):
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == int(stops[0])
     assert (run / "checkpoints" / "best.pt").exists() and (run / "config.yaml").exists()
     assert os.environ.get("LATENTDIFF_DEBUG") is None
+
+
+# ----------------------------------------------------------------------------- 10. one line, early
+
+
+@pytest.mark.parametrize("flags, names", [
+    (["--num", "0"], "--num 0"), (["--num", "-1"], "--num -1"), (["--guidance", "nan"], "--guidance nan"),
+    (["--guidance", "inf"], "--guidance inf"), (["--out", "grid.txt"], "unknown image extension '.txt'"),
+    (["--npz", "samples.npy"], "must end in .npz"), (["--out", "{file}/grid.png"], "is a file, not a folder"),
+])
+def test_10_bad_sample_flags_are_one_line_before_the_model_is_loaded(tmp_path, capsys, flags, names):
+    (tmp_path / "file").write_text("not a folder")
+    flags = [f.format(file=tmp_path / "file") for f in flags]
+    line = in_process_error(capsys, "sample.py", "--run", tmp_path / "no_such_run", *flags, "--no-progress")
+    assert names in line and "no_such_run" not in line, line  # refused before the run was even looked at
+
+
+def test_10_bad_config_values_and_files_are_one_line_naming_the_key(tmp_path, capsys):
+    cases = [("sample.guidance_scale=nan", "sample.guidance_scale: expected a finite number, got nan"),
+             ("train.lr=nan", "train.lr: expected a finite number"),
+             ("train.lr=.inf", "train.lr: expected a finite number"),
+             ("train.adam_betas=[0.9,1.5]", "train.adam_betas: (0.9, 1.5) must be below 1.0"),
+             ("train.adam_betas=[-0.1,0.99]", "train.adam_betas: (-0.1, 0.99) is below the minimum 0.0"),
+             (f"out_dir={tmp_path / 'file'}", "must be a folder, but")]
+    (tmp_path / "file").write_text("not a folder")
+    for override, message in cases:
+        line = in_process_error(capsys, *toy(tmp_path, override))
+        assert message in line, (override, line)
+    binary = tmp_path / "recipe.yaml"
+    binary.write_bytes(b"name: x\n\xff\xfe\x00\x01 garbage")
+    line = in_process_error(capsys, "train_diffusion.py", "--config", binary)
+    assert "recipe.yaml" in line and "not UTF-8" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "recipe.yaml"]  # nothing was written
+
+
+def test_10_a_truncated_latent_cache_names_the_file_and_the_fix(tmp_path, capsys):
+    out = tmp_path
+    in_process("train_ae.py", "--config", ROOT / "configs/shapes/ae_kl.yaml", f"out_dir={out}", *AE_TINY)
+    ldm = ["train_diffusion.py", "--config", ROOT / "configs/shapes/ldm_kl.yaml", f"out_dir={out}",
+           f"ae.run={out / 'shapes_ae_kl'}", *LDM_TINY]
+    in_process(*ldm)
+    mean = next((out / "latent_cache").glob("*/mean.npy"))
+    mean.write_bytes(mean.read_bytes()[:-10])
+    before = hashes(out / "shapes_ldm_kl")
+    line = in_process_error(capsys, *ldm, "train.steps=3")
+    assert f"latent cache file {mean} is truncated" in line and f"delete the folder {mean.parent}" in line, line
+    assert hashes(out / "shapes_ldm_kl") == before
