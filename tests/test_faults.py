@@ -271,3 +271,32 @@ def test_10_a_truncated_latent_cache_names_the_file_and_the_fix(tmp_path, capsys
     line = in_process_error(capsys, *ldm, "train.steps=3")
     assert f"latent cache file {mean} is truncated" in line and f"delete the folder {mean.parent}" in line, line
     assert hashes(out / "shapes_ldm_kl") == before
+
+
+# ----------------------------------------------------------------------------- 9. reading data runs no code
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['LATENTDIFF_TEST_MARKER']}",))
+
+
+def test_9_a_crafted_cifar_batch_is_refused_without_running_code(tmp_path, monkeypatch):
+    import pickle
+
+    import numpy as np
+
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("LATENTDIFF_TEST_MARKER", str(marker))
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+        if name == "data_batch_1":
+            batch[b"batch_label"] = _Evil()
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    line = one_line_error(cli("train_ae.py", "--config", "configs/shapes/ae_kl.yaml", f"out_dir={tmp_path / 'runs'}",
+                              "data.name=cifar10", f"data.root={tmp_path}", *AE_TINY))
+    assert "data_batch_1: not a readable CIFAR-10 batch (it asks for posix.system" in line, line
+    assert not marker.exists() and not (tmp_path / "runs").exists()
