@@ -77,7 +77,7 @@ def user_errors():
     except (ConfigError, CheckpointError, TrainingError, LatentCacheError, FileNotFoundError, ValueError) as e:
         if os.environ.get("LATENTDIFF_DEBUG"):
             raise
-        exit_with_error(e)
+        exit_with_error(e, getattr(e, "exit_status", 2))  # 128 + signal for an interrupted latent encoding
 
 
 def parse_attrs(items: list[str]) -> dict:

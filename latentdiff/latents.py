@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,39 @@ CACHE_FORMAT = 1
 
 
 class LatentCacheError(RuntimeError):
-    """A latent cache that cannot be written or read, phrased as one line for the user."""
+    """A latent cache that cannot be written or read, phrased as one line for the user.
+
+    ``exit_status``: what the command exits with (2; 128 + the signal when one stopped the encoding).
+    """
+
+    exit_status = 2
+
+
+class _Interrupted(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM raise ``_Interrupted`` (SIGTERM would otherwise kill without any cleanup)."""
+    import signal
+
+    def handler(signum, frame):
+        raise _Interrupted(signum)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
 
 def _free_space(folder: Path) -> int:
@@ -361,8 +394,17 @@ def build_latent_cache(autoencoder, dataset, folder: str | Path, batch_size: int
                                     f"at a folder on a filesystem every node sees")
         lo, hi = rank * n // world, (rank + 1) * n // world
         try:
-            _encode_shard(autoencoder, Subset(dataset, range(lo, hi)), tmp / f"part-{rank:05d}", stochastic,
-                          attr_shape, batch_size, device, progress and rank == 0)
+            with _signals_interrupt():
+                _encode_shard(autoencoder, Subset(dataset, range(lo, hi)), tmp / f"part-{rank:05d}", stochastic,
+                              attr_shape, batch_size, device, progress and rank == 0)
+        except _Interrupted as e:
+            import signal
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            err = LatentCacheError(f"{signal.Signals(e.signum).name} while encoding the latent cache {folder}: "
+                                   f"the partial cache was removed; rerun the command to encode it again")
+            err.exit_status = 128 + e.signum
+            raise err from None
         except OSError as e:  # a disk that filled up after the check (another writer), a quota
             shutil.rmtree(tmp, ignore_errors=True)
             raise LatentCacheError(f"latent cache {folder}: could not write {e.filename or tmp} "

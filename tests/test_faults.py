@@ -300,3 +300,22 @@ def test_9_a_crafted_cifar_batch_is_refused_without_running_code(tmp_path, monke
                               "data.name=cifar10", f"data.root={tmp_path}", *AE_TINY))
     assert "data_batch_1: not a readable CIFAR-10 batch (it asks for posix.system" in line, line
     assert not marker.exists() and not (tmp_path / "runs").exists()
+
+
+def test_10_sigterm_while_encoding_the_latent_cache_says_so_and_removes_the_partial_cache(tmp_path):
+    import time
+
+    in_process("train_ae.py", "--config", ROOT / "configs/shapes/ae_kl.yaml", f"out_dir={tmp_path}", *AE_TINY)
+    cache_root = tmp_path / "latent_cache"
+    p = Running("train_diffusion.py", "--config", "configs/shapes/ldm_kl.yaml", f"out_dir={tmp_path}",
+                f"ae.run={tmp_path / 'shapes_ae_kl'}", *LDM_TINY, "data.train_size=200000")
+    deadline = time.monotonic() + 120
+    while not (cache_root.is_dir() and list(cache_root.glob("*.tmp-*/part-*"))):
+        assert time.monotonic() < deadline and p.proc.poll() is None, "never saw the cache being encoded"
+        time.sleep(0.01)
+    p.proc.send_signal(signal.SIGTERM)
+    rc, out = p.finish()
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert rc == 128 + signal.SIGTERM and len(errors) == 1 and "Traceback" not in out, (rc, out[-2000:])
+    assert "SIGTERM while encoding the latent cache" in errors[0] and "partial cache was removed" in errors[0]
+    assert not any(cache_root.iterdir())
