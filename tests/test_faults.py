@@ -101,7 +101,7 @@ def test_3_a_second_process_on_a_locked_run_folder_exits_2_naming_the_holder(tmp
     first = Running(*toy(tmp_path))
     first.wait_for(r"^step \d+/")
     before = hashes(run)
-    line = one_line_error(cli(*toy(tmp_path)))
+    line = one_line_error(cli(*toy(tmp_path, "train.steps=1")))  # unlocked, it would finish at once with status 0
     assert f"in use by process {first.proc.pid} on host {socket.gethostname()}" in line, line
     assert hashes(run) == before  # the second process touched nothing (config.yaml, the step-0 last.pt)
     first.proc.send_signal(signal.SIGTERM)
@@ -250,7 +250,7 @@ def test_10_bad_config_values_and_files_are_one_line_naming_the_key(tmp_path, ca
              (f"out_dir={tmp_path / 'file'}", "must be a folder, but")]
     (tmp_path / "file").write_text("not a folder")
     for override, message in cases:
-        line = in_process_error(capsys, *toy(tmp_path, override))
+        line = in_process_error(capsys, *toy(tmp_path, "train.steps=1", override))  # accepted, it would finish
         assert message in line, (override, line)
     binary = tmp_path / "recipe.yaml"
     binary.write_bytes(b"name: x\n\xff\xfe\x00\x01 garbage")
@@ -319,3 +319,30 @@ def test_10_sigterm_while_encoding_the_latent_cache_says_so_and_removes_the_part
     assert rc == 128 + signal.SIGTERM and len(errors) == 1 and "Traceback" not in out, (rc, out[-2000:])
     assert "SIGTERM while encoding the latent cache" in errors[0] and "partial cache was removed" in errors[0]
     assert not any(cache_root.iterdir())
+
+
+# ----------------------------------------------------------------------------- 6. one dataset location
+
+
+def test_6_a_partial_mnist_root_is_refused_and_the_folder_used_is_printed(tmp_path, capsys, monkeypatch):
+    from test_data import idx_fixture
+
+    import latentdiff.data.mnist as mnist
+
+    system = tmp_path / "system"
+    idx_fixture(system, n=16)
+    monkeypatch.setitem(mnist.FLAVOURS["fashion_mnist"], "system", [str(system)])
+    partial = tmp_path / "mine"
+    idx_fixture(partial, n=16)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (partial / name).unlink()  # the test split would silently have come from the system copy
+    ae = ["train_ae.py", "--config", ROOT / "configs/shapes/ae_kl.yaml", f"out_dir={tmp_path / 'runs'}",
+          "data.name=fashion_mnist", *AE_TINY, "data.train_size=16"]
+    before = hashes(tmp_path)
+    line = in_process_error(capsys, *ae, f"data.root={partial}")
+    assert f"data.root: {partial} holds only 2 of the 4 fashion_mnist files (missing t10k-images" in line, line
+    assert hashes(tmp_path) == before and not (tmp_path / "runs").exists()
+    # an empty root falls back to the system copy, and says so
+    (tmp_path / "empty").mkdir()
+    in_process(*ae, f"data.root={tmp_path / 'empty'}")
+    assert f"fashion_mnist: reading both splits from {system}" in capsys.readouterr().out
