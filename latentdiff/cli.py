@@ -157,6 +157,25 @@ def check_output_path(flag: str, path, extensions: tuple[str, ...] | None = None
         raise ValueError(f"{flag} {str(path)!r}: cannot write in {folder} ({e.strerror or e})") from None
 
 
+def check_image_header(flag: str, path) -> None:
+    """``path`` exists and its header is an image within Pillow's decompression-bomb limit (one line otherwise)."""
+    import warnings
+    from pathlib import Path
+
+    from PIL import Image
+
+    if not Path(path).is_file():
+        raise ValueError(f"{flag} {str(path)!r}: no such file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            Image.open(path).close()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ValueError(f"{flag} {str(path)!r}: {str(e).split(' could be')[0]}") from None
+        except OSError as e:
+            raise ValueError(f"{flag} {str(path)!r}: not an image Pillow can read ({type(e).__name__})") from None
+
+
 def check_sample_args(args) -> None:
     """sample.py's flags, checked before the model is loaded: each problem is one line naming the flag."""
     import math
@@ -172,6 +191,8 @@ def check_sample_args(args) -> None:
         raise ValueError(f"--eta {args.eta}: must be 0 (deterministic) or more")
     if args.strength is not None and not 0.0 <= args.strength <= 1.0:
         raise ValueError(f"--strength {args.strength}: must be between 0 and 1")
+    for path in args.edit or []:  # the header only: a decompression bomb is refused before it is decoded
+        check_image_header("--edit", path)
     if args.out is not None:
         check_output_path("--out", args.out)
     if args.npz is not None:

@@ -346,3 +346,34 @@ def test_6_a_partial_mnist_root_is_refused_and_the_folder_used_is_printed(tmp_pa
     (tmp_path / "empty").mkdir()
     in_process(*ae, f"data.root={tmp_path / 'empty'}")
     assert f"fashion_mnist: reading both splits from {system}" in capsys.readouterr().out
+
+
+def png_bomb(path: Path, side: int = 30000) -> Path:
+    """A valid PNG header announcing side×side pixels (900 M, over Pillow's limit) in a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_10_an_image_over_the_decompression_limit_is_skipped_and_counted_or_one_line(tmp_path, capsys):
+    from PIL import Image
+    from test_robustness import ae_on
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(folder / f"img{i}.png")
+    png_bomb(folder / "bomb.png")
+    r = cli(*ae_on(folder, tmp_path / "runs"))
+    assert r.returncode == 0 and "skipped 1 unreadable file(s)" in r.stderr and "bomb.png" in r.stderr, r.stderr
+    line = one_line_error(cli(*ae_on(folder, tmp_path / "runs2", "data.options.on_bad_file=error")))
+    assert "bomb.png" in line and "ImageTooLarge" in line, line
+    line = in_process_error(capsys, "sample.py", "--run", tmp_path / "no_such_run", "--edit", folder / "bomb.png",
+                            "--no-progress")
+    assert "--edit" in line and "bomb.png" in line and "exceeds limit" in line, line
