@@ -165,7 +165,7 @@ def check_image_header(flag: str, path) -> None:
     from PIL import Image
 
     if not Path(path).is_file():
-        raise ValueError(f"{flag} {str(path)!r}: no such file")
+        raise ValueError(f"{flag} {str(path)!r}: the image does not exist")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -173,7 +173,8 @@ def check_image_header(flag: str, path) -> None:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ValueError(f"{flag} {str(path)!r}: {str(e).split(' could be')[0]}") from None
         except OSError as e:
-            raise ValueError(f"{flag} {str(path)!r}: not an image Pillow can read ({type(e).__name__})") from None
+            raise ValueError(f"{flag} {str(path)!r}: cannot read it as an image ({type(e).__name__}); give a PNG or "
+                             f"JPEG") from None
 
 
 def check_sample_args(args) -> None:
