@@ -95,6 +95,8 @@ def main(argv=None):
         train_set, test_set = build_data(cfg.data, "train"), build_data(cfg.data, "test")
         schema = train_set.schema
         extra_state = {"schema": schema.to_dict()}
+        if getattr(train_set, "resolved_root", None):  # where MNIST-like files were actually read
+            extra_state["data_root"] = str(train_set.resolved_root)
         if cfg.ae.run is not None:
             ae_path = autoencoder_checkpoint(cfg.ae.run, cfg.ae.checkpoint)
             autoencoder = load_autoencoder(ae_path, cfg.ae.use_ema, device)

@@ -346,6 +346,8 @@ def test_6_a_partial_mnist_root_is_refused_and_the_folder_used_is_printed(tmp_pa
     (tmp_path / "empty").mkdir()
     in_process(*ae, f"data.root={tmp_path / 'empty'}")
     assert f"fashion_mnist: reading both splits from {system}" in capsys.readouterr().out
+    state = load_checkpoint(tmp_path / "runs" / "shapes_ae_kl" / "checkpoints" / "last.pt")
+    assert state["task"]["data_root"] == str(system)  # recorded where the data came from, not only data.root
 
 
 def png_bomb(path: Path, side: int = 30000) -> Path:

@@ -173,3 +173,4 @@ class MNISTLike(TensorImageDataset):
         attributes = torch.from_numpy(labels[:n].astype(np.int64))[:, None]
         super().__init__(x, attributes, AttributeSchema(["class"], [classes]))
         self.files = (images_path, labels_path)
+        self.resolved_root = images_path.parent  # the one folder both splits come from; runs record it
