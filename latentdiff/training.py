@@ -535,7 +535,9 @@ class Trainer:
         try:
             state = load_checkpoint(path, map_location=self.device)
         except CheckpointError as e:  # the generic advice ("delete it") would make the folder look new
-            kept = [p.name for p in (self.ckpt_dir / HEALTHY, self.ckpt_dir / "best.pt") if p.exists()]
+            # healthy.pt is a hard link: when it is last.pt's own inode it holds the same damaged bytes
+            kept = [p.name for p in (self.ckpt_dir / HEALTHY, self.ckpt_dir / "best.pt")
+                    if p.exists() and not os.path.samefile(p, path)]
             way = (f"to continue from {kept[0]} instead: cp {self.ckpt_dir / kept[0]} {path} and rerun "
                    f"(best.pt is kept); " if kept else "")
             raise CheckpointError(f"{str(e).split('; delete it')[0]}; {way}to start over: --overwrite, or "
