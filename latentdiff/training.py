@@ -597,13 +597,19 @@ class Trainer:
                 except Exception:
                     step = None
             if step is not None and step != self.saved_step:
+                tmp = last.with_name(f".last.pt.tmp{os.getpid()}")
                 try:
-                    tmp = last.with_name(f".last.pt.tmp{os.getpid()}")
                     tmp.unlink(missing_ok=True)
-                    os.link(healthy, tmp)
+                    try:
+                        os.link(healthy, tmp)
+                    except OSError:  # no hard links here: a copy, renamed into place all the same
+                        shutil.copyfile(healthy, tmp)
                     os.replace(tmp, last)
-                except OSError:
-                    shutil.copyfile(healthy, last)
+                except OSError as e:
+                    tmp.unlink(missing_ok=True)
+                    return (f"the last healthy checkpoint (step {step}{left}) is {healthy}, but it could not be put "
+                            f"back as last.pt ({e.strerror or e}): cp {healthy} {last}, then rerun with a lower "
+                            f"train.lr")
             if step is not None:
                 return (f"last.pt now holds the last healthy checkpoint (step {step}{left}), "
                         f"kept also as {healthy}; rerun with a lower train.lr to continue from it")
