@@ -1034,15 +1034,16 @@ def _stale(pid: int, host: str) -> bool:
     return False
 
 
-def lock_run_dir(run_dir: str | Path) -> RunLock | None:
-    """Rank 0 locks ``run_dir``; under torchrun every rank fails together when it cannot."""
+def lock_run_dir(run_dir: str | Path, device="cpu") -> RunLock | None:
+    """Rank 0 locks ``run_dir``; under torchrun every rank fails together when it cannot (``device``: where
+    the all-reduce runs, the ranks' own device, since NCCL reduces CUDA tensors only)."""
     lock, err = None, None
     if is_main_process():
         try:
             lock = RunLock(run_dir).acquire()
         except TrainingError as e:
             err = e
-    if any_rank(err is not None):
+    if any_rank(err is not None, device):
         raise err or TrainingError(f"rank 0 could not lock run folder {run_dir}")
     return lock
 
@@ -1055,7 +1056,7 @@ def train(task, train_set, cfg: TrainConfig, run_dir, config_dict: dict, device,
     signal: the commands exit with 128 + it); raises TrainingError on NaN, CheckpointError on a failed save.
     """
     trainer = Trainer(task, train_set, cfg, run_dir, config_dict, device, num_workers)
-    lock = lock_run_dir(run_dir)
+    lock = lock_run_dir(run_dir, trainer.device)
     try:
         _train_locked(trainer, run_dir, config_dict, resume, overwrite, argv)
     finally:
