@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from latentdiff.bundle import is_bundle  # noqa: E402
-from latentdiff.cli import condition_rows, parse_attrs, user_errors  # noqa: E402
+from latentdiff.cli import check_sample_args, condition_rows, parse_attrs, user_errors  # noqa: E402
 from latentdiff.diffusion import check_guidance_interval  # noqa: E402
 from latentdiff.pipeline import LatentDiffusion  # noqa: E402
 from latentdiff.training import flush_denormals, pick_device  # noqa: E402
@@ -84,6 +84,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     with user_errors():
+        check_sample_args(args)  # before the model is loaded: a bad flag costs nothing
         if args.edit is None and (args.strength is not None or args.edit_mode is not None):
             raise ValueError("--strength and --edit-mode apply to --edit IMAGE only")
         if args.inpaint is None and (args.mask or args.resample is not None or args.no_paste_back):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
 
-from latentdiff.cli import parse_cli, user_errors  # noqa: E402
+from latentdiff.cli import finish_training, parse_cli, user_errors  # noqa: E402
 from latentdiff.config import AERunConfig  # noqa: E402
 from latentdiff.stages import train_autoencoder  # noqa: E402
 
@@ -21,7 +21,8 @@ from latentdiff.stages import train_autoencoder  # noqa: E402
 def main(argv=None):
     cfg, args = parse_cli(AERunConfig, argv, description=__doc__)
     with user_errors():
-        return train_autoencoder(cfg, args.resume, argv=[Path(__file__).name, *(argv or sys.argv[1:])])
+        return finish_training(train_autoencoder(cfg, args.resume, argv=[Path(__file__).name, *(argv or sys.argv[1:])],
+                                                 overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
 
-from latentdiff.cli import parse_cli, user_errors  # noqa: E402
+from latentdiff.cli import finish_training, parse_cli, user_errors  # noqa: E402
 from latentdiff.config import ClassifierRunConfig  # noqa: E402
 from latentdiff.stages import train_latent_classifier  # noqa: E402
 
@@ -28,8 +28,8 @@ def main(argv=None):
 
     cfg, args = parse_cli(ClassifierRunConfig, argv, description=__doc__, extra_args=extra)
     with user_errors():
-        return train_latent_classifier(cfg, args.run, args.resume,
-                                       argv=[Path(__file__).name, *(argv or sys.argv[1:])])
+        return finish_training(train_latent_classifier(cfg, args.run, args.resume, overwrite=args.overwrite,
+                                                       argv=[Path(__file__).name, *(argv or sys.argv[1:])]))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
 
-from latentdiff.cli import parse_cli, user_errors  # noqa: E402
+from latentdiff.cli import finish_training, parse_cli, user_errors  # noqa: E402
 from latentdiff.config import LDMRunConfig  # noqa: E402
 from latentdiff.stages import train_latent_diffusion  # noqa: E402
 
@@ -24,7 +24,8 @@ from latentdiff.stages import train_latent_diffusion  # noqa: E402
 def main(argv=None):
     cfg, args = parse_cli(LDMRunConfig, argv, description=__doc__)
     with user_errors():
-        return train_latent_diffusion(cfg, args.resume, argv=[Path(__file__).name, *(argv or sys.argv[1:])])
+        return finish_training(train_latent_diffusion(cfg, args.resume, overwrite=args.overwrite,
+                                                      argv=[Path(__file__).name, *(argv or sys.argv[1:])]))
 
 
 if __name__ == "__main__":

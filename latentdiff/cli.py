@@ -21,10 +21,13 @@ def parse_cli(cls, argv=None, description: str = "", extra_args=None):
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in <out_dir>/<name> (also automatic when its last.pt exists)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a run folder that holds another run (its checkpoints, TensorBoard "
+                             "events and samples are deleted)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.steps=500")
     if extra_args:
         extra_args(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may come between the overrides (a=1 --resume b=2)
     try:
         cfg = load_config(cls, args.config, args.overrides)
     except ConfigError as e:
@@ -33,6 +36,18 @@ def parse_cli(cls, argv=None, description: str = "", extra_args=None):
         print(dump_yaml(cfg), end="")
         sys.exit(0)
     return cfg, args
+
+
+def finish_training(trainer):
+    """Return ``trainer``, or exit with 128 + the signal number when SIGINT/SIGTERM stopped it.
+
+    The checkpoint is saved by then; the status tells shells (``&&``) and job schedulers that the run
+    was pre-empted rather than finished (130 for Ctrl-C, 143 for SIGTERM).
+    """
+    signum = getattr(trainer, "stop_signal", None)
+    if signum is not None:
+        sys.exit(128 + signum)
+    return trainer
 
 
 def exit_with_error(err, status: int = 2):
@@ -54,14 +69,15 @@ def user_errors():
     Config, dataset, checkpoint and training problems are raised as exceptions whose message is
     already the line a user needs. ``LATENTDIFF_DEBUG=1`` shows the full traceback instead.
     """
+    from latentdiff.latents import LatentCacheError
     from latentdiff.training import CheckpointError, TrainingError
 
     try:
         yield
-    except (ConfigError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, TrainingError, LatentCacheError, FileNotFoundError, ValueError) as e:
         if os.environ.get("LATENTDIFF_DEBUG"):
             raise
-        exit_with_error(e)
+        exit_with_error(e, getattr(e, "exit_status", 2))  # 128 + signal for an interrupted latent encoding
 
 
 def parse_attrs(items: list[str]) -> dict:
@@ -100,3 +116,86 @@ def condition_rows(ldm, num: int, attrs: dict, grid_by: str | None):
     rows = base.view(1, -1).repeat(per_row * values, 1)
     rows[:, a] = torch.arange(values).repeat_interleave(per_row)
     return rows, per_row
+
+
+# ----------------------------------------------------------------------------- early checks of sample.py's flags
+
+
+def check_output_path(flag: str, path, extensions: tuple[str, ...] | None = None) -> None:
+    """Before any work: ``path`` has a known extension and can be written (else one line naming ``flag``).
+
+    ``extensions`` None means any image format Pillow can write. The nearest existing folder above
+    ``path`` must be a folder where a file can be created (tried with a temporary file, so read-only
+    mounts and permissions are both caught); missing folders below it are created later.
+    """
+    import tempfile
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    suffix = p.suffix.lower()
+    if extensions is None:
+        from PIL import Image
+
+        Image.init()
+        known = sorted(e for e, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
+        if suffix not in known:
+            raise ValueError(f"{flag} {str(path)!r}: unknown image extension {suffix or '(none)'!r}; use .png "
+                             f"(or another Pillow format: .jpg, .webp, ...)")
+    elif suffix not in extensions:
+        raise ValueError(f"{flag} {str(path)!r}: the file name must end in {' or '.join(extensions)}")
+    if p.is_dir():
+        raise ValueError(f"{flag} {str(path)!r} is a folder; give a file name")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {str(path)!r}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {str(path)!r}: cannot write in {folder} ({e.strerror or e})") from None
+
+
+def check_image_header(flag: str, path) -> None:
+    """``path`` exists and its header is an image within Pillow's decompression-bomb limit (one line otherwise)."""
+    import warnings
+    from pathlib import Path
+
+    from PIL import Image
+
+    if not Path(path).is_file():
+        raise ValueError(f"{flag} {str(path)!r}: the image does not exist")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            Image.open(path).close()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ValueError(f"{flag} {str(path)!r}: {str(e).split(' could be')[0]}") from None
+        except OSError as e:
+            raise ValueError(f"{flag} {str(path)!r}: cannot read it as an image ({type(e).__name__}); give a PNG or "
+                             f"JPEG") from None
+
+
+def check_sample_args(args) -> None:
+    """sample.py's flags, checked before the model is loaded: each problem is one line naming the flag."""
+    import math
+
+    for flag, value, low in (("--num", args.num, 1), ("--batch-size", args.batch_size, 1), ("--steps", args.steps, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} {value}: must be at least {low}")
+    for flag, value in (("--guidance", args.guidance), ("--eta", args.eta), ("--strength", args.strength),
+                        ("--classifier-scale", args.classifier_scale)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{flag} {value}: must be a finite number")
+    if args.eta is not None and args.eta < 0:
+        raise ValueError(f"--eta {args.eta}: must be 0 (deterministic) or more")
+    if args.strength is not None and not 0.0 <= args.strength <= 1.0:
+        raise ValueError(f"--strength {args.strength}: must be between 0 and 1")
+    for path in args.edit or []:  # the header only: a decompression bomb is refused before it is decoded
+        check_image_header("--edit", path)
+    if args.out is not None:
+        check_output_path("--out", args.out)
+    if args.npz is not None:
+        check_output_path("--npz", args.npz, (".npz",))
+

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,9 +31,13 @@ class ConfigError(ValueError):
     """A config problem, already phrased as one line for the user."""
 
 
-def check(*, min=None, max=None, path=None, power_of_two=False, help=None):  # noqa: A002
-    """Field metadata: numeric bounds (inclusive), ``path="file"|"dir"`` existence, powers of two."""
-    return {"min": min, "max": max, "path": path, "power_of_two": power_of_two, "help": help}
+def check(*, min=None, max=None, below=None, path=None, power_of_two=False, help=None):  # noqa: A002
+    """Field metadata: numeric bounds (``min``/``max`` inclusive, ``below`` exclusive), ``path="file"|"dir"``
+    existence or ``path="folder"`` (a folder or nothing yet, never a file), powers of two.
+
+    Every float field, with metadata or not, must also be finite: NaN and infinity are refused in ``_coerce``.
+    """
+    return {"min": min, "max": max, "below": below, "path": path, "power_of_two": power_of_two, "help": help}
 
 
 # ----------------------------------------------------------------------------- shared sections
@@ -79,7 +84,7 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata=check(min=1))  # micro-batches per optimiser step
     lr: float = field(default=2e-4, metadata=check(min=0.0))  # AdamW peak learning rate
     weight_decay: float = field(default=0.0, metadata=check(min=0.0))  # AdamW decoupled decay
-    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW β1, β2
+    adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=check(min=0.0, below=1.0))  # AdamW β1, β2
     warmup_steps: int = field(default=0, metadata=check(min=0))  # linear warm-up from 0
     lr_schedule: Literal["constant", "cosine"] = "constant"  # after warm-up; cosine ends at train.steps
     min_lr_ratio: float = field(default=0.1, metadata=check(min=0.0, max=1.0))  # cosine floor, fraction of lr
@@ -139,7 +144,7 @@ class AERunConfig:
     """``train_ae.py``: one autoencoder run."""
 
     name: str = "shapes_ae_kl"  # the run folder is <out_dir>/<name>
-    out_dir: str = "runs"  # parent of run folders
+    out_dir: str = field(default="runs", metadata=check(path="folder"))  # parent of run folders
     data: DataConfig = field(default_factory=DataConfig)
     model: AEModelConfig = field(default_factory=AEModelConfig)
     loss: AELossConfig = field(default_factory=AELossConfig)
@@ -194,7 +199,7 @@ class LatentConfig:
     """Latent cache and normalisation (``latentdiff.latents``)."""
 
     normalisation: Literal["scale", "channel", "none"] = "scale"  # global 1/std, per-channel mean/std, none
-    cache_dir: str | None = None  # None: <out_dir>/latent_cache
+    cache_dir: str | None = field(default=None, metadata=check(path="folder"))  # None: <out_dir>/latent_cache
     encode_batch_size: int = field(default=256, metadata=check(min=1))  # images per encoder batch
 
 
@@ -226,7 +231,7 @@ class LDMRunConfig:
     """``train_diffusion.py``: one latent diffusion run (or a diffusion directly on data when ae.run is null)."""
 
     name: str = "shapes_ldm_kl"  # the run folder is <out_dir>/<name>
-    out_dir: str = "runs"  # parent of run folders, the latent cache and judges
+    out_dir: str = field(default="runs", metadata=check(path="folder"))  # parent of run folders, latent cache, judges
     data: DataConfig = field(default_factory=DataConfig)
     ae: AERefConfig = field(default_factory=AERefConfig)
     latents: LatentConfig = field(default_factory=LatentConfig)
@@ -327,6 +332,8 @@ def _coerce(value, tp, key: str):
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # nan would train or sample silently into black images
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -344,6 +351,8 @@ def _check_value(value, meta: dict, key: str):
             raise ConfigError(f"{key}: {value!r} is below the minimum {meta['min']}")
         if meta.get("max") is not None and v > meta["max"]:
             raise ConfigError(f"{key}: {value!r} is above the maximum {meta['max']}")
+        if meta.get("below") is not None and v >= meta["below"]:
+            raise ConfigError(f"{key}: {value!r} must be below {meta['below']}")
         if meta.get("power_of_two") and (v < 1 or v & (v - 1)):
             raise ConfigError(f"{key}: {v!r} must be a power of two")
     kind = meta.get("path")
@@ -354,6 +363,11 @@ def _check_value(value, meta: dict, key: str):
             raise ConfigError(f"{key}: folder {value!r} does not exist{hint}")
         if kind == "file" and not p.is_file():
             raise ConfigError(f"{key}: file {value!r} does not exist{hint}")
+        if kind == "folder":
+            while not p.exists() and p != p.parent:
+                p = p.parent
+            if not p.is_dir():
+                raise ConfigError(f"{key}: {value!r} must be a folder, but {str(p)!r} is a file")
 
 
 def from_dict(cls, data: dict | None, prefix: str = "", base=None):
@@ -422,7 +436,10 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | tupl
         if not p.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                              f"offset {e.start}): is it a YAML recipe?") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
@@ -786,7 +803,11 @@ def reference_markdown() -> str:
             limits.append(f"≥ {meta['min']}")
         if meta.get("max") is not None:
             limits.append(f"≤ {meta['max']}")
-        if meta.get("path"):
+        if meta.get("below") is not None:
+            limits.append(f"< {meta['below']}")
+        if meta.get("path") == "folder":
+            limits.append("a folder (made if missing)")
+        elif meta.get("path"):
             limits.append(f"an existing {meta['path']}")
         if meta.get("power_of_two"):
             limits.append("a power of two")

@@ -4,8 +4,9 @@ Stage two never runs the encoder during training: the dataset is encoded once (w
 bar) into ``<cache_dir>/<key>/``, where ``key`` hashes the autoencoder checkpoint and the data
 config, so a second run reuses the cache and a changed autoencoder or data config builds a new
 one. A VAE stores its posterior mean and log-variance, so training draws a fresh z ~ q(z|x) every
-time it sees an image; a deterministic autoencoder stores z. Arrays are ``.npy`` files written through
-memory maps and read row by row with ``os.pread`` (``NpyRows``), so a dataset larger than RAM trains
+time it sees an image; a deterministic autoencoder stores z. Arrays are ``.npy`` files written with
+ordinary writes (``NpyWriter``: a full disk is an error, not the SIGBUS of a memory map) after a
+free-space check, and read row by row with ``os.pread`` (``NpyRows``), so a dataset larger than RAM trains
 with flat resident memory: read pages stay in the kernel's page cache instead of being mapped into the
 process. Under torchrun the ranks encode one shard each and rank 0 joins them (see
 ``build_latent_cache``).
@@ -17,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,86 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 CACHE_FORMAT = 1
+
+
+class LatentCacheError(RuntimeError):
+    """A latent cache that cannot be written or read, phrased as one line for the user.
+
+    ``exit_status``: what the command exits with (2; 128 + the signal when one stopped the encoding).
+    """
+
+    exit_status = 2
+
+
+class _Interrupted(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM raise ``_Interrupted`` (SIGTERM would otherwise kill without any cleanup)."""
+    import signal
+
+    def handler(signum, frame):
+        raise _Interrupted(signum)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def _free_space(folder: Path) -> int:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+class NpyWriter:
+    """A ``.npy`` file written front to back with ordinary writes: the header, then rows in order."""
+
+    def __init__(self, path: Path, dtype, shape: tuple):
+        self.path, self.dtype, self.shape = path, np.dtype(dtype), tuple(shape)
+        self.f = open(path, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(self.f, header)
+        self.rows = 0
+
+    @staticmethod
+    def nbytes(dtype, shape: tuple) -> int:
+        return int(np.dtype(dtype).itemsize * np.prod(shape, dtype=np.int64)) + 128  # the header, at most
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.shape[1:] or self.rows + len(rows) > self.shape[0]:
+            raise ValueError(f"{self.path}: rows {rows.shape} do not fit {self.shape} after {self.rows} rows")
+        self.f.write(rows.tobytes())
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        """Flush to the disk (on a network filesystem this is what makes the file visible to rank 0)."""
+        if self.f.closed:
+            return
+        try:
+            if self.rows != self.shape[0]:
+                raise ValueError(f"{self.path}: {self.rows} rows written of {self.shape[0]}")
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        finally:
+            self.f.close()
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -65,6 +147,10 @@ class NpyRows:
             raise ValueError(f"{self.path}: Fortran-ordered arrays are not latent caches; rebuild the cache")
         self.shape = tuple(shape)
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        size = os.path.getsize(self.path)
+        if size != self.offset + self.shape[0] * self.row_bytes:  # found now rather than at some later row
+            raise OSError(f"{self.path}: {size} bytes where its header promises "
+                          f"{self.offset + self.shape[0] * self.row_bytes} (truncated cache?)")
         self._fd = os.open(self.path, os.O_RDONLY)
 
     def __len__(self) -> int:
@@ -111,10 +197,21 @@ class LatentCache(Dataset):
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self.meta = json.loads((self.folder / "meta.json").read_text())
-        self.mean = _open_rows(self.folder / "mean.npy")
-        self.logvar = _open_rows(self.folder / "logvar.npy") if self.meta["stochastic"] else None
-        self.attrs = _open_rows(self.folder / "attrs.npy")
+        name = "meta.json"
+        try:  # a truncated or garbled file (a disk that filled up, bit rot, a hand edit) is one line
+            self.meta = json.loads((self.folder / name).read_text())
+            name = "mean.npy"
+            self.mean = _open_rows(self.folder / name)
+            name = "logvar.npy"
+            self.logvar = _open_rows(self.folder / name) if self.meta["stochastic"] else None
+            name = "attrs.npy"
+            self.attrs = _open_rows(self.folder / name)
+            if len(self.attrs) != len(self.mean) or (self.logvar is not None and self.logvar.shape != self.mean.shape):
+                raise ValueError("its arrays do not have matching rows")
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise LatentCacheError(f"latent cache file {self.folder / name} is truncated or garbled ({first}); "
+                                   f"delete the folder {self.folder} and rerun to encode it again") from None
 
     @property
     def stochastic(self) -> bool:
@@ -173,27 +270,29 @@ ARRAYS = ("mean", "logvar", "attrs")
 @torch.no_grad()
 def _encode_shard(autoencoder, dataset, folder: Path, stochastic: bool, attr_shape: tuple, batch_size: int,
                   device, progress: bool) -> None:
-    """Encode ``dataset`` into ``folder/{mean,logvar,attrs}.npy``, written batch by batch into memory maps."""
+    """Encode ``dataset`` into ``folder/{mean,logvar,attrs}.npy``, written batch by batch (``NpyWriter``)."""
     from tqdm import tqdm
 
     folder.mkdir()
     n, shape = len(dataset), tuple(autoencoder.latent_shape)
-    out = {"mean": np.lib.format.open_memmap(folder / "mean.npy", "w+", np.float32, (n, *shape)),
-           "attrs": np.lib.format.open_memmap(folder / "attrs.npy", "w+", np.int64, (n, *attr_shape))}
+    out = {"mean": NpyWriter(folder / "mean.npy", np.float32, (n, *shape)),
+           "attrs": NpyWriter(folder / "attrs.npy", np.int64, (n, *attr_shape))}
     if stochastic:
-        out["logvar"] = np.lib.format.open_memmap(folder / "logvar.npy", "w+", np.float32, (n, *shape))
-    i = 0
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for x, a in tqdm(loader, desc="encoding latents", disable=not progress, dynamic_ncols=True):
-        posterior = autoencoder.encode(x.to(device))
-        b = x.shape[0]
-        out["mean"][i : i + b] = (posterior.mean if stochastic else posterior.mode()).float().cpu().numpy()
-        if stochastic:
-            out["logvar"][i : i + b] = posterior.logvar.float().cpu().numpy()
-        out["attrs"][i : i + b] = np.asarray(a).reshape(b, *attr_shape)
-        i += b
-    for array in out.values():
-        array.flush()  # on a network filesystem this is what makes the shard visible to rank 0
+        out["logvar"] = NpyWriter(folder / "logvar.npy", np.float32, (n, *shape))
+    try:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        for x, a in tqdm(loader, desc="encoding latents", disable=not progress, dynamic_ncols=True):
+            posterior = autoencoder.encode(x.to(device))
+            b = x.shape[0]
+            out["mean"].write((posterior.mean if stochastic else posterior.mode()).float().cpu().numpy())
+            if stochastic:
+                out["logvar"].write(posterior.logvar.float().cpu().numpy())
+            out["attrs"].write(np.asarray(a).reshape(b, *attr_shape))
+        for array in out.values():
+            array.close()
+    finally:
+        for array in out.values():
+            array.f.close()
 
 
 def _join_shards(parts: list[Path], folder: Path, chunk_bytes: int = 64 << 20) -> None:
@@ -203,17 +302,51 @@ def _join_shards(parts: list[Path], folder: Path, chunk_bytes: int = 64 << 20) -
         if not shards:
             continue
         total = sum(len(a) for a in shards)
-        joined = np.lib.format.open_memmap(folder / f"{name}.npy", "w+", shards[0].dtype,
-                                           (total, *shards[0].shape[1:]))
-        rows = max(1, chunk_bytes // max(1, shards[0][:1].nbytes))
-        i = 0
-        for a in shards:
-            for j in range(0, len(a), rows):
-                piece = a[j : j + rows]
-                joined[i : i + len(piece)] = piece
-                i += len(piece)
-            joined.flush()
-        del joined, shards
+        joined = NpyWriter(folder / f"{name}.npy", shards[0].dtype, (total, *shards[0].shape[1:]))
+        try:
+            rows = max(1, chunk_bytes // max(1, shards[0][:1].nbytes))
+            for a in shards:
+                for j in range(0, len(a), rows):
+                    joined.write(a[j : j + rows])
+            joined.close()
+        finally:
+            joined.f.close()
+        del shards
+
+
+def cache_bytes(autoencoder, n: int, attr_shape: tuple, stochastic: bool) -> int:
+    """The size of a cache of ``n`` rows on disk: mean (and logvar) float32 rows, attrs int64 rows."""
+    shape = tuple(autoencoder.latent_shape)
+    arrays = [(np.float32, (n, *shape)), (np.int64, (n, *attr_shape))] + ([(np.float32, (n, *shape))]
+                                                                          if stochastic else [])
+    return sum(NpyWriter.nbytes(dtype, s) for dtype, s in arrays) + 4096  # + meta.json
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_cache_temporaries(root: Path) -> list[Path]:
+    """Delete ``<key>.tmp-<pid>-<host>`` folders that a killed encode of this host left (its PID is gone)."""
+    import socket
+
+    removed = []
+    if not root.is_dir():
+        return removed
+    host = socket.gethostname()
+    for p in root.glob("*.tmp-*"):
+        pid, _, their_host = p.name.rsplit(".tmp-", 1)[1].partition("-")
+        if not pid.isdigit() or (their_host and their_host != host) or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
 
 
 def build_latent_cache(autoencoder, dataset, folder: str | Path, batch_size: int = 256, device="cpu",
@@ -226,10 +359,30 @@ def build_latent_cache(autoencoder, dataset, folder: str | Path, batch_size: int
     the commit, so an interrupted encode never leaves a half-written cache that a later run would
     trust. ``folder`` must be on a filesystem every rank sees (a one-line error says so otherwise).
     """
+    import socket
+
     folder = Path(folder)
     rank, world = _rank_and_world()
+    if rank == 0:
+        for p in remove_stale_cache_temporaries(folder.parent):
+            print(f"removed {p}, a latent cache left half-written by a process that is gone", flush=True)
+    autoencoder.eval()
+    stochastic = not getattr(autoencoder, "is_deterministic", False)
+    n = len(dataset)
+    attr_shape = tuple(np.asarray(dataset[0][1]).shape) if n else (0,)
     # Rank 0 decides hit or miss and names the temporary folder: ranks must not take different branches.
-    hit, tmp_name = _from_rank0(((folder / "meta.json").exists(), f"{folder.name}.tmp-{os.getpid()}"))
+    tmp_name = f"{folder.name}.tmp-{os.getpid()}-{socket.gethostname()}"
+    hit = (folder / "meta.json").exists()
+    short = None
+    if rank == 0 and not hit:  # the size is known: say so now rather than die half-way (or by SIGBUS)
+        needed = cache_bytes(autoencoder, n, attr_shape, stochastic) * (2 if world > 1 else 1)  # shards + joined
+        free = _free_space(folder.parent)
+        if free < needed:
+            short = (f"latent cache {folder}: needs {_gb(needed)} but {folder.parent} has {_gb(free)} free; free "
+                     f"some space or point latents.cache_dir at a larger disk")
+    hit, tmp_name, short = _from_rank0((hit, tmp_name, short))
+    if short:
+        raise LatentCacheError(short)
     if not hit:
         tmp = folder.with_name(tmp_name)
         if rank == 0:
@@ -239,13 +392,27 @@ def build_latent_cache(autoencoder, dataset, folder: str | Path, batch_size: int
         if not _all_ranks(tmp.is_dir()):
             raise FileNotFoundError(f"latents.cache_dir: {folder.parent} is not shared by all ranks; point it "
                                     f"at a folder on a filesystem every node sees")
-        autoencoder.eval()
-        stochastic = not getattr(autoencoder, "is_deterministic", False)
-        n = len(dataset)
-        attr_shape = tuple(np.asarray(dataset[0][1]).shape) if n else (0,)
         lo, hi = rank * n // world, (rank + 1) * n // world
-        _encode_shard(autoencoder, Subset(dataset, range(lo, hi)), tmp / f"part-{rank:05d}", stochastic,
-                      attr_shape, batch_size, device, progress and rank == 0)
+        try:
+            with _signals_interrupt():
+                _encode_shard(autoencoder, Subset(dataset, range(lo, hi)), tmp / f"part-{rank:05d}", stochastic,
+                              attr_shape, batch_size, device, progress and rank == 0)
+        except _Interrupted as e:
+            import signal
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            err = LatentCacheError(f"{signal.Signals(e.signum).name} while encoding the latent cache {folder}: "
+                                   f"the partial cache was removed; rerun the command to encode it again")
+            err.exit_status = 128 + e.signum
+            raise err from None
+        except OSError as e:  # a disk that filled up after the check (another writer), a quota
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise LatentCacheError(f"latent cache {folder}: could not write {e.filename or tmp} "
+                                   f"({e.strerror or e}; {_gb(_free_space(folder.parent))} free on {folder.parent}); "
+                                   f"the partial cache was removed") from None
+        except BaseException:  # Ctrl-C while encoding: leave no half-written cache behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         _barrier()
         if rank == 0:
             parts = [tmp / f"part-{r:05d}" for r in range(world)]

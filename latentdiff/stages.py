@@ -7,7 +7,9 @@
 
 Each builds its task from a validated config and hands it to the one training loop
 (``latentdiff.training.train``), which resumes, trains, checkpoints and returns the ``Trainer``.
-``argv`` is the command line shown in the resume hint (default: this process's).
+``argv`` is the command line shown in the resume hint (default: this process's); ``overwrite`` starts over in
+a run folder that holds another run (otherwise refused). A run stopped by SIGINT/SIGTERM returns with
+``trainer.stop_signal`` set; the commands then exit with 128 + that number.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def first_images(dataset, n: int) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
 
 
-def train_autoencoder(cfg: AERunConfig, resume: bool = False, argv: list[str] | None = None):
+def train_autoencoder(cfg: AERunConfig, resume: bool = False, argv: list[str] | None = None,
+                      overwrite: bool = False):
     """Stage one: the autoencoder of ``cfg`` trained into ``<out_dir>/<name>`` (continued if it exists)."""
     argv = _argv(argv)
     distributed_init()
@@ -74,7 +77,7 @@ def train_autoencoder(cfg: AERunConfig, resume: bool = False, argv: list[str] | 
         print(f"{cfg.model.kind} autoencoder: {n_params / 1e6:.2f} M parameters, latents "
               f"{tuple(model.latent_shape)} for images {shape}; run folder {run_dir}", flush=True)
     return train(task, train_set, cfg.train, run_dir, to_dict(cfg), device, resume,
-                 num_workers=cfg.data.num_workers, argv=argv)
+                 num_workers=cfg.data.num_workers, argv=argv, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- stage two
@@ -128,7 +131,8 @@ def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, 
     return render
 
 
-def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[str] | None = None):
+def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[str] | None = None,
+                           overwrite: bool = False):
     """Stage two: a DDPM on the latent codes of ``cfg.ae.run`` (or on the data when it is null)."""
     argv = _argv(argv)
     distributed_init()
@@ -138,6 +142,8 @@ def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[s
     train_set, test_set = build_data(cfg.data, "train"), build_data(cfg.data, "test")
     schema = train_set.schema
     extra_state = {"schema": schema.to_dict()}
+    if getattr(train_set, "resolved_root", None):  # where MNIST-like files were actually read
+        extra_state["data_root"] = str(train_set.resolved_root)
     if cfg.ae.run is not None:
         ae_path = autoencoder_checkpoint(cfg.ae.run, cfg.ae.checkpoint)
         autoencoder = load_autoencoder(ae_path, cfg.ae.use_ema, device)
@@ -187,7 +193,7 @@ def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[s
         print(f"denoiser: {n_params / 1e6:.2f} M parameters on latents {tuple(latent_shape)}"
               f"{' (attribute-conditional)' if conditional else ''}; run folder {run_dir}", flush=True)
     return train(task, train_data, cfg.train, run_dir, to_dict(cfg), device, resume,
-                 num_workers=cfg.data.num_workers, argv=argv)
+                 num_workers=cfg.data.num_workers, argv=argv, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- post-hoc classifier
@@ -214,7 +220,7 @@ def classifier_data(run: Path, state: dict, ldm, eval_examples: int):
 
 
 def train_latent_classifier(cfg: ClassifierRunConfig, run: str | Path, resume: bool = False,
-                            argv: list[str] | None = None):
+                            argv: list[str] | None = None, overwrite: bool = False):
     """A noise-conditional attribute classifier on the latents of the diffusion run in ``run``."""
     argv = _argv(argv)
     run = Path(run)
@@ -240,4 +246,5 @@ def train_latent_classifier(cfg: ClassifierRunConfig, run: str | Path, resume: b
     n_params = sum(p.numel() for p in model.parameters())
     print(f"classifier: {n_params / 1e6:.2f} M parameters, heads {dict(zip(schema.names, num_values))} "
           f"on latents {tuple(ldm.latent_shape)}; folder {run / cfg.name}", flush=True)
-    return train(task, train_set, cfg.train, run / cfg.name, to_dict(cfg), device, resume, argv=argv)
+    return train(task, train_set, cfg.train, run / cfg.name, to_dict(cfg), device, resume, argv=argv,
+                 overwrite=overwrite)

@@ -31,6 +31,7 @@ import copy
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -45,6 +46,7 @@ from torch.utils.data import DataLoader, Sampler
 from latentdiff.config import TrainConfig
 
 CHECKPOINT_FORMAT = 1
+HEALTHY = "healthy.pt"  # the newest last.pt confirmed healthy by the step after it (see Trainer._check_health)
 
 
 class TrainingError(RuntimeError):
@@ -77,9 +79,26 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise TrainingError(f"train.device: {name!r} is not a device (use auto, cpu, cuda, cuda:1, mps)") from None
+    check_device_present(device)
+    return device
+
+
+def check_device_present(device: torch.device) -> None:
+    """One line when the asked accelerator is not on this machine (else loading a checkpoint onto it fails
+    with a message that reads like a corrupt file)."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise TrainingError(f"device {str(device)!r}: this machine has no CUDA device (torch.cuda.is_available() "
+                                f"is False); use train.device=auto or cpu (--device auto|cpu for the other commands)")
+        if device.index is not None and device.index >= count:
+            raise TrainingError(f"device {str(device)!r}: this machine has {count} CUDA device(s), numbered "
+                                f"0 to {count - 1}")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TrainingError(f"device {str(device)!r}: MPS is not available on this machine; use auto or cpu")
 
 
 def distributed_init() -> tuple[int, int]:
@@ -134,19 +153,35 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     one. A full disk raises a one-line CheckpointError and leaves the previous checkpoint intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)  # the rename itself survives a power cut, not only a killed process
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; "
+    except (OSError, RuntimeError) as e:  # torch.save's zip writer reports a full disk as a RuntimeError
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:160]
+                  if str(e).strip() else type(e).__name__)
+        raise CheckpointError(f"could not write checkpoint {path}: {reason} ({free_space(path.parent)}); "
                               f"the previous checkpoint is untouched") from None
+
+
+def free_space(folder: str | Path) -> str:
+    """``"12.3 GB free on /runs"``, or why that cannot be told; for one-line messages about full disks."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e9:.3g} GB free on {folder}"
+    except OSError as e:
+        return f"free space on {folder} unknown: {e.strerror or e}"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -315,6 +350,46 @@ def to_device(batch, device):
     return batch
 
 
+# ----------------------------------------------------------------------------- health
+
+
+class RunningBand:
+    """Whether a value (loss, gradient norm) stays in its running band: a few float operations per step.
+
+    Out of band: not finite, or above ``m + 2|m| + 8d``, where ``m`` is an exponential moving average of
+    the values and ``d`` one of their absolute deviations from it (both with weight 0.01). Values are
+    clipped to the band before they are averaged in, so a blow-up does not widen the band at once, while
+    a lasting change of level (a loss term joining later) is followed within some tens of steps.
+    """
+
+    def __init__(self, rate: float = 0.01):
+        self.rate, self.mean, self.dev, self.n = rate, 0.0, 0.0, 0
+
+    def limit(self) -> float:
+        return self.mean + 2.0 * abs(self.mean) + 8.0 * self.dev if self.n else math.inf
+
+    def update(self, value: float) -> bool:
+        """Take one value; True when it was inside the band."""
+        if not math.isfinite(value):
+            return False
+        limit = self.limit()
+        inside = value <= limit
+        value = min(value, limit)
+        if self.n == 0:
+            self.mean = value
+        else:
+            self.dev += self.rate * (abs(value - self.mean) - self.dev)
+            self.mean += self.rate * (value - self.mean)
+        self.n += 1
+        return inside
+
+    def state(self) -> dict:
+        return {"mean": self.mean, "dev": self.dev, "n": self.n}
+
+    def load_state(self, d: dict) -> None:
+        self.mean, self.dev, self.n = float(d["mean"]), float(d["dev"]), int(d["n"])
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -343,6 +418,14 @@ class Trainer:
         self.saved_step = None  # the step of the newest last.pt this process wrote or resumed from
         self.best = None
         self.stop_reason = None
+        self.stop_signal = None  # the signal number when SIGINT/SIGTERM stopped the run (exit 128 + it)
+        # Health (see RunningBand): a last.pt is promoted to healthy.pt once the first step after it saw the
+        # loss and gradient norms inside their bands, and every step since the previous save did too.
+        self.bands: dict[str, RunningBand] = {}
+        self.interval_in_band = True  # no step since the last save left its band
+        self.candidate_step = None  # the step of a last.pt waiting for that confirmation
+        self.healthy_step = None  # the step of checkpoints/healthy.pt when this process knows it
+        self.left_band_at = None  # the first step whose loss or gradient norm left its band, if any
         self.last_metrics: dict = {}  # the latest evaluation, e.g. for benchmarks
         self.train_seconds = 0.0  # wall time inside fit(), this process
 
@@ -398,6 +481,7 @@ class Trainer:
             "best": self.best,
             "config": self.config_dict,
             "task": self.task.state() if hasattr(self.task, "state") else {},
+            "health": {k: b.state() for k, b in self.bands.items()},
         }
         return state
 
@@ -423,6 +507,8 @@ class Trainer:
             torch.manual_seed(rank_seed(self.cfg.seed + int(state["step"]), self.rank))
         self.step = int(state["step"])
         self.best = state.get("best")
+        for k, d in state.get("health", {}).items():
+            self.bands.setdefault(k, RunningBand()).load_state(d)
         if hasattr(self.task, "load_state"):
             self.task.load_state(state.get("task", {}))
         self.stream.seek(self.step * self.cfg.grad_accum)
@@ -438,15 +524,99 @@ class Trainer:
             save_checkpoint(self.state_dict(rng_per_rank), self.ckpt_dir / name)
         if name == "last.pt":
             self.saved_step = self.step
+            self.candidate_step = self.step if self.interval_in_band else None
+            self.interval_in_band = True
 
     def try_resume(self) -> bool:
         """Continue from ``checkpoints/last.pt`` when it exists. Returns whether it did."""
         path = self.ckpt_dir / "last.pt"
         if not path.exists():
             return False
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        try:
+            state = load_checkpoint(path, map_location=self.device)
+        except CheckpointError as e:  # the generic advice ("delete it") would make the folder look new
+            # healthy.pt is a hard link: when it is last.pt's own inode it holds the same damaged bytes
+            kept = [p.name for p in (self.ckpt_dir / HEALTHY, self.ckpt_dir / "best.pt")
+                    if p.exists() and not os.path.samefile(p, path)]
+            way = (f"to continue from {kept[0]} instead: cp {self.ckpt_dir / kept[0]} {path} and rerun "
+                   f"(best.pt is kept); " if kept else "")
+            raise CheckpointError(f"{str(e).split('; delete it')[0]}; {way}to start over: --overwrite, or "
+                                  f"pick another name=...") from None
+        self.load_state_dict(state)
         self.saved_step = self.step
+        self.candidate_step = self.step  # the first step after the resume confirms it
         return True
+
+    # -- health ----------------------------------------------------------------------------------
+    def _check_health(self, values: dict[str, float]) -> None:
+        """Feed the step's loss and gradient norms to their bands; promote a confirmed last.pt."""
+        inside = True
+        for name, value in values.items():
+            band = self.bands.get(name)
+            if band is None:
+                band = self.bands[name] = RunningBand()
+            inside = band.update(value) and inside
+        if not inside:
+            self.interval_in_band = False
+            if self.left_band_at is None:
+                self.left_band_at = self.step
+        if self.candidate_step is not None:
+            if inside and self.candidate_step == self.step:
+                self._promote_to_healthy()
+            self.candidate_step = None
+
+    def _promote_to_healthy(self) -> None:
+        """healthy.pt := last.pt, as a hard link (no copy, no write); a copy where links are not possible."""
+        if self.main:
+            last, healthy = self.ckpt_dir / "last.pt", self.ckpt_dir / HEALTHY
+            tmp = healthy.with_name(f".{HEALTHY}.tmp{os.getpid()}")
+            try:
+                tmp.unlink(missing_ok=True)
+                try:
+                    os.link(last, tmp)
+                except OSError:
+                    shutil.copyfile(last, tmp)
+                os.replace(tmp, healthy)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                print(f"warning: could not keep {healthy} ({e.strerror or e}; {free_space(healthy.parent)})",
+                      file=sys.stderr, flush=True)
+                return
+        self.healthy_step = self.step
+
+    def _diverged(self) -> str:
+        """After a non-finite loss or gradient: put the last healthy checkpoint back as last.pt; say what is kept."""
+        last, healthy = self.ckpt_dir / "last.pt", self.ckpt_dir / HEALTHY
+        left = (f"; the loss or gradient norm left its running band at step {self.left_band_at}"
+                if self.left_band_at is not None else "")
+        if self.main and healthy.exists():
+            step = self.healthy_step
+            if step is None:  # written by an earlier process
+                try:
+                    step = int(torch.load(healthy, map_location="cpu", weights_only=True, mmap=True)["step"])
+                except Exception:
+                    step = None
+            if step is not None and step != self.saved_step:
+                tmp = last.with_name(f".last.pt.tmp{os.getpid()}")
+                try:
+                    tmp.unlink(missing_ok=True)
+                    try:
+                        os.link(healthy, tmp)
+                    except OSError:  # no hard links here: a copy, renamed into place all the same
+                        shutil.copyfile(healthy, tmp)
+                    os.replace(tmp, last)
+                except OSError as e:
+                    tmp.unlink(missing_ok=True)
+                    return (f"the last healthy checkpoint (step {step}{left}) is {healthy}, but it could not be put "
+                            f"back as last.pt ({e.strerror or e}): cp {healthy} {last}, then rerun with a lower "
+                            f"train.lr")
+            if step is not None:
+                return (f"last.pt now holds the last healthy checkpoint (step {step}{left}), "
+                        f"kept also as {healthy}; rerun with a lower train.lr to continue from it")
+        if self.saved_step is None:
+            return "no checkpoint was written yet"
+        return (f"no healthy checkpoint was confirmed yet{left}; {last} (step {self.saved_step}) is kept as it was; "
+                f"rerun with a lower train.lr to continue from it, or --overwrite to start over")
 
     # -- one optimiser step ----------------------------------------------------------------------
     def _autocast(self):
@@ -474,11 +644,6 @@ class Trainer:
             offset += g.numel()
         return flat[-1]
 
-    def _kept(self) -> str:
-        if self.saved_step is None:
-            return "no checkpoint was written yet"
-        return f"the last good checkpoint (step {self.saved_step}) is kept in {self.ckpt_dir / 'last.pt'}"
-
     def train_step(self) -> dict:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
@@ -500,16 +665,20 @@ class Trainer:
         if not math.isfinite(mean_loss):
             terms = ", ".join(f"{k}={v:.4g}" for k, v in logs_sum.items())
             where = f" (rank {self.rank}: " if self.world > 1 else " ("
-            raise TrainingError(f"loss is {mean_loss} at step {self.step}{where}{terms}); {self._kept()}; lower "
-                                f"train.lr or check the data")
+            raise TrainingError(f"loss is {mean_loss} at step {self.step}{where}{terms}); {self._diverged()} "
+                                f"(or check the data)")
         self.scaler.unscale_(self.optimizer)
+        health = {"loss": mean_loss}
         for group in self.optimizer.param_groups:
             norm = float(torch.nn.utils.clip_grad_norm_(group["params"], cfg.grad_clip or float("inf")))
             # fp16's GradScaler skips steps with inf gradients by design; without it they would poison the weights
             if not math.isfinite(norm) and not self.scaler.is_enabled():
                 raise TrainingError(f"gradient norm of {group['name']} is {norm} at step {self.step} (loss "
-                                    f"{mean_loss:.4g}); {self._kept()}; lower train.lr or set train.grad_clip")
+                                    f"{mean_loss:.4g}); {self._diverged()} (or set train.grad_clip)")
             logs_sum[f"grad_norm/{group['name']}"] = norm
+            if math.isfinite(norm):
+                health[f"grad_norm/{group['name']}"] = norm
+        self._check_health(health)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
@@ -522,6 +691,7 @@ class Trainer:
     def _install_signal_handlers(self):
         def handler(signum, frame):
             self.stop_reason = signal.Signals(signum).name
+            self.stop_signal = int(signum)
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -549,6 +719,24 @@ class Trainer:
                 self.save("best.pt")
         return metrics
 
+    def _guarded(self, what: str, fn):
+        """Run ``fn`` (evaluation, pictures); if it fails, save last.pt first, then stop with one line."""
+        try:
+            return fn()
+        except CheckpointError:
+            raise
+        except Exception as e:
+            if os.environ.get("LATENTDIFF_DEBUG"):
+                raise
+            saved = ""
+            if self.world == 1:  # under torchrun saving is collective and the other ranks are not here
+                if self.saved_step != self.step:
+                    self.save("last.pt")
+                saved = f"; the weights of step {self.step} are saved in {self.ckpt_dir / 'last.pt'}"
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise TrainingError(f"{what} failed at step {self.step} ({type(e).__name__}: {first}){saved}; "
+                                f"fix the cause and rerun the same command to continue") from None
+
     def fit(self) -> dict:
         """Train until ``cfg.steps`` (or the time budget, or a signal). Returns the last evaluation."""
         from tqdm import tqdm
@@ -563,6 +751,10 @@ class Trainer:
 
                 text = yaml.safe_dump(self.config_dict, sort_keys=False)
                 self.writer.add_text("config", "```\n" + text + "\n```", 0)
+        if self.step == 0 and self.saved_step is None:
+            # The starting point is the first healthy candidate: a run that diverges before its first confirmed
+            # checkpoint can still be resumed (from here) with a lower learning rate. One write per fresh run.
+            self.save("last.pt")
         previous = self._install_signal_handlers()
         use_bar = self.main and sys.stderr.isatty()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not use_bar, dynamic_ncols=True)
@@ -594,13 +786,15 @@ class Trainer:
                 if stopping and self.stop_reason is None:
                     self.stop_reason = "another rank was stopped"
                 finishing = self.step == cfg.steps or stopping
-                if self.main and hasattr(self.task, "log_images") and (
-                        self.step % cfg.image_every == 0 or finishing):
-                    self.task.log_images(self.writer, self.eval_model, self.step)
                 if self.main and (self.step % cfg.eval_every == 0 or finishing):
-                    metrics = self._evaluate()
+                    metrics = self._guarded("the evaluation", self._evaluate)
+                # Weights first, pictures after: a failed sample grid must never cost the interval's training.
                 if self.step % cfg.checkpoint_every == 0 or finishing:
                     self.save("last.pt")
+                if self.main and hasattr(self.task, "log_images") and (
+                        self.step % cfg.image_every == 0 or finishing):
+                    self._guarded("drawing the sample grids",
+                                  lambda: self.task.log_images(self.writer, self.eval_model, self.step))
                 if stopping:
                     break
         finally:
@@ -649,33 +843,71 @@ RESUMABLE_KEYS = ("train.steps", "train.max_minutes", "train.lr", "train.grad_cl
                   "sample.", "bound_every", "bound_examples", "eval_samples", "ae.run", "out_dir")
 
 
-def check_run_dir(run_dir: str | Path, config_dict: dict, resume: bool) -> bool:
+# What a run writes into its folder; --overwrite removes these (and nothing else) before starting over.
+RUN_OUTPUTS = ("checkpoints", "tb", "samples", "eval.json", "autoencoder")  # autoencoder: stage two's copy
+
+
+def check_run_dir(run_dir: str | Path, config_dict: dict, resume: bool, overwrite: bool = False) -> bool:
     """Return True when ``run_dir`` holds an earlier run that this config continues.
 
     Re-running into a folder that holds ``checkpoints/last.pt`` continues that run, provided the config
     only differs in keys listed in RESUMABLE_KEYS (e.g. more ``train.steps``); anything else is one
-    clear error, so a run folder always matches the config that trained it.
+    clear error, so a run folder always matches the config that trained it. A folder without last.pt
+    that still holds something of a run (best.pt, healthy.pt, another config, files without a
+    config.yaml) is refused too, since starting there would replace it; ``overwrite`` starts over anyway.
     """
     import yaml
 
     from latentdiff.config import ConfigError
 
     run_dir = Path(run_dir)
-    last = run_dir / "checkpoints" / "last.pt"
-    if last.exists():
-        old_path = run_dir / "config.yaml"
-        old = yaml.safe_load(old_path.read_text()) if old_path.exists() else {}
-        a, b = _flatten(old or {}), _flatten(config_dict)
+    ckpts = run_dir / "checkpoints"
+    last = ckpts / "last.pt"
+    if overwrite:
+        if resume:
+            raise ConfigError("--resume and --overwrite contradict each other: continue the run, or start it over")
+        return False
+    old_path = run_dir / "config.yaml"
+    if old_path.exists():
+        try:
+            old = yaml.safe_load(old_path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+            raise ConfigError(f"{old_path} cannot be read ({type(e).__name__}); it is not this run's config: "
+                              f"pick another name=..., or --overwrite to start over in that folder") from None
+        a, b = _flatten(old if isinstance(old, dict) else {}), _flatten(config_dict)
         changed = [k for k in sorted(set(a) | set(b))
                    if a.get(k) != b.get(k) and not any(k == r or (r.endswith(".") and k.startswith(r))
                                                       for r in RESUMABLE_KEYS)]
         if changed:
             diffs = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
             raise ConfigError(f"{run_dir} already holds a run trained with other settings ({diffs}); "
-                              f"pick another name=... or delete that folder")
-    elif resume:
+                              f"pick another name=..., or --overwrite to replace that run")
+    if last.exists():
+        return True
+    if resume:
         raise ConfigError(f"--resume: {last} does not exist, so there is nothing to continue")
-    return last.exists()
+    kept = sorted(p.name for p in ckpts.glob("*.pt")) if ckpts.is_dir() else []
+    if kept:
+        source = "best.pt" if "best.pt" in kept else HEALTHY if HEALTHY in kept else kept[0]
+        raise ConfigError(f"{run_dir} holds {', '.join(kept)} but no last.pt, and starting here would replace "
+                          f"them; to continue from {source}: cp {ckpts / source} {last} and rerun; to start over: "
+                          f"--overwrite; or pick another name=...")
+    if not old_path.exists() and run_dir.is_dir():
+        other = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+        if other:
+            raise ConfigError(f"{run_dir} is not empty ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}) "
+                              f"and holds no run config; pick another name=... or out_dir=..., or --overwrite")
+    return False
+
+
+def clear_run_outputs(run_dir: str | Path) -> None:
+    """What ``--overwrite`` removes before starting over: the RUN_OUTPUTS of an earlier run, nothing else."""
+    for name in RUN_OUTPUTS:
+        p = Path(run_dir) / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
 
 
 def write_run_config(run_dir: str | Path, config_dict: dict) -> None:
@@ -692,21 +924,151 @@ def write_run_config(run_dir: str | Path, config_dict: dict) -> None:
         os.replace(tmp, run_dir / "config.yaml")
 
 
-def prepare_run_dir(run_dir: str | Path, config_dict: dict, resume: bool) -> bool:
+def prepare_run_dir(run_dir: str | Path, config_dict: dict, resume: bool, overwrite: bool = False) -> bool:
     """``check_run_dir`` then ``write_run_config``: True when an earlier run continues."""
-    resuming = check_run_dir(run_dir, config_dict, resume)
+    resuming = check_run_dir(run_dir, config_dict, resume, overwrite)
     write_run_config(run_dir, config_dict)
     return resuming
 
 
-def train(task, train_set, cfg: TrainConfig, run_dir, config_dict: dict, device, resume: bool,
-          num_workers: int = 0, argv: list[str] | None = None) -> Trainer:
-    """What both training commands do once their task is built: resume or start, fit, report.
+# ----------------------------------------------------------------------------- run folder lock
 
-    Prints how to resume after SIGINT/SIGTERM or a time budget; raises TrainingError on NaN.
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the whole run: ``<run>/.lock`` holding "PID HOST".
+
+    The lock itself is ``flock`` on that file, which the kernel drops when the holder dies (even by
+    ``kill -9``), so a lock file whose process is gone is stale and is taken over, with a note. Where
+    ``flock`` is missing the file's PID is checked instead (a dead PID on this host is stale; a lock of
+    another host is never taken over). Released at exit.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        import socket
+
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self.me = f"{os.getpid()} {socket.gethostname()}"
+        self.fd = None
+        self.created_dir = False
+
+    def _holder(self) -> tuple[int | None, str]:
+        try:
+            pid, _, host = self.path.read_text().strip().partition(" ")
+            return int(pid), host
+        except (OSError, ValueError):
+            return None, "?"
+
+    def _busy(self, pid, host) -> TrainingError:
+        return TrainingError(f"run folder {self.run_dir} is in use by process {pid} on host {host} (lock file "
+                             f"{self.path}); wait for it or stop it, or pick another name=...")
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            fcntl = None
+        self.created_dir = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        raise self._busy(*self._holder()) from None
+                    try:  # the file may have been removed and recreated by its holder meanwhile
+                        same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                    except FileNotFoundError:
+                        same = False
+                    if not same:
+                        os.close(fd)
+                        continue
+                pid, host = self._holder()
+                if pid is not None and f"{pid} {host}" != self.me:
+                    if fcntl is None and not _stale(pid, host):
+                        raise self._busy(pid, host)
+                    print(f"note: taking over the stale lock {self.path} of process {pid} on {host}, "
+                          f"which is no longer running", file=sys.stderr, flush=True)
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{self.me}\n".encode())
+                self.fd = fd
+                return self
+            except BaseException:
+                if self.fd is None:
+                    os.close(fd)
+                raise
+        raise TrainingError(f"could not lock run folder {self.run_dir}: {self.path} keeps changing")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            if self.path.read_text().strip() == self.me:
+                self.path.unlink()
+        except OSError:
+            pass
+        os.close(self.fd)  # drops the flock
+        self.fd = None
+        if self.created_dir:
+            try:
+                self.run_dir.rmdir()  # only if nothing was written: a run refused before it began
+            except OSError:
+                pass
+
+
+def _stale(pid: int, host: str) -> bool:
+    import socket
+
+    if host != socket.gethostname():
+        return False  # cannot tell from here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def lock_run_dir(run_dir: str | Path, device="cpu") -> RunLock | None:
+    """Rank 0 locks ``run_dir``; under torchrun every rank fails together when it cannot (``device``: where
+    the all-reduce runs, the ranks' own device, since NCCL reduces CUDA tensors only)."""
+    lock, err = None, None
+    if is_main_process():
+        try:
+            lock = RunLock(run_dir).acquire()
+        except TrainingError as e:
+            err = e
+    if any_rank(err is not None, device):
+        raise err or TrainingError(f"rank 0 could not lock run folder {run_dir}")
+    return lock
+
+
+def train(task, train_set, cfg: TrainConfig, run_dir, config_dict: dict, device, resume: bool,
+          num_workers: int = 0, argv: list[str] | None = None, overwrite: bool = False) -> Trainer:
+    """What both training commands do once their task is built: lock the folder, resume or start, fit, report.
+
+    Prints how to resume after SIGINT/SIGTERM or a time budget (``trainer.stop_signal`` then holds the
+    signal: the commands exit with 128 + it); raises TrainingError on NaN, CheckpointError on a failed save.
     """
     trainer = Trainer(task, train_set, cfg, run_dir, config_dict, device, num_workers)
-    resuming = check_run_dir(run_dir, config_dict, resume)
+    lock = lock_run_dir(run_dir, trainer.device)
+    try:
+        _train_locked(trainer, run_dir, config_dict, resume, overwrite, argv)
+    finally:
+        if lock is not None:
+            lock.release()
+    return trainer
+
+
+def _train_locked(trainer: Trainer, run_dir, config_dict: dict, resume: bool, overwrite: bool, argv) -> None:
+    resuming = check_run_dir(run_dir, config_dict, resume, overwrite)
+    if overwrite and is_main_process():
+        clear_run_outputs(run_dir)
     if resuming:
         trainer.try_resume()
         if is_main_process():
@@ -719,15 +1081,15 @@ def train(task, train_set, cfg: TrainConfig, run_dir, config_dict: dict, device,
                                 f"{int(lo_hi[1])}); put out_dir on a filesystem that every node shares")
     write_run_config(run_dir, config_dict)  # only now: a checkpoint that does not load leaves the folder as it was
     if is_main_process():
-        remove_stale_temporaries(trainer.ckpt_dir)  # left by a run killed while saving
-        if hasattr(task, "write_run_files"):  # files a checkpoint refers to (stage two: its autoencoder copy)
-            task.write_run_files(run_dir)
+        for folder in (trainer.ckpt_dir, Path(run_dir)):  # left by a run killed while saving (the lock is ours)
+            remove_stale_temporaries(folder)
+        if hasattr(trainer.task, "write_run_files"):  # files a checkpoint names (stage two: its autoencoder copy)
+            trainer.task.write_run_files(run_dir)
     trainer.fit()
     if is_main_process():
         if trainer.stop_reason is not None:
-            cmd = shlex.join(argv if argv is not None else sys.argv)
+            cmd = shlex.join(a for a in (argv if argv is not None else sys.argv) if a != "--overwrite")
             launcher = "torchrun <the same options> " if trainer.world > 1 else "python "
             print(f"stopped at step {trainer.step} ({trainer.stop_reason}); checkpoint saved to "
                   f"{trainer.ckpt_dir / 'last.pt'}; resume with: {launcher}{cmd}", flush=True)
         print(f"TensorBoard logs: tensorboard --logdir {Path(run_dir) / 'tb'}", flush=True)
-    return trainer

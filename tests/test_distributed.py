@@ -199,7 +199,7 @@ def test_commands_run_under_torchrun_and_only_rank_0_writes(launched):
     runs = launched / "runs"
     for name, steps in (("shapes_ae_kl", 2), ("shapes_ldm_kl", 4)):
         ckpts = sorted(p.name for p in (runs / name / "checkpoints").iterdir())
-        assert ckpts == ["best.pt", "last.pt"], ckpts  # and no temporary of a second writer
+        assert ckpts == ["best.pt", "healthy.pt", "last.pt"], ckpts  # and no temporary of a second writer
         assert torch.load(runs / name / "checkpoints" / "last.pt", weights_only=True)["step"] == steps
         assert len(list((runs / name / "tb").glob("events.out.tfevents.*"))) == 1
     caches = sorted((runs / "latent_cache").iterdir())

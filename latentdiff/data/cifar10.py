@@ -28,15 +28,33 @@ FOLDER = "cifar-10-batches-py"
 SYSTEM_ROOTS = ["/usr/share/datasets/cifar10", "/usr/share/datasets/cifar-10"]
 
 
+# What a CIFAR-10 batch may name: numpy's array reconstruction (numpy 1 and 2 spellings, protocols 2 to 5) and
+# the codec protocol 2 uses for bytes. Everything else (os.system, builtins.eval, ...) is refused unread.
+_CIFAR_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                  ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads the arrays, lists, dicts and strings a CIFAR-10 batch holds and nothing else: reading a dataset
+    never runs code from it (a crafted ``data_batch_1`` in ``data.root`` is refused in one line)."""
+
+    def find_class(self, module, name):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 batch never holds")
+
+
 def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 3, 32, 32) uint8 images and (N,) labels of one pickled CIFAR-10 batch."""
+    """(N, 3, 32, 32) uint8 images and (N,) labels of one pickled CIFAR-10 batch (restricted unpickler)."""
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
-        raise ValueError(f"{path}: not a readable CIFAR-10 batch ({type(e).__name__}); delete the folder and "
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        why = str(e) if isinstance(e, pickle.UnpicklingError) and str(e).startswith("it asks") else type(e).__name__
+        raise ValueError(f"{path}: not a readable CIFAR-10 batch ({why}); delete the folder and "
                          f"download it again") from None
     return data, labels
 

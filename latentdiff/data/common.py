@@ -102,18 +102,36 @@ class TensorImageDataset(Dataset):
         return to_unit_range(self.images[i]), self.attributes[i]
 
 
+class ImageTooLarge(OSError):
+    """An image whose header announces more pixels than Pillow's decompression-bomb limit."""
+
+
 def load_image(path: str | Path, image_size: int, channels: int = 3, crop: int | None = None) -> torch.Tensor:
     """An image file as (channels, image_size, image_size) uint8.
 
     The image is centre-cropped to a ``crop``×``crop`` square (default: its shorter side), then resized
     with PIL's antialiased bilinear filter. ``channels`` 1 converts to greyscale ("L"), 3 to RGB.
-    Unreadable files raise PIL's errors (``OSError`` family), which callers turn into their messages.
+    Unreadable files raise PIL's errors (``OSError`` family), which callers turn into their messages; so
+    does an image over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``), found from the
+    header before any pixel is decoded, as ``ImageTooLarge``.
     """
+    import warnings
+
     from PIL import Image
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    with Image.open(path) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # between 1× and 2× the limit
+        try:
+            im = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            import re
+
+            n = re.search(r"\((\d+) pixels\)", str(e))
+            raise ImageTooLarge(f"{path}: {n[1] + ' pixels, ' if n else ''}over Pillow's decompression-bomb limit "
+                                f"of {Image.MAX_IMAGE_PIXELS} pixels") from None
+    with im:
         im = im.convert("L" if channels == 1 else "RGB")
         w, h = im.size
         side = min(w, h) if crop is None else min(crop, w, h)

@@ -91,21 +91,46 @@ def find_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
+_ANNOUNCED: set = set()  # (flavour, folder) pairs already printed in this process
+
+
+def _complete(folder: Path, flavour: str, split: str, user_folder: bool) -> tuple[Path, Path] | None:
+    """``split``'s (images, labels) when ``folder`` holds all four files of both splits, else None.
+
+    One folder serves both splits, so training and testing never mix two copies. A folder under
+    ``data.root`` that holds only some of the four files is refused (one line), not completed from
+    elsewhere; the folder used is printed once.
+    """
+    stems = FILES["train"] + FILES["test"]
+    found = {s: find_file(folder, s) for s in stems}
+    have = [s for s in stems if found[s]]
+    if len(have) == len(stems):
+        if (flavour, folder) not in _ANNOUNCED:
+            _ANNOUNCED.add((flavour, folder))
+            print(f"{flavour}: reading both splits from {folder}", flush=True)
+        return found[FILES[split][0]], found[FILES[split][1]]
+    if have and user_folder:
+        missing = [s for s in stems if not found[s]]
+        raise ValueError(f"data.root: {folder} holds only {len(have)} of the 4 {flavour} files (missing "
+                         f"{', '.join(missing)}[.gz]); put all four there (one folder serves both splits) or "
+                         f"point data.root elsewhere")
+    return None
+
+
 def locate(flavour: str, split: str, root: str | None, download: bool) -> tuple[Path, Path]:
     """The (images, labels) files of ``split``, searched as the module docstring says."""
     stems = FILES[split]
     folders = candidate_folders(flavour, root)
-    for folder in folders:
-        found = [find_file(folder, s) for s in stems]
-        if all(found):
-            return found[0], found[1]
+    n_user = len(folders) - len(FLAVOURS[flavour]["system"])
+    for i, folder in enumerate(folders):
+        if found := _complete(folder, flavour, split, user_folder=i < n_user):
+            return found
     if download:
         target = Path(root).expanduser() if root else default_download_root()
         torchvision_download(FLAVOURS[flavour]["torchvision"], target, split)
         folder = target / FLAVOURS[flavour]["torchvision"] / "raw"
-        found = [find_file(folder, s) for s in stems]
-        if all(found):
-            return found[0], found[1]
+        if found := _complete(folder, flavour, split, user_folder=True):
+            return found
         folders.append(folder)
     debian = FLAVOURS[flavour]["debian"]
     fixes = (f"install Debian's {debian} package, " if debian else "") + \
@@ -148,3 +173,4 @@ class MNISTLike(TensorImageDataset):
         attributes = torch.from_numpy(labels[:n].astype(np.int64))[:, None]
         super().__init__(x, attributes, AttributeSchema(["class"], [classes]))
         self.files = (images_path, labels_path)
+        self.resolved_root = images_path.parent  # the one folder both splits come from; runs record it
