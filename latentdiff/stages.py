@@ -70,7 +70,9 @@ def train_autoencoder(cfg: AERunConfig, resume: bool = False, argv: list[str] | 
     objective = AutoencoderObjective(model, **vars(cfg.loss)).to(device)
     test_images = first_images(test_set, cfg.eval_samples)
     task = AutoencoderTask(model, objective, test_images, test_images[:32])
-    task.state = lambda: {"sample_shape": list(shape), "schema": train_set.schema.to_dict()}
+    data_root = getattr(train_set, "resolved_root", None)  # where MNIST-like files were actually read
+    task.state = lambda: {"sample_shape": list(shape), "schema": train_set.schema.to_dict(),
+                          **({"data_root": str(data_root)} if data_root else {})}
     run_dir = Path(cfg.out_dir) / cfg.name
     n_params = sum(p.numel() for p in model.parameters())
     if is_main_process():

@@ -223,4 +223,5 @@ SETTINGS = {
     "2.14",  # torch 2.14.1
     "5", "9", "30",  # the recipes' time budgets in minutes (shapes AE / LDM, Fashion-MNIST LDM)
     "200",  # "10 k / 200 k / 1 M / 4 M latents": cache sizes measured
+    "45",  # "10, 20 and 45 CPU minutes": the budget curve's budgets
 }

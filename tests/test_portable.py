@@ -109,7 +109,8 @@ FORBID_PICKLE = """
 import pickle, sys, torch
 def refuse(*a, **k):
     raise AssertionError("loading an exported model must not unpickle")
-torch.load = pickle.load = pickle.loads = pickle.Unpickler = refuse
+torch.load = pickle.load = pickle.loads = refuse
+pickle.Unpickler = type("Refused", (pickle.Unpickler,), {"load": refuse})  # still a class others may subclass
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from latentdiff.pipeline import LatentDiffusion
