@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder
 
 from latentdiff.cli import user_errors  # noqa: E402
 from latentdiff.evaluation import EvalOptions, check_options, evaluate_run  # noqa: E402
-from latentdiff.training import flush_denormals, pick_device  # noqa: E402
+from latentdiff.runtime import flush_denormals, pick_device  # noqa: E402
 
 
 def parse_args(argv=None):

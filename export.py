@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
 
+from latentdiff.checkpoints import load_checkpoint  # noqa: E402
 from latentdiff.cli import user_errors  # noqa: E402
 from latentdiff.loading import autoencoder_checkpoint, load_autoencoder, run_checkpoint  # noqa: E402
 from latentdiff.pipeline import LatentDiffusion  # noqa: E402
-from latentdiff.training import load_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):

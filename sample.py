@@ -29,7 +29,7 @@ from latentdiff.bundle import is_bundle  # noqa: E402
 from latentdiff.cli import check_sample_args, condition_rows, parse_attrs, user_errors  # noqa: E402
 from latentdiff.diffusion import check_guidance_interval  # noqa: E402
 from latentdiff.pipeline import LatentDiffusion  # noqa: E402
-from latentdiff.training import flush_denormals, pick_device  # noqa: E402
+from latentdiff.runtime import flush_denormals, pick_device  # noqa: E402
 from latentdiff.viz import image_grid, save_png  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from latentdiff.cli import condition_rows, parse_attrs, user_errors  # noqa: E402
 from latentdiff.pipeline import LatentDiffusion  # noqa: E402
-from latentdiff.training import flush_denormals  # noqa: E402
+from latentdiff.runtime import flush_denormals  # noqa: E402
 from latentdiff.viz import (  # noqa: E402
     forward_process_frames,
     image_grid,

@@ -22,7 +22,7 @@ from torch import nn
 
 from autoencoders.blocks import Decoder, Encoder
 from latentdiff.bundle import load_module_weights, read_config, read_tensors, write_bundle
-from latentdiff.training import CheckpointError
+from latentdiff.checkpoints import CheckpointError
 
 KINDS = ("vae", "rae", "ae")
 

@@ -65,7 +65,7 @@ def main():
     from latentdiff.conditioning import UNSPECIFIED
     from latentdiff.metrics.classifier import attribute_accuracy, load_or_train_classifier, normalised_entropy
     from latentdiff.pipeline import LatentDiffusion
-    from latentdiff.training import flush_denormals
+    from latentdiff.runtime import flush_denormals
 
     flush_denormals()
     ldm = LatentDiffusion.from_run(args.run)

@@ -125,7 +125,7 @@ def cpu_of_children() -> float:
 
 def last_step(run: Path) -> int | None:
     """The step of a run folder's last checkpoint, or None."""
-    from latentdiff.training import load_checkpoint
+    from latentdiff.checkpoints import load_checkpoint
 
     path = run / "checkpoints" / "last.pt"
     return int(load_checkpoint(path)["step"]) if path.exists() else None
@@ -167,7 +167,7 @@ def train(script: str, recipe: Path, run: Path, steps: int, overrides: list[str]
             record["steps_trained"] = last_step(run)
             record_path.write_text(json.dumps(record, indent=1))
     if code != 0:
-        from latentdiff.training import TrainingError
+        from latentdiff.runtime import TrainingError
 
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         print(tail, end="", file=sys.stderr)
@@ -404,7 +404,7 @@ def main(argv=None):
     import torch
 
     from latentdiff.cli import user_errors
-    from latentdiff.training import flush_denormals
+    from latentdiff.runtime import flush_denormals
 
     torch.set_num_threads(1)
     flush_denormals()

@@ -90,7 +90,7 @@ def time_recipe(ae_config: str, ldm_config: str, args, cache_dir: Path) -> dict:
     """Median step times (ms) of the three variants, interleaved over ``args.rounds`` rounds."""
     import torch
 
-    from latentdiff.training import BatchStream
+    from latentdiff.data_order import BatchStream
 
     autoencoder, task, cache, images, batch_size = build(ae_config, ldm_config, args.images, cache_dir)
     opt = torch.optim.AdamW(task.model.parameters(), lr=1e-4)
@@ -147,7 +147,7 @@ def main():
 
     import torch
 
-    from latentdiff.training import flush_denormals
+    from latentdiff.runtime import flush_denormals
 
     torch.set_num_threads(1)
     flush_denormals()

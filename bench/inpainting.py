@@ -66,7 +66,7 @@ def main():
     from latentdiff.config import DataConfig, from_dict
     from latentdiff.metrics.classifier import load_or_train_classifier
     from latentdiff.pipeline import LatentDiffusion
-    from latentdiff.training import flush_denormals
+    from latentdiff.runtime import flush_denormals
 
     torch.set_num_threads(1)
     flush_denormals()

@@ -78,8 +78,8 @@ def measure(folder: Path, mode: str, batches: int, batch_size: int) -> dict:
     """Run in a fresh process: open the cache (``mmap`` or ``ram``), read ``batches`` shuffled batches."""
     import numpy as np
 
+    from latentdiff.data_order import BatchStream
     from latentdiff.latents import LatentCache, sample_latents
-    from latentdiff.training import BatchStream
 
     base = proc_status()
     cache = LatentCache(folder)  # mode "pread": as train_diffusion.py reads it

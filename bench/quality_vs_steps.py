@@ -69,7 +69,7 @@ def main():
     from latentdiff.evaluation import Scorer, stacked
     from latentdiff.metrics.classifier import load_or_train_classifier
     from latentdiff.pipeline import LatentDiffusion
-    from latentdiff.training import flush_denormals
+    from latentdiff.runtime import flush_denormals
 
     torch.set_num_threads(1)
     flush_denormals()

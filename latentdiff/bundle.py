@@ -22,7 +22,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from latentdiff.training import CheckpointError
+from latentdiff.checkpoints import CheckpointError
 
 FORMAT = "latentdiff"
 FORMAT_VERSION = 1  # raise when a change makes old readers misread a bundle

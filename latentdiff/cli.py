@@ -69,8 +69,9 @@ def user_errors():
     Config, dataset, checkpoint and training problems are raised as exceptions whose message is
     already the line a user needs. ``LATENTDIFF_DEBUG=1`` shows the full traceback instead.
     """
+    from latentdiff.checkpoints import CheckpointError
     from latentdiff.latents import LatentCacheError
-    from latentdiff.training import CheckpointError, TrainingError
+    from latentdiff.runtime import TrainingError
 
     try:
         yield

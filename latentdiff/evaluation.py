@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from latentdiff.baselines import GaussianMixturePrior, sklearn_available
 from latentdiff.builders import build_data
 from latentdiff.bundle import is_bundle
+from latentdiff.checkpoints import load_checkpoint
 from latentdiff.config import DataConfig, from_dict
 from latentdiff.latents import LatentNormaliser
 from latentdiff.loading import ldm_parts_from_checkpoint, load_autoencoder
@@ -43,7 +44,6 @@ from latentdiff.metrics.image import lpips_distance, mse, psnr, ssim
 from latentdiff.metrics.inception import InceptionUnavailable, inception_features, load_inception
 from latentdiff.metrics.likelihood import diffusion_latent_nll, fit_decoder_variance, standard_normal_nll, vae_bound
 from latentdiff.pipeline import LatentDiffusion
-from latentdiff.training import load_checkpoint
 
 
 @dataclass

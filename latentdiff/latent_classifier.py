@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentdiff.checkpoints import CheckpointError, load_checkpoint
 from latentdiff.conditioning import UNSPECIFIED
 from latentdiff.config import ClassifierRunConfig, from_dict
 from latentdiff.latents import LatentNormaliser, training_batch
@@ -28,7 +29,6 @@ from latentdiff.loading import load_weights
 from latentdiff.nets.embeddings import TimestepEmbedding
 from latentdiff.nets.mlp import ResidualMLPBlock
 from latentdiff.nets.unet import ResBlock
-from latentdiff.training import CheckpointError, load_checkpoint
 
 
 class NoisyAttributeClassifier(nn.Module):

@@ -36,10 +36,10 @@ from latentdiff.bundle import (
     tensor_bytes,
     write_bundle,
 )
+from latentdiff.checkpoints import CheckpointError, load_checkpoint
 from latentdiff.config import AEModelConfig, DenoiserConfig, DiffusionConfig, SampleConfig, from_dict, to_dict
 from latentdiff.data.schema import AttributeSchema
 from latentdiff.latents import LatentNormaliser, file_hash
-from latentdiff.training import CheckpointError, load_checkpoint
 
 AE_COPY = "autoencoder"  # the stage-one bundle inside a stage-two run folder (and inside an exported bundle)
 LDM_KIND = "latent_diffusion"

@@ -21,6 +21,7 @@ import torch
 
 from autoencoders import AutoencoderObjective
 from latentdiff.builders import build_autoencoder_from_config, build_data, build_denoiser, build_diffusion
+from latentdiff.checkpoints import load_checkpoint
 from latentdiff.config import AERunConfig, ClassifierRunConfig, LDMRunConfig, from_dict, to_dict
 from latentdiff.latent_classifier import ClassifierTask, NoisyAttributeClassifier
 from latentdiff.latents import build_latent_cache, cache_key, file_hash, fit_normaliser, sample_latents
@@ -32,15 +33,9 @@ from latentdiff.loading import (
     load_autoencoder,
 )
 from latentdiff.pipeline import LatentDiffusion
+from latentdiff.runtime import distributed_init, is_main_process, pick_device, seed_everything
 from latentdiff.tasks import AutoencoderTask, DiffusionTask, toy_render
-from latentdiff.training import (
-    distributed_init,
-    is_main_process,
-    load_checkpoint,
-    pick_device,
-    seed_everything,
-    train,
-)
+from latentdiff.training import train
 from latentdiff.viz import image_grid, reverse_process_grid, save_png
 
 

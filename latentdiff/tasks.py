@@ -126,7 +126,7 @@ class DiffusionTask:
     def load_state(self, state: dict) -> None:
         saved_ae, current_ae = state.get("ae"), self.extra_state.get("ae")
         if saved_ae and current_ae and saved_ae["hash"] != current_ae["hash"]:
-            from latentdiff.training import CheckpointError
+            from latentdiff.checkpoints import CheckpointError
 
             raise CheckpointError(f"this run was trained on autoencoder {saved_ae['path']} (hash "
                                   f"{saved_ae['hash'][:12]}), ae.run now points at another one "

@@ -117,7 +117,7 @@ def flat_params(module):
 
 def worker(out: Path) -> None:
     """What each rank does under torchrun; results go to ``out/<job>_rank<r>.pt``."""
-    from latentdiff.training import distributed_init
+    from latentdiff.runtime import distributed_init
 
     rank, world = distributed_init()
     assert world == WORLD, world

@@ -40,7 +40,7 @@ def assert_ran_all_its_steps(run_dir):
     """A test's run is bound by its steps: no time budget in its config, and last.pt at train.steps."""
     import yaml
 
-    from latentdiff.training import load_checkpoint
+    from latentdiff.checkpoints import load_checkpoint
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["train"]["max_minutes"] is None, "tests must not inherit a recipe's wall-clock budget"

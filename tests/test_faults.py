@@ -20,7 +20,7 @@ import pytest
 import torch
 from test_robustness import AE_TINY, LDM_TINY, ROOT, Running, cli, in_process, one_line_error, toy
 
-from latentdiff.training import load_checkpoint
+from latentdiff.checkpoints import load_checkpoint
 
 
 def hashes(folder: Path, skip=("tb", ".lock")) -> dict[str, str]:

@@ -15,6 +15,7 @@ import torch
 from conftest import ToyTask, toy_dataset
 from torch import nn
 
+from latentdiff.checkpoints import load_checkpoint
 from latentdiff.conditioning import UNSPECIFIED, ConditionalDenoiser
 from latentdiff.config import ConfigError, LDMRunConfig, TrainConfig, load_config, to_dict
 from latentdiff.diffusion import GaussianDiffusion
@@ -22,7 +23,7 @@ from latentdiff.latents import LatentNormaliser, fit_normaliser
 from latentdiff.metrics.distribution import knn_radii, precision_recall
 from latentdiff.pipeline import LatentDiffusion
 from latentdiff.tasks import DiffusionTask
-from latentdiff.training import load_checkpoint, train
+from latentdiff.training import train
 
 # ----------------------------------------------------------------------------- latent space: normaliser
 

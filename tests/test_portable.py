@@ -18,8 +18,9 @@ import torch
 from conftest import step_bound
 from test_end_to_end import AE_TINY, LDM_TINY, ROOT
 
+from latentdiff.checkpoints import CheckpointError
 from latentdiff.pipeline import LatentDiffusion
-from latentdiff.training import CheckpointError, flush_denormals
+from latentdiff.runtime import flush_denormals
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same numerics as the in-process side (conftest)
 SAMPLE = ["--num", 6, "--attr", "color=red", "--seed", 5, "--no-progress"]

@@ -174,7 +174,7 @@ def test_sample_with_classifier_guidance_and_its_clear_errors(uncond_run, tmp_pa
 
 
 def test_a_classifier_of_another_latent_space_is_refused(uncond_run):
-    from latentdiff.training import CheckpointError
+    from latentdiff.checkpoints import CheckpointError
 
     ldm = LatentDiffusion.from_run(uncond_run)
     ldm.load_classifier(uncond_run / "classifier")  # its own run: fine

@@ -25,7 +25,7 @@ import pytest
 import torch
 from conftest import step_bound
 
-from latentdiff.training import load_checkpoint
+from latentdiff.checkpoints import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # One thread per process: the CI machine's few cores are shared, and oversubscribed threads make tiny

@@ -9,18 +9,12 @@ import pytest
 import torch
 from conftest import ToyTask, toy_dataset
 
+from latentdiff.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from latentdiff.config import ConfigError, TrainConfig, to_dict
-from latentdiff.training import (
-    EMA,
-    CheckpointError,
-    Trainer,
-    TrainingError,
-    load_checkpoint,
-    lr_at,
-    prepare_run_dir,
-    save_checkpoint,
-    train,
-)
+from latentdiff.optim import EMA, lr_at
+from latentdiff.run_folder import prepare_run_dir
+from latentdiff.runtime import TrainingError
+from latentdiff.training import Trainer, train
 
 
 def cfg(**kw):

@@ -189,8 +189,8 @@ def load_or_train_classifier(data_config: dict, folder: str | Path, device="cpu"
     ``settings`` override ``JUDGE_SETTINGS``. Returns (model in eval mode on ``device``, its record:
     test_accuracy, test_size, schema, settings; its path)."""
     from latentdiff.builders import build_data
+    from latentdiff.checkpoints import load_checkpoint, save_checkpoint
     from latentdiff.config import DataConfig, from_dict
-    from latentdiff.training import load_checkpoint, save_checkpoint
 
     unknown = set(settings) - set(JUDGE_SETTINGS)
     if unknown:
