@@ -147,7 +147,8 @@ def train(script: str, recipe: Path, run: Path, steps: int, overrides: list[str]
                f"out_dir={run.parent}", *overrides, *schedule_overrides(recipe_values(recipe), steps),
                f"train.max_minutes={cap_minutes:.3g}"]
     if script == "train_diffusion.py":
-        command.append(f"latents.cache_dir={run / 'latent_cache'}")  # its own cache: the encode is in its budget
+        # its own cache (the encode is in its budget), beside the run folder: a run folder holds only its run
+        command.append(f"latents.cache_dir={cache_of(run)}")
     record = record or {"run": str(run), "command": command, "steps_asked": steps, "cpu_s": 0.0, "attempts": 0}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     run.mkdir(parents=True, exist_ok=True)
@@ -178,8 +179,13 @@ def train(script: str, recipe: Path, run: Path, steps: int, overrides: list[str]
               f"{steps} steps", flush=True)
     record_path.write_text(json.dumps(record, indent=1))
     if not keep_cache:
-        shutil.rmtree(run / "latent_cache", ignore_errors=True)
+        shutil.rmtree(cache_of(run), ignore_errors=True)
     return record
+
+
+def cache_of(run: Path) -> Path:
+    """The latent cache a stage-two run of this sweep encodes for itself: <run>.latent_cache beside it."""
+    return run.parent / f"{run.name}.latent_cache"
 
 
 def recipe_values(recipe: Path) -> dict:
