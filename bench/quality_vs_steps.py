@@ -52,6 +52,9 @@ def main():
                    help="SAMPLER:STEPS[:ETA], SAMPLER one of ddpm, ddim, dpm_solver++ (ETA: ddim only)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default 0); given, it names the file")
     p.add_argument("--quick", action="store_true", help="DDIM 5 and 10, DPM-Solver++ 5 only")
+    p.add_argument("--timestep-spacing", default=None, choices=["linspace", "leading", "trailing", "logsnr"],
+                   help="default: each sampler's own (logsnr for dpm_solver++, linspace otherwise); given, it names "
+                        "the file")
     args = p.parse_args()
     if args.quick:
         args.settings = ["ddim:5", "ddim:10", "dpm_solver++:5"]
@@ -85,15 +88,18 @@ def main():
         noise = torch.randn(args.num, *ldm.latent_shape, generator=g)
         start = time.perf_counter()
         images = ldm.sample(args.num, sampler=sampler, steps=int(steps), eta=float(eta[0]) if eta else 0.0,
-                            generator=g, noise=noise, batch_size=250)
+                            generator=g, noise=noise, batch_size=250, timestep_spacing=args.timestep_spacing)
         seconds = time.perf_counter() - start
         m = score(images)
         rows.append({"sampler": sampler, "steps": int(steps), "eta": float(eta[0]) if eta else 0.0,
                      "fd": m["fd"], "precision": m["precision"], "recall": m["recall"],
                      "ms_per_image": 1000 * seconds / args.num})
         print(rows[-1], flush=True)
-    write_results(result_name(args.run, args.settings, args.seed), rows, list(rows[0]),
+    name = result_name(args.run, args.settings, args.seed) + (f"_{args.timestep_spacing}" if args.timestep_spacing
+                                                               else "")
+    write_results(name, rows, list(rows[0]),
                   extra={"run": args.run, "num": args.num, "seed": args.seed or 0, "settings": args.settings,
+                         "timestep_spacing": args.timestep_spacing,
                          "reference": f"first {args.num} test images",
                          "judge_test_accuracy": record["test_accuracy"], "threads": 1})
 

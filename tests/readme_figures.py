@@ -219,9 +219,60 @@ FIGURES: list[Figure] = [
 # Numbers in the Results section that are settings or sizes, not measured results (a figure must come from a
 # JSON). Keep this short: a measured number added to the README without a record must fail, not land here.
 SETTINGS = {
-    "2026", "11", "28", "29",  # the dates of the records ("2026-11-28/29")
+    "2026", "11", "28", "29", "12", "01",  # the dates of the records ("2026-11-28/29", "2026-12-01")
     "2.14",  # torch 2.14.1
     "5", "9", "30",  # the recipes' time budgets in minutes (shapes AE / LDM, Fashion-MNIST LDM)
     "200",  # "10 k / 200 k / 1 M / 4 M latents": cache sizes measured
     "45",  # "10, 20 and 45 CPU minutes": the budget curve's budgets
+    "0.95",  # the sampling issue's target for the spread of attributes not asked for
 }
+
+# -- 2026-12-01: guidance interval, few-step sampling and inpainting on the current shapes recipe
+GI = {name: f"attribute_sampling_shapes_ldm_kl_{name}.json" for name in
+      ("everywhere", "interval0to60", "interval0to40", "interval0to20", "w1")}
+FEW = "quality_vs_steps_shapes_ldm_kl_ddim10_ddim20_ddim50_dpmsolverpp5_dpmsolverpp10_dpmsolverpp20.json"
+FEW_LOGSNR = "quality_vs_steps_shapes_ldm_kl_dpmsolverpp10_dpmsolverpp20_logsnr.json"
+INPAINT = "inpainting_shapes_ldm_kl.json"
+
+
+def interval_row(label: str, name: str, bold: bool = False) -> Figure:
+    f = GI[name]
+    b = "**" if bold else ""
+    return Figure(f"| {label} | {b}{{}} %{b} | {{}} % / {b}{{}}{b} / {{}} | {{}} % | {{}} % |",
+                  [V(f, *row(asked="all"), "joint", fmt=pct), V(f, *row(asked="color"), "acc color", fmt=pct),
+                   V(f, *row(asked="color"), "spread size"), V(f, *row(asked="color"), "spread shape"),
+                   V(f, *row(asked="size"), "acc size", fmt=pct), V(f, *row(asked="shape"), "acc shape", fmt=pct)])
+
+
+def fd(file, sampler, steps):
+    return V(file, *row(sampler=sampler, steps=steps), "fd")
+
+
+FIGURES += [
+    interval_row("at every level", "everywhere"),
+    interval_row("t/T ≤ 0.6", "interval0to60"),
+    interval_row("**t/T ≤ 0.4 (the recipe's default now)**", "interval0to40", bold=True),
+    interval_row("t/T ≤ 0.2", "interval0to20"),
+    interval_row("none (w = 1, the conditional model)", "w1"),
+    Figure("(spread {} with nothing asked)", [V(GI["everywhere"], *row(asked="none"), "spread shape")]),
+    Figure("| DDIM (η = 0) | – | {} | {} | {} |", [fd(FEW, "ddim", 10), fd(FEW, "ddim", 20), fd(FEW, "ddim", 50)]),
+    Figure("| DPM-Solver++(2M), linspace spacing (the default) | {} | **{}** | {} | – |",
+           [fd(FEW, "dpm_solver++", 5), fd(FEW, "dpm_solver++", 10), fd(FEW, "dpm_solver++", 20)]),
+    Figure("| DPM-Solver++(2M), logsnr spacing | – | {} | {} | – |",
+           [fd(FEW_LOGSNR, "dpm_solver++", 10), fd(FEW_LOGSNR, "dpm_solver++", 20)]),
+    Figure("DPM-Solver++ at 10 steps is within {} % of DDIM at 50",
+           [V(FEW, fmt=f0, fn=lambda r: 100 * (next(x["fd"] for x in r["rows"] if x["sampler"] == "dpm_solver++"
+                                                     and x["steps"] == 10)
+                                                / next(x["fd"] for x in r["rows"] if x["sampler"] == "ddim"
+                                                       and x["steps"] == 50) - 1))]),
+    Figure("filled, RePaint without resampling", []),
+    Figure("| the image's own attributes | {} / {} dB | {} % / {} % / {} % |",
+           [V(INPAINT, *row(request="own"), k, fmt=f2) for k in ("psnr kept", "psnr kept recon")]
+           + [V(INPAINT, *row(request="own"), f"judge {a}", fmt=pct) for a in ("color", "size", "shape")]),
+    Figure("| another colour (the rest the image's own) | {} / {} dB | {} % / {} % / {} % |",
+           [V(INPAINT, *row(request="other color"), k, fmt=f2) for k in ("psnr kept", "psnr kept recon")]
+           + [V(INPAINT, *row(request="other color"), f"judge {a}", fmt=pct) for a in ("color", "size", "shape")]),
+    Figure("the model mostly continues the kept colour ({} % reach the asked one)",
+           [V(INPAINT, *row(request="other color"), "judge color", fmt=pct)]),
+    Figure("the right half of {} held-out images", [V(INPAINT, *row(request="own"), "n", fmt=f0)]),
+]

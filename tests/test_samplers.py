@@ -187,13 +187,13 @@ def test_dpm_solver_pp_is_far_closer_to_the_exact_ode_solution_than_ddim(s):
         assert errors["ddim"] > 4 * errors["dpm_solver++"], (steps, errors)
 
 
-def test_dpm_solver_pp_defaults_to_logsnr_spacing_and_is_deterministic():
+def test_dpm_solver_pp_defaults_to_linspace_spacing_and_is_deterministic():
     diff = GaussianDiffusion()
     model = exact_eps(diff, 0.5)
     x_T = torch.randn(200, 4, generator=torch.Generator().manual_seed(1))
     a = diff.sample(model, x_T.shape, sampler="dpm_solver++", steps=10, noise=x_T,
                     generator=torch.Generator().manual_seed(1))
-    b = diff.sample(model, x_T.shape, sampler="dpm_solver++", steps=10, noise=x_T, timestep_spacing="logsnr",
+    b = diff.sample(model, x_T.shape, sampler="dpm_solver++", steps=10, noise=x_T, timestep_spacing="linspace",
                     generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="eta"):
@@ -227,9 +227,9 @@ def test_dpm_solver_pp_is_the_same_with_x0_and_v_networks(prediction):
     eps_diff, other = GaussianDiffusion(prediction="eps"), GaussianDiffusion(prediction=prediction)
     x_T = torch.randn(300, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     by_eps = eps_diff.sample(Predictors(eps_diff, s)("eps"), x_T.shape, sampler="dpm_solver++", steps=15,
-                             noise=x_T)
+                             noise=x_T, timestep_spacing="logsnr")
     by_other = other.sample(Predictors(other, s)(prediction), x_T.shape, sampler="dpm_solver++", steps=15,
-                            noise=x_T)
+                            noise=x_T, timestep_spacing="logsnr")
     assert torch.allclose(by_eps, by_other, atol=1e-8)
     exact = pf_ode_solution(eps_diff, s, x_T, eps_diff.spaced_timesteps(15, "logsnr"))
     assert float((by_other - exact).norm() / exact.norm()) < 0.05
@@ -244,7 +244,8 @@ def test_dpm_solver_pp_takes_classifier_free_guidance_through_the_model_hook():
     cond_model = models("eps")
     x_T = torch.randn(400, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     cond = torch.tensor([0, 1]).repeat(200)
-    x = diff.sample(cond_model, x_T.shape, sampler="dpm_solver++", steps=20, noise=x_T, cond=cond)
+    x = diff.sample(cond_model, x_T.shape, sampler="dpm_solver++", steps=20, noise=x_T, cond=cond,
+                    timestep_spacing="logsnr")
     abar = float(diff.alphas_cumprod[-1])
     m = models.means[cond].double().view(-1, 1)
     exact = m + s * (x_T - math.sqrt(abar) * m) / math.sqrt(abar * s**2 + 1 - abar)
