@@ -43,6 +43,15 @@ def _argv(argv):
     return argv if argv is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]
 
 
+def _begin(cfg, argv):
+    """What both stages do first: join a torchrun group, seed, pick the device, build the two splits.
+    Returns (argv for the resume hint, device, train set, test set)."""
+    distributed_init()
+    seed_everything(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    return _argv(argv), device, build_data(cfg.data, "train"), build_data(cfg.data, "test")
+
+
 # ----------------------------------------------------------------------------- stage one
 
 def first_images(dataset, n: int) -> torch.Tensor:
@@ -52,11 +61,7 @@ def first_images(dataset, n: int) -> torch.Tensor:
 def train_autoencoder(cfg: AERunConfig, resume: bool = False, argv: list[str] | None = None,
                       overwrite: bool = False):
     """Stage one: the autoencoder of ``cfg`` trained into ``<out_dir>/<name>`` (continued if it exists)."""
-    argv = _argv(argv)
-    distributed_init()
-    seed_everything(cfg.train.seed)
-    device = pick_device(cfg.train.device)
-    train_set, test_set = build_data(cfg.data, "train"), build_data(cfg.data, "test")
+    argv, device, train_set, test_set = _begin(cfg, argv)
     shape = tuple(train_set.sample_shape)
     if len(shape) != 3:
         raise ValueError(f"data.name: {cfg.data.name!r} yields {shape} points, not images; "
@@ -131,12 +136,8 @@ def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, 
 def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[str] | None = None,
                            overwrite: bool = False):
     """Stage two: a DDPM on the latent codes of ``cfg.ae.run`` (or on the data when it is null)."""
-    argv = _argv(argv)
-    distributed_init()
-    seed_everything(cfg.train.seed)
-    device = pick_device(cfg.train.device)
+    argv, device, train_set, test_set = _begin(cfg, argv)
     run_dir = Path(cfg.out_dir) / cfg.name
-    train_set, test_set = build_data(cfg.data, "train"), build_data(cfg.data, "test")
     schema = train_set.schema
     extra_state = {"schema": schema.to_dict()}
     if getattr(train_set, "resolved_root", None):  # where MNIST-like files were actually read
