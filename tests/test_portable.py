@@ -94,7 +94,7 @@ def test_python_api_defaults_are_the_runs_and_equal_sample_py_image_for_image(pr
     run_sample = ldm.config["sample"]
     assert ldm.sampling_settings() == {"sampler": run_sample["sampler"], "steps": run_sample["steps"],
                                        "eta": run_sample["eta"], "guidance_scale": run_sample["guidance_scale"],
-                                       "guidance_interval": run_sample["guidance_interval"]}
+                                       "guidance_interval": tuple(run_sample["guidance_interval"])}
     assert run_sample["guidance_scale"] != 1.0 and run_sample["eta"] != 0.0  # the old API defaults would differ
     before = np.load(project / "before.npz")
     images, latents = ldm.sample(6, attrs={"color": "red"}, generator=torch.Generator().manual_seed(5),
