@@ -48,7 +48,10 @@ def parse_args(argv=None):
                         "0 for --edit-mode invert)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE",
-                   help="attribute to ask for (repeatable); the rest stay free")
+                   help="attribute to ask for (repeatable); the rest as --unasked says")
+    p.add_argument("--unasked", choices=["model", "data"], default=None,
+                   help="attributes not asked for: drawn from the training data's combinations (data) or left "
+                        "to the network (model); default: the run's sample.unasked")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale w (1 = conditional, 0 = unconditional; default: the run's)")
     p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
@@ -87,6 +90,9 @@ def main(argv=None):
         check_sample_args(args)  # before the model is loaded: a bad flag costs nothing
         if args.edit is None and (args.strength is not None or args.edit_mode is not None):
             raise ValueError("--strength and --edit-mode apply to --edit IMAGE only")
+        if args.unasked is not None and (args.edit is not None or args.inpaint is not None):
+            raise ValueError("--unasked applies to sampling only; --edit and --inpaint read the attributes not "
+                             "asked for from the input image")
         if args.inpaint is None and (args.mask or args.resample is not None or args.no_paste_back):
             raise ValueError("--mask, --resample and --no-paste-back apply to --inpaint IMAGE only")
         if args.inpaint is not None and (args.mask is None or args.edit is not None or args.classifier is not None):
@@ -122,8 +128,9 @@ def main(argv=None):
             edit(ldm, args, cond, num, settings, generator, guided)
             return
         # Unset settings are the run's (LatentDiffusion.sampling_settings): the same call as the Python API's.
-        images, latents = ldm.sample(num, attrs=cond, generator=generator, progress=not args.no_progress,
-                                     return_latents=True, batch_size=args.batch_size, **settings, **guided)
+        images, latents, cond = ldm.sample(num, attrs=cond, generator=generator, progress=not args.no_progress,
+                                           return_latents=True, return_conditions=True, batch_size=args.batch_size,
+                                           unasked=args.unasked, **settings, **guided)
         if ldm.autoencoder is None:
             from latentdiff.viz import scatter_image
 
@@ -194,7 +201,8 @@ def samples_folder(run: str) -> Path:
 
 
 def write_npz(path, ldm, attrs, **tensors):
-    """``--npz``: the tensors as float32 arrays, and the asked ``attributes`` (N, A) with their names."""
+    """``--npz``: the tensors as float32 arrays, and the ``attributes`` (N, A) each image was asked for (with
+    ``--unasked data`` including the ones drawn from the data; −1 = left to the network), with their names."""
     arrays = {name: t.cpu().numpy().astype(np.float32) for name, t in tensors.items()}
     if attrs is not None:
         arrays["attributes"] = attrs.cpu().numpy()

@@ -12,7 +12,8 @@ classifier. Three settings, each a row:
                per-attribute and joint accuracy
     single a   only attribute a asked for, one group per value: accuracy on a, and how the other
                attributes spread (normalised entropy of the judge's predictions, 1 = uniform)
-    free       nothing asked for (w irrelevant): the spread of every attribute, for reference
+    free       nothing asked for: the spread of every attribute (the unconditional model; with --unasked data
+               every attribute drawn from the data and guided as asked ones are)
 
     edit s     ``--edit-strength S ...``: held-out images edited (``LatentDiffusion.edit``, ``--edit-mode``)
                to another value of ``--edit-attr`` at strength s: accuracy on the asked value, and how
@@ -46,6 +47,9 @@ def main():
     p.add_argument("--eta", type=float, default=None, help="default: the run's sample.eta")
     p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="guide only where LO <= t/T <= HI (default: the run's sample.guidance_interval)")
+    p.add_argument("--unasked", choices=["model", "data"], default=None,
+                   help="attributes not asked for: left to the network, or drawn from the training data "
+                        "(default: the run's sample.unasked)")
     p.add_argument("--tag", default="", help="appended to the results file's name (e.g. for a settings sweep)")
     p.add_argument("--per-value", type=int, default=16, help="samples per asked combination / value")
     p.add_argument("--max", type=int, default=1000, help="at most this many samples per setting")
@@ -72,7 +76,8 @@ def main():
     schema = ldm.schema
     if schema is None or not schema.names:
         sys.exit(f"error: {args.run}: its dataset has no attributes to ask for")
-    s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance, args.guidance_interval)
+    s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance, args.guidance_interval,
+                              args.unasked)
     judge, record, _ = load_or_train_classifier(ldm.config["data"], Path(args.run).parent / "classifiers")
     A = len(schema.names)
     generator = torch.Generator().manual_seed(args.seed)
@@ -87,7 +92,7 @@ def main():
             guidance = 1.0
         images = ldm.sample(asked.shape[0], attrs=attrs, guidance_scale=guidance, sampler=s["sampler"],
                             steps=s["steps"], eta=s["eta"], guidance_interval=s["guidance_interval"],
-                            generator=generator, batch_size=args.batch_size, **guide)
+                            unasked=s["unasked"], generator=generator, batch_size=args.batch_size, **guide)
         return judge.judge(images)[1]
 
     rows = []
@@ -111,9 +116,9 @@ def main():
                                          for v in range(k)) / k
                   for b, other in enumerate(schema.names) if b != a}
         rows.append({"asked": name, "n": len(asked), "joint": acc["joint"], f"acc {name}": acc[name], **spread})
-    # nothing asked for
+    # nothing asked for: the unconditional model (w = 0), or with unasked=data every attribute drawn from the data
     asked = torch.full((min(args.max, args.per_value * 16), A), UNSPECIFIED)
-    predicted = sample(asked, 0.0 if ldm.conditional else 1.0)
+    predicted = sample(asked, s["guidance_scale"] if s["unasked"] == "data" else 0.0)
     rows.append({"asked": "none", "n": len(asked),
                  **{f"spread {n}": normalised_entropy(predicted[:, b], schema.num_values(b))
                     for b, n in enumerate(schema.names)}})
@@ -145,7 +150,7 @@ def main():
     name = Path(args.run).name + ("_posthoc" if args.classifier else "") + (f"_{args.tag}" if args.tag else "")
     write_results(f"attribute_sampling_{name}", rows, columns,
                   extra={"run": args.run, "guidance": s["guidance_scale"], "sampler": s["sampler"], "steps": s["steps"],
-                         "eta": s["eta"], "guidance_interval": s["guidance_interval"],
+                         "eta": s["eta"], "guidance_interval": s["guidance_interval"], "unasked": s["unasked"],
                          "judge_test_accuracy": record["test_accuracy"], **extra,
                          **({"edit_mode": args.edit_mode} if args.edit_strength else {})})
 

@@ -14,7 +14,11 @@ Held-out test images (the first --num) lose one half (``--mask-half right|lower`
     judge <a>        how often the judge (the pixel CNN ``evaluate.py`` trains on the dataset's labels,
                      ``latentdiff.metrics.classifier``, cached in <run's parent>/classifiers) finds attribute a of
                      the pasted-back result equal to the target: the image's own value, or the asked one;
-    joint            all attributes at once.
+    joint            all attributes at once;
+    one shape        (shapes only) the pasted-back result holds exactly one connected shape (8-connected foreground,
+                     some channel above half intensity, specks under --min-pixels ignored), as every data image does;
+    coherent         (shapes only) one shape AND all its attributes as the target: "one connected shape of the
+                     original attributes" (or of the asked ones).
 
 Requests: "own" (a conditional run asks for the image's own attributes; an unconditional run asks nothing) and,
 on conditional runs, "other <attr>" (``--other-attr``, default the first attribute, shifted to another value; the
@@ -53,6 +57,7 @@ def main():
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--resample", type=int, nargs="+", default=[1])
     p.add_argument("--other-attr", default=None, help="the attribute asked to differ (default: the first)")
+    p.add_argument("--min-pixels", type=int, default=2, help="shapes: smaller foreground specks are not a shape")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--quick", action="store_true", help="8 images, 3 steps: a smoke test, not a measurement")
@@ -65,6 +70,7 @@ def main():
     from latentdiff.builders import build_data
     from latentdiff.config import DataConfig, from_dict
     from latentdiff.metrics.classifier import load_or_train_classifier
+    from latentdiff.metrics.image import count_components
     from latentdiff.pipeline import LatentDiffusion
     from latentdiff.runtime import flush_denormals
 
@@ -78,6 +84,7 @@ def main():
     names = schema.names if schema is not None else []
     judge, record, _ = load_or_train_classifier(ldm.config["data"], Path(args.run).resolve().parent / "classifiers")
     H, W = images.shape[-2:]
+    shapes = ldm.config["data"].get("name") == "shapes"
     mask = torch.ones(1, 1, H, W)
     if args.mask_half == "right":
         mask[..., W // 2:] = 0
@@ -113,9 +120,13 @@ def main():
                          "psnr kept": masked_psnr(raw, images, mask), "psnr kept recon": psnr_recon,
                          "joint": float(agree.all(1).double().mean()),
                          **{f"judge {n}": float(agree[:, b].double().mean()) for b, n in enumerate(names)}})
+            if shapes:
+                one = count_components(pasted.amax(1) > 0, args.min_pixels) == 1
+                rows[-1].update({"one shape": float(one.double().mean()),
+                                 "coherent": float((one & agree.all(1)).double().mean())})
             print(rows[-1], flush=True)
     columns = ["request", "resample", "n", "psnr kept", "psnr kept recon", "joint",
-               *[f"judge {n}" for n in names]]
+               *[f"judge {n}" for n in names], *(["one shape", "coherent"] if shapes else [])]
     suffix = "" if args.mask_half == "right" else f"_{args.mask_half}"
     write_results(f"inpainting_{Path(args.run).name}{suffix}", rows, columns,
                   extra={"run": args.run, "mask_half": args.mask_half, **settings,

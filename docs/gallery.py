@@ -8,8 +8,9 @@
 Any run left out is skipped. Every picture of a diffusion run is made by sample.py or visualize.py, so
 the gallery shows exactly what a user gets from those commands (fixed seeds: rerunning reproduces it);
 an autoencoder run gives <run name>_reconstructions.png, its first test images beside their reconstructions.
-The shapes run also edits its first test images to every colour (sample.py --edit); --shapes-uncond (an
-unconditional run with a train_classifier.py classifier) shows post-hoc classifier guidance.
+The shapes run also edits its first test images to every colour (sample.py --edit) and fills their right half
+(sample.py --inpaint), the Fashion-MNIST VAE run the lower half of its own; --shapes-uncond (an unconditional
+run with a train_classifier.py classifier) shows post-hoc classifier guidance.
 """
 
 import argparse
@@ -55,6 +56,21 @@ def test_images(run: str, folder: Path, n: int) -> list[Path]:
     return [save_png(image_grid(data[i][0][None], nrow=1, padding=0), folder / f"test_{i}.png") for i in range(n)]
 
 
+def half_mask(image: Path, half: str, path: Path) -> Path:
+    """A PNG mask for sample.py --inpaint the size of ``image``: white keeps, black (``half``: "right" or "lower")
+    is filled."""
+    from PIL import Image
+
+    with Image.open(image) as picture:
+        width, height = picture.size
+    mask = torch.ones(1, 1, height, width)
+    if half == "right":
+        mask[..., width // 2:] = 0
+    else:
+        mask[..., height // 2:, :] = 0
+    return save_png(image_grid(mask * 2 - 1, nrow=1, padding=0), path)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", help="a conditional shapes run")
@@ -69,6 +85,7 @@ def main(argv=None):
     scratch = Path(tempfile.mkdtemp(prefix="gallery_"))
     jobs = []
     if args.shapes:
+        shapes_inputs = test_images(args.shapes, scratch, 4)
         jobs += [("sample.py", ["--run", args.shapes, "--grid-by", "color", "--attr", "shape=triangle", "--num", "48",
                                 "--guidance", "3", "--out", out / "shapes_triangles_by_color.png"]),
                  ("sample.py", ["--run", args.shapes, "--grid-by", "shape", "--attr", "color=red", "--num", "24",
@@ -79,9 +96,12 @@ def main(argv=None):
                                    "--columns", "10"]),
                  ("visualize.py", ["interpolate", "--run", args.shapes, "--out", out / "shapes_interpolation.png",
                                    "--pairs", "3", "--n", "8"]),
-                 ("sample.py", ["--run", args.shapes, "--edit", *test_images(args.shapes, scratch, 4), "--grid-by",
+                 ("sample.py", ["--run", args.shapes, "--edit", *shapes_inputs, "--grid-by",
                                 "color", "--edit-mode", "invert", "--strength", "0.5", "--guidance", "3",
-                                "--out", out / "shapes_edit_by_color.png"])]
+                                "--out", out / "shapes_edit_by_color.png"]),
+                 ("sample.py", ["--run", args.shapes, "--inpaint", *shapes_inputs, "--mask",
+                                half_mask(shapes_inputs[0], "right", scratch / "right.png"), "--num", "6",
+                                "--out", out / "shapes_inpaint_right_half.png"])]
     if args.shapes_uncond:
         jobs += [("sample.py", ["--run", args.shapes_uncond, "--classifier", "--classifier-scale", "3", "--grid-by",
                                 "color", "--num", "36", "--out", out / "shapes_posthoc_by_color.png"])]
@@ -91,6 +111,11 @@ def main(argv=None):
                                     out / f"{name}_unconditional.png"]),
                      ("sample.py", ["--run", run, "--grid-by", "class", "--num", "60", "--guidance", "2", "--out",
                                     out / f"{name}_by_class.png"])]
+    if args.fmnist:
+        fmnist_inputs = test_images(args.fmnist, scratch, 4)
+        jobs += [("sample.py", ["--run", args.fmnist, "--inpaint", *fmnist_inputs, "--mask",
+                                half_mask(fmnist_inputs[0], "lower", scratch / "lower.png"), "--num", "6",
+                                "--out", out / "fmnist_vae_inpaint_lower_half.png"])]
     if args.toy:
         jobs += [("visualize.py", ["forward", "--run", args.toy, "--out", out / "swissroll_forward.gif",
                                    "--frames", "16"]),

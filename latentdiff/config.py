@@ -223,6 +223,9 @@ class SampleConfig:
     guidance_scale: float = 3.0  # classifier-free guidance w (1 conditional, 0 unconditional)
     # guide only where lo <= t/T <= hi (Kynkäänniemi et al. 2024), the conditional model elsewhere; null: everywhere
     guidance_interval: tuple[float, float] | None = field(default=None, metadata=check(min=0.0, max=1.0))
+    # attributes not asked for: "model" leaves them to the network (guidance sharpens them), "data" draws them from
+    # the training data's p(unasked | asked) and conditions on all (latentdiff.conditioning.AttributePrior)
+    unasked: Literal["model", "data"] = "model"
     seed: int = 0  # fixed noise of the logged grids
 
 

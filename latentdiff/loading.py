@@ -10,6 +10,8 @@ Two on-disk forms of a trained latent diffusion model:
                    <dir>/normaliser.safetensors             sampling defaults, the training data section
                    <dir>/autoencoder/{config.json,          (informational: evaluation reads its test split)
                                       model.safetensors}
+                   <dir>/attribute_prior.safetensors        conditional models: the training split's attribute
+                                                            combinations and counts (``AttributePrior``)
 
 A run folder is self-contained: it loads from any working directory, after being moved or copied, and after
 the stage-one run is deleted. A bundle holds no pickle at all (``latentdiff.bundle``). Loading reads only the
@@ -37,12 +39,14 @@ from latentdiff.bundle import (
     write_bundle,
 )
 from latentdiff.checkpoints import CheckpointError, load_checkpoint
+from latentdiff.conditioning import AttributePrior
 from latentdiff.config import AEModelConfig, DenoiserConfig, DiffusionConfig, SampleConfig, from_dict, to_dict
 from latentdiff.data.schema import AttributeSchema
 from latentdiff.latents import LatentNormaliser, file_hash
 
 AE_COPY = "autoencoder"  # the stage-one bundle inside a stage-two run folder (and inside an exported bundle)
 LDM_KIND = "latent_diffusion"
+PRIOR_FILE = "attribute_prior"  # <bundle>/attribute_prior.safetensors: the training data's attribute combinations
 
 
 def load_weights(module: nn.Module, state: dict, use_ema: bool, what: str) -> None:
@@ -160,7 +164,7 @@ def check_autoencoder_identity(path: str | Path, expected_hash: str) -> None:
 
 
 def _assemble(config: dict, latent_shape: tuple, num_values, schema_state, normaliser: LatentNormaliser,
-              denoiser_weights, autoencoder, device, what: str) -> dict:
+              denoiser_weights, autoencoder, device, what: str, prior_state: dict | None = None) -> dict:
     """The constructor arguments of ``LatentDiffusion`` from the sections sampling needs."""
     diffusion_cfg = from_dict(DiffusionConfig, config.get("diffusion"), prefix="diffusion.")
     denoiser_cfg = from_dict(DenoiserConfig, config.get("denoiser"), prefix="denoiser.")
@@ -171,9 +175,16 @@ def _assemble(config: dict, latent_shape: tuple, num_values, schema_state, norma
         raise CheckpointError(f"{what}: its autoencoder has latents {tuple(autoencoder.latent_shape)}, the "
                               f"diffusion was trained on {latent_shape}")
     schema = AttributeSchema.from_dict(schema_state) if schema_state else None
+    try:
+        prior = AttributePrior.from_state(prior_state) if prior_state else None
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{what}: its attribute prior is damaged ({e}); re-export or retrain") from None
+    if prior is not None and num_values is not None and prior.rows.shape[1] != len(num_values):
+        raise CheckpointError(f"{what}: its attribute prior has {prior.rows.shape[1]} attributes, the denoiser "
+                              f"{len(num_values)}")
     return dict(diffusion=build_diffusion(diffusion_cfg), denoiser=denoiser.to(device).eval(),
                 autoencoder=autoencoder, normaliser=normaliser, latent_shape=latent_shape, schema=schema,
-                config=config)
+                config=config, attribute_prior=prior)
 
 
 def ldm_parts_from_run(run_dir: str | Path, checkpoint: str = "last", use_ema: bool = True,
@@ -200,7 +211,7 @@ def ldm_parts_from_checkpoint(state: dict, run_dir: Path | None = None, use_ema:
     return _assemble(config, tuple(task_state["latent_shape"]), num_values, task_state.get("schema"),
                      LatentNormaliser.from_state(task_state["normaliser"]),
                      lambda module: load_weights(module, state, use_ema, what="the denoiser checkpoint"),
-                     autoencoder, device, what=str(run_dir))
+                     autoencoder, device, what=str(run_dir), prior_state=task_state.get("attribute_prior"))
 
 
 def ldm_parts_from_bundle(folder: str | Path, device="cpu") -> dict:
@@ -219,10 +230,12 @@ def ldm_parts_from_bundle(folder: str | Path, device="cpu") -> dict:
     autoencoder = Autoencoder.from_pretrained(folder / ae_folder, device=device) if ae_folder else None
     weights_path = folder / "denoiser.safetensors"
     weights = read_tensors(weights_path)
+    prior_file = config.get("attribute_prior")  # absent in bundles exported before the prior existed
+    prior_state = read_tensors(folder / f"{prior_file}.safetensors") if prior_file else None
     return _assemble(config, latent_shape, num_values, schema_state,
                      LatentNormaliser(shift=norm["shift"], scale=norm["scale"]),
                      lambda module: load_module_weights(module, weights, weights_path), autoencoder, device,
-                     what=str(folder))
+                     what=str(folder), prior_state=prior_state)
 
 
 def save_ldm_bundle(ldm, folder: str | Path) -> None:
@@ -238,8 +251,12 @@ def save_ldm_bundle(ldm, folder: str | Path) -> None:
     num_values = list(ldm.denoiser.embed.num_values) if ldm.conditional else None
     config.update(latent_shape=list(ldm.latent_shape), num_values=num_values,
                   schema=ldm.schema.to_dict() if ldm.schema is not None else None,
-                  autoencoder=AE_COPY if ldm.autoencoder is not None else None)
+                  autoencoder=AE_COPY if ldm.autoencoder is not None else None,
+                  attribute_prior=PRIOR_FILE if ldm.attribute_prior is not None else None)
     if ldm.autoencoder is not None:
         ldm.autoencoder.save_pretrained(folder / AE_COPY)
     normaliser = {k: torch.as_tensor(v) for k, v in ldm.normaliser.state().items()}
-    write_bundle(folder, LDM_KIND, config, {"denoiser": ldm.denoiser.state_dict(), "normaliser": normaliser})
+    tensors = {"denoiser": ldm.denoiser.state_dict(), "normaliser": normaliser}
+    if ldm.attribute_prior is not None:
+        tensors[PRIOR_FILE] = ldm.attribute_prior.state()
+    write_bundle(folder, LDM_KIND, config, tensors)

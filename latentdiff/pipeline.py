@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from latentdiff.bundle import is_bundle
-from latentdiff.conditioning import UNSPECIFIED, ConditionalDenoiser
+from latentdiff.conditioning import UNSPECIFIED, AttributePrior, ConditionalDenoiser
 from latentdiff.config import SampleConfig, from_dict
 from latentdiff.data.common import load_image, to_unit_range
 from latentdiff.guidance import classifier_grad_log_prob
@@ -41,10 +41,13 @@ class LatentDiffusion(nn.Module):
         normaliser: maps autoencoder latents to the unit-scale space the diffusion was trained in.
         latent_shape: shape of one latent (e.g. (4, 8, 8) or (2,)).
         schema: the dataset's ``AttributeSchema`` (for ``attrs={"color": "red"}``), or None.
+        config: the run's config dict (its ``sample:`` section gives the sampling defaults).
+        attribute_prior: the training data's attribute combinations (``AttributePrior``), for ``unasked="data"``.
     """
 
     def __init__(self, diffusion, denoiser: nn.Module, autoencoder: nn.Module | None,
-                 normaliser: LatentNormaliser, latent_shape: tuple, schema=None, config: dict | None = None):
+                 normaliser: LatentNormaliser, latent_shape: tuple, schema=None, config: dict | None = None,
+                 attribute_prior: AttributePrior | None = None):
         super().__init__()
         self.diffusion = diffusion
         self.denoiser = denoiser
@@ -53,6 +56,7 @@ class LatentDiffusion(nn.Module):
         self.latent_shape = tuple(latent_shape)
         self.schema = schema
         self.config = config or {}
+        self.attribute_prior = attribute_prior
 
     @property
     def device(self) -> torch.device:
@@ -106,7 +110,8 @@ class LatentDiffusion(nn.Module):
 
     # -- sampling --------------------------------------------------------------------------------
     def sampling_settings(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-                          guidance_scale: float | None = None, guidance_interval=None) -> dict:
+                          guidance_scale: float | None = None, guidance_interval=None,
+                          unasked: str | None = None) -> dict:
         """The sampler settings to use: each argument given, else the run's ``sample:`` section.
 
         The one place defaults are resolved, for the Python API and every command (sample.py, evaluate.py,
@@ -117,8 +122,10 @@ class LatentDiffusion(nn.Module):
             eta: the run's ``sample.eta`` for DDIM (0 for other samplers, which have no η);
             guidance_scale: the run's ``sample.guidance_scale`` (classifier-free w; unused without attributes);
             guidance_interval: the run's ``sample.guidance_interval`` ((lo, hi) fractions of T where guidance
-                acts, None: everywhere; pass ``(0, 1)`` to guide everywhere on a run that limits it).
-        Returns {"sampler", "steps", "eta", "guidance_scale", "guidance_interval"}.
+                acts, None: everywhere; pass ``(0, 1)`` to guide everywhere on a run that limits it);
+            unasked: the run's ``sample.unasked``: "data" draws attributes not asked for from the training data
+                (``complete_attributes``), "model" leaves them to the network. Used by ``sample`` only.
+        Returns {"sampler", "steps", "eta", "guidance_scale", "guidance_interval", "unasked"}.
         """
         run = from_dict(SampleConfig, self.config.get("sample"), prefix="sample.")
         sampler = sampler or run.sampler
@@ -130,8 +137,13 @@ class LatentDiffusion(nn.Module):
             eta = run.eta if sampler == "ddim" else 0.0
         guidance_scale = run.guidance_scale if guidance_scale is None else guidance_scale
         interval = run.guidance_interval if guidance_interval is None else guidance_interval
+        unasked = unasked or run.unasked
+        if unasked not in ("model", "data"):
+            raise ValueError(f"unasked={unasked!r}: give 'model' (the network chooses) or 'data' (drawn from the "
+                             f"training data's attribute combinations)")
         return {"sampler": sampler, "steps": steps, "eta": float(eta), "guidance_scale": float(guidance_scale),
-                "guidance_interval": None if interval is None else tuple(float(v) for v in interval)}
+                "guidance_interval": None if interval is None else tuple(float(v) for v in interval),
+                "unasked": unasked}
 
     @torch.no_grad()
     def sample_latents(self, n: int, attrs=None, guidance_scale: float | None = None, sampler: str | None = None,
@@ -165,6 +177,22 @@ class LatentDiffusion(nn.Module):
                                      classifier_guidance=classifier_guidance,
                                      guidance_interval=s["guidance_interval"], **kw)
 
+    def complete_attributes(self, n: int, attrs=None, generator=None) -> torch.Tensor:
+        """(n, A) conditions: ``attrs`` (None, a dict or indices, −1 = not asked) with every attribute not asked
+        for drawn from the training data's p(a_unasked | a_asked) (``AttributePrior.complete``).
+
+        The draws come from ``generator`` (a CUDA generator seeds a CPU one), after the x_T in :meth:`sample`.
+        """
+        if self.attribute_prior is None:
+            raise ValueError("this run stores no attribute prior (trained before sample.unasked existed); sample "
+                             "with unasked='model' (--unasked model), or retrain it")
+        rows = self.attribute_rows(n, attrs) if attrs is not None else torch.full(
+            (n, self.attribute_prior.rows.shape[1]), UNSPECIFIED, dtype=torch.long, device=self.device)
+        if generator is not None and generator.device.type != "cpu":
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            generator = torch.Generator().manual_seed(seed)
+        return self.attribute_prior.complete(rows, generator)
+
     def initial_noise(self, n: int, generator=None) -> torch.Tensor:
         """x_T ~ N(0, I) for n latents, drawn in one call from ``generator`` (on its device) before any step."""
         gen_device = generator.device if generator is not None else self.device
@@ -174,19 +202,25 @@ class LatentDiffusion(nn.Module):
     def sample(self, n: int, attrs=None, guidance_scale: float | None = None, sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, generator=None, noise=None,
                progress: bool = False, return_latents: bool = False, batch_size: int | None = None,
-               guidance_interval=None, **kw):
-        """n images in [-1, 1]: sample latents, then decode. With ``return_latents`` also the latents.
+               guidance_interval=None, unasked: str | None = None, return_conditions: bool = False, **kw):
+        """n images in [-1, 1]: sample latents, then decode. With ``return_latents`` also the latents, with
+        ``return_conditions`` also the (n, A) attribute conditions used (None without attributes); both: a tuple
+        (images, latents, conditions).
 
         Settings left None are the run's own (``sampling_settings``), exactly as ``sample.py`` uses them: with
         the same ``generator`` seed, attributes and n, this returns ``sample.py --seed K``'s images. The x_T of
         all n samples are drawn first (``initial_noise``), then the chain runs in batches of ``batch_size``
-        (default 256), so n and the seed alone decide the result.
+        (default 256), so n and the seed alone decide the result. ``unasked="data"`` (or the run's
+        ``sample.unasked``) then draws the attributes not asked for from the training data
+        (:meth:`complete_attributes`), nothing asked included, and conditions on all of them.
         """
         batch_size = batch_size or DEFAULT_BATCH_SIZE
         if isinstance(kw.get("classifier"), str | Path):  # loaded once, not per batch
             kw["classifier"] = self.load_classifier(kw["classifier"])
-        settings = self.sampling_settings(sampler, steps, eta, guidance_scale, guidance_interval)
+        settings = self.sampling_settings(sampler, steps, eta, guidance_scale, guidance_interval, unasked)
         noise = self.initial_noise(n, generator) if noise is None else noise
+        if settings.pop("unasked") == "data" and self.conditional:
+            attrs = self.complete_attributes(n, attrs, generator)
         images, latents = [], []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
@@ -196,7 +230,9 @@ class LatentDiffusion(nn.Module):
             latents.append(z)
             images.append(self.decode(z))
         images, latents = torch.cat(images), torch.cat(latents)
-        return (images, latents) if return_latents else images
+        conditions = self.attribute_rows(n, attrs) if return_conditions and attrs is not None else None
+        out = (images,) + ((latents,) if return_latents else ()) + ((conditions,) if return_conditions else ())
+        return out if len(out) > 1 else images
 
     @torch.no_grad()
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, n: int = 8, steps: int = 50,

@@ -17,11 +17,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from autoencoders import AutoencoderObjective
 from latentdiff.builders import build_autoencoder_from_config, build_data, build_denoiser, build_diffusion
 from latentdiff.checkpoints import load_checkpoint
+from latentdiff.conditioning import AttributePrior
 from latentdiff.config import AERunConfig, ClassifierRunConfig, LDMRunConfig, from_dict, to_dict
 from latentdiff.latent_classifier import ClassifierTask, NoisyAttributeClassifier
 from latentdiff.latents import build_latent_cache, cache_key, file_hash, fit_normaliser, sample_latents
@@ -176,6 +178,10 @@ def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[s
         raise ValueError(f"conditioning.enabled: dataset {cfg.data.name!r} has no attributes to condition on")
     num_values = [schema.num_values(i) for i in range(len(schema.names))] if conditional else None
     extra_state.update(latent_shape=list(latent_shape), num_values=num_values)
+    if conditional:  # the data's attribute combinations: sampling can draw what was not asked for from them
+        labels = (torch.from_numpy(np.asarray(train_cache.attrs)) if from_cache
+                  else torch.stack([train_set[i][1] for i in range(len(train_set))]))
+        extra_state["attribute_prior"] = AttributePrior.from_labels(labels.view(len(labels), -1)).state()
     diffusion = build_diffusion(cfg.diffusion)
     denoiser = build_denoiser(cfg.denoiser, latent_shape, num_values).to(device)
     if autoencoder is not None:

@@ -95,6 +95,7 @@ def test_inpainting_quick_reports_kept_psnr_and_the_judge(runs, tmp_path):  # no
     for row in result["rows"]:
         assert row["n"] == 8 and 0 <= row["joint"] <= row["judge color"] <= 1
         assert row["psnr kept"] > 0 and row["psnr kept recon"] > 0
+        assert 0 <= row["coherent"] <= min(row["one shape"], row["joint"])
     assert result["sampler"] == "ddpm" and result["steps"] == 3
 
 

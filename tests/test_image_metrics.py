@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from latentdiff.metrics.image import gaussian_window, lpips_distance, mse, psnr, ssim
+from latentdiff.metrics.image import count_components, gaussian_window, lpips_distance, mse, psnr, ssim
 
 
 def test_mse_and_psnr_closed_forms():
@@ -130,3 +130,23 @@ def test_lpips_metric_without_backbone_is_a_one_line_error(tmp_path, monkeypatch
         lpips_distance(x, x, net="alex")
     message = str(info.value)
     assert "alexnet-owt-7be5be79.pth" in message and "leave LPIPS out" in message and "\n" not in message
+
+
+def test_count_components_against_hand_drawn_masks_and_the_shapes_data():
+    masks = torch.zeros(5, 12, 12, dtype=torch.bool)
+    masks[1, 2:5, 2:5] = True                      # one square
+    masks[2, 2:5, 2:5] = masks[2, 7:10, 7:10] = True  # two squares apart
+    masks[3, 2:5, 2:5] = masks[3, 5:8, 5:8] = True    # touching at a corner: one under 8-connectivity
+    masks[4, 0, :] = masks[4, :, 11] = masks[4, 11, :] = True  # a U along the border: one, with a long path
+    masks[4, 6, 6] = True                           # and a one-pixel speck
+    assert count_components(masks).tolist() == [0, 1, 2, 1, 2]
+    assert count_components(masks, min_pixels=2).tolist() == [0, 1, 2, 1, 1]
+    # a snake whose two ends meet only after the labels travel its whole length
+    snake = torch.zeros(1, 9, 9, dtype=torch.bool)
+    snake[0, ::2, :] = True
+    snake[0, 1::4, -1] = snake[0, 3::4, 0] = True
+    assert count_components(snake).tolist() == [1]
+    from latentdiff.data.shapes import ShapesDataset
+
+    images = torch.stack([ShapesDataset("test", size=200)[i][0] for i in range(200)])
+    assert (count_components(images.amax(1) > 0) == 1).all()  # every data image is one shape

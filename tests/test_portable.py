@@ -94,7 +94,8 @@ def test_python_api_defaults_are_the_runs_and_equal_sample_py_image_for_image(pr
     run_sample = ldm.config["sample"]
     assert ldm.sampling_settings() == {"sampler": run_sample["sampler"], "steps": run_sample["steps"],
                                        "eta": run_sample["eta"], "guidance_scale": run_sample["guidance_scale"],
-                                       "guidance_interval": tuple(run_sample["guidance_interval"])}
+                                       "guidance_interval": tuple(run_sample["guidance_interval"]),
+                                       "unasked": run_sample["unasked"]}
     assert run_sample["guidance_scale"] != 1.0 and run_sample["eta"] != 0.0  # the old API defaults would differ
     before = np.load(project / "before.npz")
     images, latents = ldm.sample(6, attrs={"color": "red"}, generator=torch.Generator().manual_seed(5),
@@ -129,8 +130,8 @@ def test_exported_bundle_loads_without_pickle_or_runs_and_samples_identically(pr
     export = tmp_path / "exported"
     cli("export.py", "--run", project / "runs" / "shapes_ldm_kl", "--out", export, cwd=tmp_path)
     files = sorted(p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file())
-    assert files == ["autoencoder/config.json", "autoencoder/model.safetensors", "config.json",
-                     "denoiser.safetensors", "normaliser.safetensors"]
+    assert files == ["attribute_prior.safetensors", "autoencoder/config.json", "autoencoder/model.safetensors",
+                     "config.json", "denoiser.safetensors", "normaliser.safetensors"]
     hidden = project.parent / "hidden_runs"
     shutil.move(project / "runs", hidden)  # no runs folder anywhere the loader could look
     try:
@@ -144,6 +145,60 @@ def test_exported_bundle_loads_without_pickle_or_runs_and_samples_identically(pr
         assert np.array_equal(np.load(empty / "cli.npz")["images"], before["images"])
     finally:
         shutil.move(hidden, project / "runs")
+
+
+def test_the_run_and_its_export_carry_the_training_datas_attribute_combinations(project, tmp_path):
+    from latentdiff.builders import build_data
+    from latentdiff.conditioning import AttributePrior
+    from latentdiff.config import DataConfig, from_dict
+
+    ldm = LatentDiffusion.from_run(project / "runs" / "shapes_ldm_kl")
+    train = build_data(from_dict(DataConfig, ldm.config["data"]), "train")
+    assert len(train) == 256  # LDM_TINY's data.train_size: the prior counts exactly the split it trained on
+    expected = AttributePrior.from_labels(train.attributes)
+    assert torch.equal(ldm.attribute_prior.rows, expected.rows)
+    assert torch.equal(ldm.attribute_prior.counts, expected.counts) and int(expected.counts.sum()) == 256
+    ldm.save_pretrained(tmp_path / "export")
+    again = LatentDiffusion.from_pretrained(tmp_path / "export")
+    assert torch.equal(again.attribute_prior.rows, expected.rows)
+    assert torch.equal(again.attribute_prior.counts, expected.counts)
+
+
+def test_unasked_data_conditions_on_attributes_drawn_from_the_data_and_matches_sample_py(project, tmp_path):
+    ldm = LatentDiffusion.from_run(project / "runs" / "shapes_ldm_kl")
+    g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    images, cond = ldm.sample(6, attrs={"color": "red"}, unasked="data", generator=g(), return_conditions=True)
+    red = ldm.schema.index("color", "red")
+    assert (cond[:, 0] == red).all() and (cond != -1).all()  # every attribute set, the asked one as asked
+    rows = {tuple(r.tolist()) for r in ldm.attribute_prior.rows}
+    assert all(tuple(r.tolist()) in rows for r in cond)  # only combinations the data has
+    # the same as drawing x_T, then the attributes, from one generator and asking for them with the model left
+    # to itself (sample draws the x_T of all n first, so the completion leaves them as with unasked="model")
+    gen = g()
+    noise = ldm.initial_noise(6, gen)
+    drawn = ldm.complete_attributes(6, {"color": "red"}, gen)
+    assert torch.equal(drawn, cond)
+    assert torch.equal(images, ldm.sample(6, attrs=drawn, unasked="model", noise=noise, generator=gen))
+    _, free = ldm.sample(6, attrs={"color": "red"}, unasked="model", generator=g(), return_conditions=True)
+    assert (free[:, 1:] == -1).all()
+    cli("sample.py", "--run", project / "runs" / "shapes_ldm_kl", "--num", 6, "--attr", "color=red", "--seed", 7,
+        "--unasked", "data", "--no-progress", "--npz", tmp_path / "cli.npz", "--out", tmp_path / "x.png", cwd=tmp_path)
+    cli_out = np.load(tmp_path / "cli.npz")
+    assert np.array_equal(cli_out["attributes"], cond.numpy()) and np.array_equal(cli_out["images"], images.numpy())
+
+
+def test_unasked_data_on_a_run_without_a_prior_is_one_line(project, tmp_path):
+    run = tmp_path / "old_run"
+    shutil.copytree(project / "runs" / "shapes_ldm_kl", run)
+    ckpt = run / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["task"]["attribute_prior"]
+    torch.save(state, ckpt)
+    r = cli("sample.py", "--run", run, "--num", 2, "--unasked", "data", "--no-progress", cwd=tmp_path, check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no attribute prior" in r.stderr
+    r = cli("sample.py", "--run", run, "--num", 2, "--unasked", "model", "--no-progress", "--out",
+            tmp_path / "ok.png", cwd=tmp_path)
+    assert (tmp_path / "ok.png").is_file()
 
 
 def test_the_pickle_guard_of_the_bundle_test_does_fire(tmp_path):
