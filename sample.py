@@ -39,7 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--num", type=int, default=None, help="number of samples (default 64), or of edits per image (4)")
     p.add_argument("--batch-size", type=int, default=None, help="samples per reverse-process batch (default 256)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver++"], default=None,
-                   help="default: the run's sample.sampler (dpm_solver++: few-step ODE solver, DPM-Solver++(2M))")
+                   help="default: the run's sample.sampler, ddim for --edit-mode invert (dpm_solver++: few-step ODE "
+                        "solver, DPM-Solver++(2M))")
     p.add_argument("--steps", type=int, default=None,
                    help="reverse steps (default: the run's sample.steps with its sampler, else 50 for ddim and "
                         "dpm_solver++, all T for ddpm)")

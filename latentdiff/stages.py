@@ -97,8 +97,9 @@ def encode_split(cfg, autoencoder, ae_hash, dataset, split, device):
                               progress=sys.stderr.isatty(), meta=meta)
 
 
-def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, conditional, run_dir):
-    """Decoded EMA samples from fixed noise; for attribute runs one row per value of the first attribute."""
+def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, conditional, run_dir, prior=None):
+    """Decoded EMA samples from fixed noise; for attribute runs one row per value of the first attribute, the
+    others drawn from the data once (``prior``, an ``AttributePrior``: sample.unasked=data) or left free."""
     n = min(cfg.sample.num, 64)
     cond = uncond = None
     nrow = None
@@ -108,6 +109,8 @@ def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, 
         n = per_row * values
         cond = torch.full((n, len(schema.names)), -1, dtype=torch.long)
         cond[:, 0] = torch.arange(values).repeat_interleave(per_row)
+        if prior is not None:
+            cond = prior.complete(cond, torch.Generator().manual_seed(cfg.sample.seed))
         uncond = torch.full_like(cond, -1)
         nrow = per_row
     noise = torch.randn(n, *latent_shape, generator=torch.Generator().manual_seed(cfg.sample.seed))
@@ -181,12 +184,13 @@ def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[s
     if conditional:  # the data's attribute combinations: sampling can draw what was not asked for from them
         labels = (torch.from_numpy(np.asarray(train_cache.attrs)) if from_cache
                   else torch.stack([train_set[i][1] for i in range(len(train_set))]))
-        extra_state["attribute_prior"] = AttributePrior.from_labels(labels.view(len(labels), -1)).state()
+        prior = AttributePrior.from_labels(labels.view(len(labels), -1))
+        extra_state["attribute_prior"] = prior.state()
     diffusion = build_diffusion(cfg.diffusion)
     denoiser = build_denoiser(cfg.denoiser, latent_shape, num_values).to(device)
     if autoencoder is not None:
         render = image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, conditional,
-                              run_dir)
+                              run_dir, prior if conditional and cfg.sample.unasked == "data" else None)
     else:
         render = toy_render(diffusion, points, normaliser, out_png=run_dir / "samples" / "latest.png")
     task = DiffusionTask(diffusion, denoiser, normaliser, heldout, from_cache, conditional,
