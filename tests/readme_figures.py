@@ -266,13 +266,40 @@ FIGURES += [
                                                 / next(x["fd"] for x in r["rows"] if x["sampler"] == "ddim"
                                                        and x["steps"] == 50) - 1))]),
     Figure("filled, RePaint without resampling", []),
-    Figure("| the image's own attributes | {} / {} dB | {} % / {} % / {} % |",
+    Figure("| the image's own attributes | {} / {} dB | {} % / {} % / {} % | {} % | **{} %** |",
            [V(INPAINT, *row(request="own"), k, fmt=f2) for k in ("psnr kept", "psnr kept recon")]
-           + [V(INPAINT, *row(request="own"), f"judge {a}", fmt=pct) for a in ("color", "size", "shape")]),
-    Figure("| another colour (the rest the image's own) | {} / {} dB | {} % / {} % / {} % |",
+           + [V(INPAINT, *row(request="own"), k, fmt=pct)
+              for k in ("judge color", "judge size", "judge shape", "one shape", "coherent")]),
+    Figure("| another colour (the rest the image's own) | {} / {} dB | {} % / {} % / {} % | {} % | {} % |",
            [V(INPAINT, *row(request="other color"), k, fmt=f2) for k in ("psnr kept", "psnr kept recon")]
-           + [V(INPAINT, *row(request="other color"), f"judge {a}", fmt=pct) for a in ("color", "size", "shape")]),
+           + [V(INPAINT, *row(request="other color"), k, fmt=pct)
+              for k in ("judge color", "judge size", "judge shape", "one shape", "coherent")]),
     Figure("the model mostly continues the kept colour ({} % reach the asked one)",
            [V(INPAINT, *row(request="other color"), "judge color", fmt=pct)]),
     Figure("the right half of {} held-out images", [V(INPAINT, *row(request="own"), "n", fmt=f0)]),
+]
+
+# -- 2026-12-01: the second training of the shapes recipe: attributes not asked for drawn from the data
+UNASKED = {name: f"attribute_sampling_shapes_ldm_kl_{name}.json" for name in ("model", "data", "data_everywhere")}
+
+
+def unasked_row(label: str, name: str, bold: tuple = ()) -> Figure:
+    """One row of "Attributes not asked for": ``bold`` names the cells the README sets in bold."""
+    f = UNASKED[name]
+    cells = [("all", "joint", pct, " %"), ("color", "acc color", pct, " %"), ("color", "spread size", f2, ""),
+             ("color", "spread shape", f2, ""), ("size", "acc size", pct, " %"), ("size", "spread color", f2, ""),
+             ("size", "spread shape", f2, ""), ("shape", "acc shape", pct, " %"), ("shape", "spread color", f2, ""),
+             ("shape", "spread size", f2, "")]
+    text = [("**{}" + unit + "**") if (asked, key) in bold else "{}" + unit for asked, key, _, unit in cells]
+    groups = [text[0], " / ".join(text[1:4]), " / ".join(text[4:7]), " / ".join(text[7:10])]
+    return Figure(f"| {label} | " + " | ".join(groups) + " |",
+                  [V(f, *row(asked=asked), key, fmt=fmt) for asked, key, fmt, _ in cells])
+
+
+FIGURES += [
+    unasked_row("left to the model (`--unasked model`)", "model"),
+    unasked_row("**drawn from the data (`--unasked data`, the recipe's default now)**", "data",
+                bold=(("all", "joint"), ("color", "spread shape"), ("shape", "acc shape"))),
+    unasked_row("drawn from the data, guidance at every level", "data_everywhere"),
+    Figure("even with nothing asked (spread {})", [V(UNASKED["model"], *row(asked="none"), "spread shape")]),
 ]
