@@ -53,8 +53,11 @@ def main():
     p.add_argument("--seed", type=int, default=None, help="noise seed (default 0); given, it names the file")
     p.add_argument("--quick", action="store_true", help="DDIM 5 and 10, DPM-Solver++ 5 only")
     p.add_argument("--timestep-spacing", default=None, choices=["linspace", "leading", "trailing", "logsnr"],
-                   help="default: each sampler's own (logsnr for dpm_solver++, linspace otherwise); given, it names "
-                        "the file")
+                   help="default: linspace for every sampler (GaussianDiffusion.sample); given, it names the file")
+    p.add_argument("--unasked", default=None, choices=["model", "data"],
+                   help="conditional runs: nothing is asked, so 'data' draws every attribute from the training data "
+                        "and guides towards it with the run's guidance_scale, 'model' samples the unconditional "
+                        "model (default: the run's sample.unasked); given, it names the file")
     args = p.parse_args()
     if args.quick:
         args.settings = ["ddim:5", "ddim:10", "dpm_solver++:5"]
@@ -88,7 +91,8 @@ def main():
         noise = torch.randn(args.num, *ldm.latent_shape, generator=g)
         start = time.perf_counter()
         images = ldm.sample(args.num, sampler=sampler, steps=int(steps), eta=float(eta[0]) if eta else 0.0,
-                            generator=g, noise=noise, batch_size=250, timestep_spacing=args.timestep_spacing)
+                            generator=g, noise=noise, batch_size=250, timestep_spacing=args.timestep_spacing,
+                            unasked=args.unasked)
         seconds = time.perf_counter() - start
         m = score(images)
         rows.append({"sampler": sampler, "steps": int(steps), "eta": float(eta[0]) if eta else 0.0,
@@ -96,10 +100,13 @@ def main():
                      "ms_per_image": 1000 * seconds / args.num})
         print(rows[-1], flush=True)
     name = result_name(args.run, args.settings, args.seed) + (f"_{args.timestep_spacing}" if args.timestep_spacing
-                                                               else "")
+                                                               else "") + (f"_unasked{args.unasked}" if args.unasked
+                                                                           else "")
+    settings = ldm.sampling_settings(unasked=args.unasked)
     write_results(name, rows, list(rows[0]),
                   extra={"run": args.run, "num": args.num, "seed": args.seed or 0, "settings": args.settings,
-                         "timestep_spacing": args.timestep_spacing,
+                         "timestep_spacing": args.timestep_spacing, "unasked": settings["unasked"],
+                         "guidance_scale": settings["guidance_scale"] if settings["unasked"] == "data" else None,
                          "reference": f"first {args.num} test images",
                          "judge_test_accuracy": record["test_accuracy"], "threads": 1})
 

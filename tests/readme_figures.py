@@ -303,3 +303,39 @@ FIGURES += [
     unasked_row("drawn from the data, guidance at every level", "data_everywhere"),
     Figure("even with nothing asked (spread {})", [V(UNASKED["model"], *row(asked="none"), "spread shape")]),
 ]
+
+# -- 2026-12-01: Fashion-MNIST, the VAE + LDM recipes trained again: few-step sampling and inpainting
+FM_FEW = "quality_vs_steps_fashion_mnist_ldm_kl_ddim10_ddim20_ddim50_dpmsolverpp5_dpmsolverpp10_dpmsolverpp20.json"
+FM_SEED = {k: f"quality_vs_steps_fashion_mnist_ldm_kl_ddim50_dpmsolverpp10_seed{k}.json" for k in (1, 2)}
+FM_DATA = "quality_vs_steps_fashion_mnist_ldm_kl_ddim50_dpmsolverpp10_unaskeddata.json"
+FM_INPAINT = "inpainting_fashion_mnist_ldm_kl_lower.json"
+
+
+def recall(file, sampler, steps):
+    return V(file, *row(sampler=sampler, steps=steps), "recall")
+
+
+FIGURES += [
+    Figure("| DDIM (η = 0) | – | {} | {} | {} / {} / {} |",
+           [fd(FM_FEW, "ddim", 10), fd(FM_FEW, "ddim", 20), fd(FM_FEW, "ddim", 50),
+            fd(FM_SEED[1], "ddim", 50), fd(FM_SEED[2], "ddim", 50)]),
+    Figure("| DPM-Solver++(2M), linspace spacing | {} | **{} / {} / {}** | {} | – |",
+           [fd(FM_FEW, "dpm_solver++", 5), fd(FM_FEW, "dpm_solver++", 10), fd(FM_SEED[1], "dpm_solver++", 10),
+            fd(FM_SEED[2], "dpm_solver++", 10), fd(FM_FEW, "dpm_solver++", 20)]),
+    Figure("Its FD does not keep falling with more steps ({} at 20)", [fd(FM_FEW, "dpm_solver++", 20)]),
+    Figure("FD {} (DDIM 50) and {} (DPM-Solver++ 10) against the unconditional branch's {} and {} on the same noise",
+           [fd(FM_DATA, "ddim", 50), fd(FM_DATA, "dpm_solver++", 10), fd(FM_FEW, "ddim", 50),
+            fd(FM_FEW, "dpm_solver++", 10)]),
+    Figure("with recall {} and {} against {} and {}",
+           [recall(FM_DATA, "ddim", 50), recall(FM_DATA, "dpm_solver++", 10), recall(FM_FEW, "ddim", 50),
+            recall(FM_FEW, "dpm_solver++", 10)]),
+    Figure("the judge's own accuracy on real test images: {} %)",
+           [V(FM_INPAINT, "judge_test_accuracy", "class", fmt=pct)]),
+    Figure("| the image's own class | {} / {} dB | **{} %** |",
+           [V(FM_INPAINT, *row(request="own"), k, fmt=f2) for k in ("psnr kept", "psnr kept recon")]
+           + [V(FM_INPAINT, *row(request="own"), "judge class", fmt=pct)]),
+    Figure("| another class | {} / {} dB | {} % |",
+           [V(FM_INPAINT, *row(request="other class"), k, fmt=f2) for k in ("psnr kept", "psnr kept recon")]
+           + [V(FM_INPAINT, *row(request="other class"), "judge class", fmt=pct)]),
+    Figure("the lower half of {} held-out images filled", [V(FM_INPAINT, *row(request="own"), "n", fmt=f0)]),
+]
