@@ -10,8 +10,10 @@ CNN trained on the dataset's own labels (cached in <run's parent>/classifiers/, 
 a minute or two on a CPU). Each set in ``samples`` is one of
   data             other held-out images (test, or train when the test split is too small): the floor
   reconstructions  the autoencoder's reconstructions of those images: the best any prior can do
-  ldm              unconditional latent diffusion samples
+  ldm              unconditional latent diffusion samples (attribute runs: nothing asked, the unconditional branch)
   ldm_conditional  samples asked for the reference images' attributes, with --guidance (attribute runs)
+  ldm_drawn_attributes  nothing asked, every attribute drawn from the training data's combinations and
+                   asked for, with --guidance (attribute runs: sample.unasked=data with nothing asked)
   prior            the VAE's own prior, z ~ N(0, I), decoded (VAE runs)
   gmm              ex-post GMM (Ghosh et al. 2020), fitted on the training latents, sampled and decoded
 and carries fd (judge features), precision and recall (k = 3), fd_inception (null without local

@@ -25,6 +25,9 @@ recipes' own sampler settings, once per sampling seed (``--seeds``; mean, standa
                       branch: what the recipe gives a user who asks for no class)
   cond_model_cfg      the class-conditional model asked for the reference images' classes, classifier-free
                       guidance at the recipe's scale (its class accuracy is recorded)
+  cond_model_drawn    the class-conditional model with nothing asked but every attribute drawn from the training
+                      data's combinations and guided at the recipe's scale (sample.unasked=data): samples of the
+                      marginal p(x) = Σ_c p_data(c) p(x | c) that use the labels the model was trained with
   gmm                 the baseline to beat: an ex-post Gaussian mixture (Ghosh et al. 2020) fitted on the same
                       autoencoder's training latents (its fit is not charged to the budget)
   reconstructions     the same autoencoder's reconstructions of test images: the floor any prior can reach
@@ -64,8 +67,10 @@ KINDS = {"vae": ("ae_kl", "ldm_kl"), "rae": ("ae_rae", "ldm_rae")}  # recipes in
 MODELS = {"uncond": ["conditioning.enabled=false"], "cond": []}  # the stage-two models, as recipe overrides
 # Scored set -> (stage-two model whose evaluation holds it, key in the evaluation's "samples").
 VARIANTS = {"dedicated_uncond": ("uncond", "ldm"), "cond_model_uncond": ("cond", "ldm"),
-            "cond_model_cfg": ("cond", "ldm_conditional"), "gmm": ("cond", "gmm"),
+            "cond_model_cfg": ("cond", "ldm_conditional"), "cond_model_drawn": ("cond", "ldm_drawn_attributes"),
+            "gmm": ("cond", "gmm"),
             "reconstructions": ("cond", "reconstructions"), "data": ("cond", "data")}
+SAMPLED = ("dedicated_uncond", "cond_model_uncond", "cond_model_cfg", "cond_model_drawn")  # sets a stage two drew
 METRICS = ("fd", "precision", "recall")
 SCHEDULE_KEYS = ("train.warmup_steps", "loss.kl_warmup_steps")  # scaled with the steps, as fractions
 
@@ -275,7 +280,7 @@ def point_rows(point: dict) -> list[dict]:
     rows = []
     for variant, (model, _) in VARIANTS.items():
         per_seed = point["scores"][variant]
-        sampled = variant in ("dedicated_uncond", "cond_model_uncond", "cond_model_cfg")  # else: no stage two
+        sampled = variant in SAMPLED  # else: no stage two
         row = {"kind": point["kind"], "budget_min": point["budget_min"], "variant": variant,
                "cpu_min": point["cpu_min"][model if sampled else "ae"],
                "ae_steps": point["runs"]["ae"]["steps_trained"],
@@ -302,6 +307,7 @@ def plot(rows: list[dict], kinds: list[str], path: Path, x_label: str) -> None:
     styles = {"dedicated_uncond": ("tab:blue", "-", "o", "unconditional LDM"),
               "cond_model_uncond": ("tab:orange", "-", "s", "conditional LDM, no class asked"),
               "cond_model_cfg": ("tab:green", "-", "^", "conditional LDM, class + CFG"),
+              "cond_model_drawn": ("tab:olive", "-", "v", "conditional LDM, class drawn from the data + CFG"),
               "gmm": ("tab:red", "--", "D", "ex-post GMM, same autoencoder"),
               "reconstructions": ("gray", ":", ".", "reconstructions (floor)"),
               "data": ("black", ":", ".", "other test images (judge floor)")}

@@ -53,6 +53,7 @@ def test_images(run: str, folder: Path, n: int) -> list[Path]:
 
     data_config = yaml.safe_load((Path(run) / "config.yaml").read_text())["data"]  # no model needed to read it
     data = build_data(from_dict(DataConfig, data_config), "test")
+    folder = folder / Path(run).name  # one folder per run: every job runs after all inputs are written
     return [save_png(image_grid(data[i][0][None], nrow=1, padding=0), folder / f"test_{i}.png") for i in range(n)]
 
 

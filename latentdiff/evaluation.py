@@ -373,16 +373,20 @@ def evaluate_run(args: EvalOptions, device="cpu") -> dict:
 
     if ldm is not None:
         s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance)  # the run's, as sample.py
+        s.pop("unasked")  # each set below says how it treats attributes not asked for
         result["settings"].update(s)
 
-        def draw(attrs, seed):
+        def draw(attrs, seed, unasked="model"):
             g = torch.Generator(device=device).manual_seed(seed)
-            return ldm.sample(n, attrs=attrs, generator=g, progress=progress, batch_size=args.batch_size, **s).cpu()
+            return ldm.sample(n, attrs=attrs, generator=g, progress=progress, batch_size=args.batch_size,
+                              unasked=unasked, **s).cpu()
 
         print(f"sampling {n} with {s['sampler']} ({s['steps'] or 'all'} steps)", flush=True)
         result["samples"]["ldm"] = score(draw(None, args.seed))
         if ldm.conditional and schema.names:
             result["samples"]["ldm_conditional"] = score(draw(ref_attrs, args.seed + 1), ref_attrs)
+            if ldm.attribute_prior is not None:
+                result["samples"]["ldm_drawn_attributes"] = score(draw(None, args.seed + 6, unasked="data"))
 
     gmm, gmm_space = None, None
     if autoencoder is not None or ldm is not None:

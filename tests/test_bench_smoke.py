@@ -111,13 +111,15 @@ def test_budget_curve_quick_scores_every_variant_from_the_trained_steps_and_resu
     args = ["--quick", "--out-dir", tmp_path / "runs", *([] if plot else ["--no-plot"])]
     bench("budget_curve.py", *args, results=tmp_path)
     result = json.loads((tmp_path / "budget_curve_shapes_quick.json").read_text())
-    variants = ["dedicated_uncond", "cond_model_uncond", "cond_model_cfg", "gmm", "reconstructions", "data"]
+    variants = ["dedicated_uncond", "cond_model_uncond", "cond_model_cfg", "cond_model_drawn", "gmm", "reconstructions",
+                "data"]
     assert [(r["kind"], r["variant"]) for r in result["rows"]] == [(k, v) for k in ("vae", "rae") for v in variants]
     for row in result["rows"]:
         assert row["fd"] >= 0 and row["fd_min"] <= row["fd"] <= row["fd_max"] and len(row["fd_seeds"]) == 2
         assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1 and row["cpu_min"] > 0
     assert all(0 <= r["class_accuracy"] <= 1 for r in result["rows"] if r["variant"] == "cond_model_cfg")
-    sampled_from = {"dedicated_uncond": "uncond", "cond_model_uncond": "cond", "cond_model_cfg": "cond"}
+    sampled_from = {"dedicated_uncond": "uncond", "cond_model_uncond": "cond", "cond_model_cfg": "cond",
+                    "cond_model_drawn": "cond"}
     checkpoints = {}
     for point in result["points"]:
         assert set(point["runs"]) == {"ae", "uncond", "cond"}

@@ -76,7 +76,11 @@ def test_sample_writes_grid_and_npz_of_the_documented_layout_reproducibly(runs, 
     assert a["images"].min() >= -1 and a["images"].max() <= 1
     assert a["latents"].shape == (6, 4, 8, 8)
     assert list(a["attribute_names"]) == ["color", "size", "shape"]
-    assert np.array_equal(a["attributes"], np.array([[0, -1, -1]] * 6)), "red asked, size and shape free"
+    # red asked; the recipe's sample.unasked=data draws size and shape from the data's combinations
+    assert (a["attributes"][:, 0] == 0).all() and (a["attributes"] >= 0).all(), a["attributes"]
+    cli("sample.py", *args, "--unasked", "model", "--out", tmp_path / "c.png", "--npz", tmp_path / "c.npz")
+    assert np.array_equal(np.load(tmp_path / "c.npz")["attributes"], np.array([[0, -1, -1]] * 6)), \
+        "--unasked model: size and shape left to the network"
     assert np.array_equal(a["images"], b["images"]), "one seed, one result"
     # the npz's latents are the normalised latents its images were decoded from
     from latentdiff.pipeline import LatentDiffusion

@@ -233,7 +233,8 @@ def test_evaluate_writes_the_documented_json_for_a_diffusion_and_an_autoencoder_
     assert {"run", "stage", "dataset", "autoencoder", "settings", "judge", "reconstruction", "likelihood",
             "samples", "notes"} <= set(saved)
     assert saved["stage"] == "diffusion" and saved["autoencoder"] == "vae"
-    assert list(saved["samples"]) == ["data", "reconstructions", "ldm", "ldm_conditional", "prior", "gmm"]
+    assert list(saved["samples"]) == ["data", "reconstructions", "ldm", "ldm_conditional", "ldm_drawn_attributes",
+                                      "prior", "gmm"]
     for metrics in saved["samples"].values():
         assert {"fd", "precision", "recall", "fd_inception", "value_entropy", "diversity"} <= set(metrics)
         assert metrics["count"] == 16 and metrics["fd"] >= 0 and 0 <= metrics["precision"] <= 1
