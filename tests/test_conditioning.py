@@ -104,3 +104,42 @@ def test_completion_is_decided_by_the_generator_seed():
     first = prior.complete(asked, torch.Generator().manual_seed(3))
     assert torch.equal(first, prior.complete(asked, torch.Generator().manual_seed(3)))
     assert not torch.equal(first, prior.complete(asked, torch.Generator().manual_seed(4)))
+
+
+class RecordingDenoiser(torch.nn.Module):
+    """ε̂ = 0, remembering every condition it was asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a parameter, for the device
+        self.seen = []
+
+    def forward(self, x, t, cond=None):
+        self.seen.append(None if cond is None else cond.clone())
+        return torch.zeros_like(x)
+
+
+class IdentityDecoder(torch.nn.Module):
+    def decode(self, z):
+        return z[:, :3]
+
+
+@pytest.mark.parametrize("unasked", ["model", "data"])
+def test_training_grids_draw_the_unasked_attributes_as_the_recipe_says(tmp_path, unasked):
+    from latentdiff.config import LDMRunConfig
+    from latentdiff.data.shapes import SCHEMA
+    from latentdiff.diffusion import GaussianDiffusion
+    from latentdiff.latents import LatentNormaliser
+    from latentdiff.stages import image_render
+
+    cfg = LDMRunConfig()
+    cfg.sample.num, cfg.sample.steps, cfg.sample.guidance_scale, cfg.sample.unasked = 12, 2, 1.0, unasked
+    prior = AttributePrior.from_labels(torch.tensor([[c, 1, 2] for c in range(6)]))  # data: only large triangles
+    render = image_render(cfg, GaussianDiffusion(10), LatentNormaliser.identity(), IdentityDecoder(), (4, 8, 8),
+                          SCHEMA, True, tmp_path, prior if unasked == "data" else None)
+    model = RecordingDenoiser()
+    render(model, 0)
+    cond = model.seen[0]
+    assert cond[:, 0].tolist() == [c for c in range(6) for _ in range(2)]  # one row per colour
+    expected = [1, 2] if unasked == "data" else [UNSPECIFIED, UNSPECIFIED]
+    assert (cond[:, 1:] == torch.tensor(expected)).all(), cond
