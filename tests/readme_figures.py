@@ -225,6 +225,8 @@ SETTINGS = {
     "200",  # "10 k / 200 k / 1 M / 4 M latents": cache sizes measured
     "45",  # "10, 20 and 45 CPU minutes": the budget curve's budgets
     "0.95",  # the sampling issue's target for the spread of attributes not asked for
+    "0.5",  # the budget issue's targets: unconditional FD <= 0.5x the GMM's at 20 CPU minutes ...
+    "1.5",  # ... and class-conditional FD <= 1.5x the reconstructions'
 }
 
 # -- 2026-12-01: guidance interval, few-step sampling and inpainting on the current shapes recipe
@@ -338,4 +340,39 @@ FIGURES += [
            [V(FM_INPAINT, *row(request="other class"), k, fmt=f2) for k in ("psnr kept", "psnr kept recon")]
            + [V(FM_INPAINT, *row(request="other class"), "judge class", fmt=pct)]),
     Figure("the lower half of {} held-out images filled", [V(FM_INPAINT, *row(request="own"), "n", fmt=f0)]),
+]
+
+# -- 2026-12-01: the budget curve's first point (the VAE at 20 CPU minutes)
+BUDGET = "budget_curve_fashion_mnist.json"
+
+
+def budget(variant: str, key: str = "fd", fmt=f2, fn=None) -> V:
+    return V(BUDGET, *row(kind="vae", budget_min=20.0, variant=variant), key, fmt=fmt, fn=fn)
+
+
+def budget_ratio(variant: str, to: str) -> V:
+    """FD of ``variant`` over FD of ``to`` at the same point, from the whole JSON."""
+    def ratio(result):
+        fd = {r["variant"]: r["fd"] for r in result["rows"] if r["kind"] == "vae" and r["budget_min"] == 20.0}
+        return fd[variant] / fd[to]
+    return V(BUDGET, fn=ratio)
+
+
+FIGURES += [
+    Figure(f"| {label} | {bold}{{}}{bold} | {bold}{{}}{bold} | {{}} |",
+           [budget(variant), budget_ratio(variant, "gmm"), budget_ratio(variant, "reconstructions")])
+    for label, variant, bold in (
+        ("unconditional LDM (a stage two trained without classes)", "dedicated_uncond", ""),
+        ("conditional LDM, no class asked (its unconditional branch)", "cond_model_uncond", ""),
+        ("conditional LDM, classes of the reference images, w = 2", "cond_model_cfg", ""),
+        ("**conditional LDM, no class asked, each drawn from the data (`--unasked data`), w = 2**", "cond_model_drawn",
+         "**"))
+] + [
+    Figure("| ex-post GMM on the same autoencoder's latents | {} | 1 | {} |",
+           [budget("gmm"), budget_ratio("gmm", "reconstructions")]),
+    Figure("| the autoencoder's reconstructions (the floor) | {} | – | 1 |", [budget("reconstructions")]),
+    Figure("a dedicated unconditional model is {}× the mixture", [budget_ratio("dedicated_uncond", "gmm")]),
+    Figure("the class-conditional samples are {}× the floor", [budget_ratio("cond_model_cfg", "reconstructions")]),
+    Figure("the conditional model samples the same marginal at {}× the mixture",
+           [budget_ratio("cond_model_drawn", "gmm")]),
 ]
