@@ -2,6 +2,7 @@
 sample.py asks for any subset of the 40 binary attributes by name."""
 
 import numpy as np
+import torch
 from PIL import Image
 from test_end_to_end import ROOT, cli
 
@@ -48,6 +49,20 @@ def test_celeba64_recipes_train_both_stages_and_sample_chosen_attributes(tmp_pat
     attrs = out["attributes"]
     assert (attrs[:, names.index("smiling")] == 1).all() and (attrs[:, names.index("eyeglasses")] == 1).all()
     others = [i for i, n in enumerate(names) if n not in ("smiling", "eyeglasses")]
-    assert (attrs[:, others] == -1).all(), "attributes not asked for stay unspecified"
+    # the recipe's sample.unasked=data: the other 38 come from a training image that smiles with glasses (a row of
+    # the run's attribute prior), or stay unspecified where no training image does
+    from latentdiff.pipeline import LatentDiffusion
+
+    prior = LatentDiffusion.from_run(tmp_path / "runs" / "celeba64_ldm_attrs").attribute_prior
+    both = prior.rows[(prior.rows[:, names.index("smiling")] == 1) & (prior.rows[:, names.index("eyeglasses")] == 1)]
+    for row in attrs:
+        if len(both):
+            assert (both == torch.from_numpy(row)).all(1).any(), "a combination the data has"
+        else:
+            assert (row[others] == -1).all()
+    cli("sample.py", "--run", tmp_path / "runs" / "celeba64_ldm_attrs", "--attr", "smiling=on", "--attr",
+        "eyeglasses=on", "--num", "2", "--steps", "2", "--unasked", "model", "--out", tmp_path / "m.png", "--npz",
+        tmp_path / "m.npz", "--no-progress")
+    assert (np.load(tmp_path / "m.npz")["attributes"][:, others] == -1).all(), "--unasked model: left unspecified"
     r = cli("sample.py", "--run", tmp_path / "runs" / "celeba64_ldm_attrs", "--attr", "smilling=on", check=False)
     assert r.returncode == 2 and "smiling" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -132,7 +132,8 @@ def test_gallery_script_writes_every_picture_from_tiny_runs(runs, toy_run, tmp_p
     written = {p.name for p in tmp_path.iterdir()}
     assert written == {"shapes_triangles_by_color.png", "shapes_red_by_shape.png", "shapes_forward.gif",
                        "shapes_reverse.png", "shapes_interpolation.png", "swissroll_forward.gif",
-                       "swissroll_reverse.png", "shapes_ae_kl_reconstructions.png", "shapes_edit_by_color.png"}
+                       "swissroll_reverse.png", "shapes_ae_kl_reconstructions.png", "shapes_edit_by_color.png",
+                       "shapes_inpaint_right_half.png"}
     with Image.open(tmp_path / "shapes_edit_by_color.png") as im:  # 4 test images, each then one edit per colour
         assert im.size == (grid_side(7, 32), grid_side(4, 32))
     with Image.open(tmp_path / "shapes_ae_kl_reconstructions.png") as im:  # 16 pairs, 8 images a row
