@@ -71,7 +71,7 @@ def main():
     from latentdiff.config import DataConfig, from_dict
     from latentdiff.metrics.classifier import load_or_train_classifier
     from latentdiff.metrics.image import count_components
-    from latentdiff.pipeline import LatentDiffusion
+    from latentdiff.pipeline import LatentDiffusion, half_mask
     from latentdiff.runtime import flush_denormals
 
     torch.set_num_threads(1)
@@ -85,11 +85,7 @@ def main():
     judge, record, _ = load_or_train_classifier(ldm.config["data"], Path(args.run).resolve().parent / "classifiers")
     H, W = images.shape[-2:]
     shapes = ldm.config["data"].get("name") == "shapes"
-    mask = torch.ones(1, 1, H, W)
-    if args.mask_half == "right":
-        mask[..., W // 2:] = 0
-    else:
-        mask[..., H // 2:, :] = 0
+    mask = half_mask(H, W, args.mask_half)
     recon = torch.cat([ldm.decode(ldm.encode(chunk)) for chunk in images.split(args.batch_size)])
     psnr_recon = masked_psnr(recon, images, mask)
 

@@ -28,6 +28,7 @@ from latentdiff.builders import build_data  # noqa: E402
 from latentdiff.cli import user_errors  # noqa: E402
 from latentdiff.config import AERunConfig, load_config  # noqa: E402
 from latentdiff.loading import autoencoder_checkpoint, load_autoencoder  # noqa: E402
+from latentdiff.pipeline import half_mask  # noqa: E402
 from latentdiff.viz import image_grid, save_png  # noqa: E402
 
 
@@ -57,19 +58,14 @@ def test_images(run: str, folder: Path, n: int) -> list[Path]:
     return [save_png(image_grid(data[i][0][None], nrow=1, padding=0), folder / f"test_{i}.png") for i in range(n)]
 
 
-def half_mask(image: Path, half: str, path: Path) -> Path:
+def mask_png(image: Path, half: str, path: Path) -> Path:
     """A PNG mask for sample.py --inpaint the size of ``image``: white keeps, black (``half``: "right" or "lower")
-    is filled."""
+    is filled (``latentdiff.pipeline.half_mask``)."""
     from PIL import Image
 
     with Image.open(image) as picture:
         width, height = picture.size
-    mask = torch.ones(1, 1, height, width)
-    if half == "right":
-        mask[..., width // 2:] = 0
-    else:
-        mask[..., height // 2:, :] = 0
-    return save_png(image_grid(mask * 2 - 1, nrow=1, padding=0), path)
+    return save_png(image_grid(half_mask(height, width, half) * 2 - 1, nrow=1, padding=0), path)
 
 
 def main(argv=None):
@@ -101,7 +97,7 @@ def main(argv=None):
                                 "color", "--edit-mode", "invert", "--strength", "0.5", "--guidance", "3",
                                 "--out", out / "shapes_edit_by_color.png"]),
                  ("sample.py", ["--run", args.shapes, "--inpaint", *shapes_inputs, "--mask",
-                                half_mask(shapes_inputs[0], "right", scratch / "right.png"), "--num", "6",
+                                mask_png(shapes_inputs[0], "right", scratch / "right.png"), "--num", "6",
                                 "--out", out / "shapes_inpaint_right_half.png"])]
     if args.shapes_uncond:
         jobs += [("sample.py", ["--run", args.shapes_uncond, "--classifier", "--classifier-scale", "3", "--grid-by",
@@ -115,7 +111,7 @@ def main(argv=None):
     if args.fmnist:
         fmnist_inputs = test_images(args.fmnist, scratch, 4)
         jobs += [("sample.py", ["--run", args.fmnist, "--inpaint", *fmnist_inputs, "--mask",
-                                half_mask(fmnist_inputs[0], "lower", scratch / "lower.png"), "--num", "6",
+                                mask_png(fmnist_inputs[0], "lower", scratch / "lower.png"), "--num", "6",
                                 "--out", out / "fmnist_vae_inpaint_lower_half.png"])]
     if args.toy:
         jobs += [("visualize.py", ["forward", "--run", args.toy, "--out", out / "swissroll_forward.gif",

@@ -413,6 +413,19 @@ class LatentDiffusion(nn.Module):
         save_ldm_bundle(self, folder)
 
 
+def half_mask(height: int, width: int, half: str = "right") -> torch.Tensor:
+    """An inpainting mask (1, 1, height, width) that keeps one half (1) and fills the other (0): ``half`` is the
+    filled one, "right" or "lower" (``inpaint``, bench/inpainting.py, the gallery)."""
+    if half not in ("right", "lower"):
+        raise ValueError(f"half={half!r}: give 'right' or 'lower', the half to fill")
+    mask = torch.ones(1, 1, height, width)
+    if half == "right":
+        mask[..., width // 2:] = 0
+    else:
+        mask[..., height // 2:, :] = 0
+    return mask
+
+
 def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
     """Spherical interpolation (Shoemake, 1985), the right path between two Gaussian noise draws."""
     a_flat, b_flat = a.flatten().double(), b.flatten().double()
