@@ -247,21 +247,27 @@ def calibrate(args, recipes: dict, folder: Path) -> dict:
 # ----------------------------------------------------------------------------- scoring
 
 
-def evaluate(args, run: Path, seed: int, gmm: bool) -> dict:
-    """The library's evaluation of a stage-two run at one sampling seed (the run's own sampler settings),
-    written to <run>/eval_seed<K>.json and read back from there on reruns."""
+def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None) -> dict:
+    """The library's evaluation of a stage-two run at one sampling seed, written to <run>/eval_seed<K>.json and
+    read back from there on reruns. ``sampling`` ({"sampler", "steps", "eta"}, any subset) overrides the run's
+    own sampler settings and adds them to the file name (eval_seed0_samplerddim_steps50_eta1.json)."""
     from latentdiff.evaluation import EvalOptions, evaluate_run
 
-    out = run / f"eval_seed{seed}.json"
+    sampling = {"steps": args.sample_steps} | (sampling or {})
+    asked = {k: v for k, v in sampling.items() if v is not None}
+    suffix = "".join(f"_{k}{v:g}" if isinstance(v, float) else f"_{k}{v}" for k, v in asked.items()
+                     if (k, v) != ("steps", args.sample_steps))
+    out = run / f"eval_seed{seed}{suffix}.json"
     if out.exists() and out.stat().st_mtime >= (run / "checkpoints" / "last.pt").stat().st_mtime:
         saved = json.loads(out.read_text())  # reused when it scored these weights with these settings
-        if (saved["settings"]["num"] == args.num and saved["settings"].get("steps") == (args.sample_steps or
-                saved["settings"].get("steps")) and ("gmm" in saved["samples"]) == gmm):
+        if (saved["settings"]["num"] == args.num and all(saved["settings"].get(k) == v for k, v in asked.items())
+                and ("gmm" in saved["samples"]) == gmm):
             return saved
-    options = EvalOptions(run=str(run), num=args.num, seed=seed, steps=args.sample_steps,
+    options = EvalOptions(run=str(run), num=args.num, seed=seed, sampler=sampling.get("sampler"),
+                          steps=sampling.get("steps"), eta=sampling.get("eta"),
                           baselines="gmm" if gmm else "none", gmm_components=args.gmm_components,
                           gmm_fit_examples=args.gmm_fit_examples, bound_examples=args.bound_examples,
-                          bound_timesteps=args.bound_timesteps, classifier_dir=str(args.out_dir / "classifiers"),
+                          bound_timesteps=args.bound_timesteps, classifier_dir=str(args.classifier_dir),
                           classifier_steps=args.classifier_steps, no_inception=True, out=str(out), no_progress=True)
     evaluate_run(options)
     return json.loads(out.read_text())  # as written: NaN already null
@@ -386,6 +392,7 @@ def parse_args(argv=None):
     if args.out_dir is None:
         args.out_dir = ROOT / "runs" / "bench" / f"budget_curve_{args.dataset}{'_quick' if args.quick else ''}"
     args.out_dir = args.out_dir.resolve()
+    args.classifier_dir = args.out_dir / "classifiers"  # the judge, trained once per sweep folder
     return args
 
 

@@ -155,3 +155,38 @@ def test_budget_curve_sizes_steps_from_the_calibrated_cost_per_step_and_fixed_co
     recipe = {"train.steps": 3000, "train.warmup_steps": 200, "loss.kl_warmup_steps": 1000, "bound_every": 6000}
     assert schedule_overrides(recipe, 600) == ["train.steps=600", "train.warmup_steps=40", "loss.kl_warmup_steps=200",
                                                "train.eval_every=600", "train.image_every=600", "bound_every=601"]
+
+
+def test_stage_two_recipes_quick_trains_each_variant_with_its_overrides_and_scores_each_sampler(tmp_path):
+    """Two variants on one tiny autoencoder, two sampler settings: each variant's run carries its overrides and
+    the same steps; each row was sampled with the setting it names; the references are scored once; a rerun
+    trains and samples nothing again; a variant that does not exist is one line, exit 2, before any work."""
+    from latentdiff.checkpoints import load_checkpoint
+
+    args = ["--quick", "--variants", "recipe", "cosine", "--samplers", "recipe", "ddim:3:1", "--out-dir",
+            tmp_path / "runs", "--curve-dir", tmp_path / "curve"]
+    bench("stage_two_recipes.py", *args, results=tmp_path)
+    result = json.loads((tmp_path / "stage_two_recipes_shapes_vae_20min_uncond_quick.json").read_text())
+    rows = result["rows"]
+    assert [(r["variant"], r.get("sampling")) for r in rows] == [
+        ("recipe", "ddim:4 η=1"), ("gmm", None), ("reconstructions", None), ("recipe", "ddim:3 η=1"),
+        ("cosine", "ddim:4 η=1"), ("cosine", "ddim:3 η=1")]  # the shapes recipe samples with η = 1, QUICK_LDM 4 steps
+    for name, schedule in (("recipe", "linear"), ("cosine", "cosine")):
+        ckpt = load_checkpoint(tmp_path / "runs" / name / "checkpoints" / "last.pt")
+        assert ckpt["step"] == 8 and ckpt["config"]["diffusion"]["beta_schedule"] == schedule
+        assert ckpt["config"]["conditioning"]["enabled"] is False  # --model uncond: trained without attributes
+    for row in rows:
+        assert len(row["fd_seeds"]) == 2 and row["fd_min"] <= row["fd"] <= row["fd_max"]
+        if "sampling" in row:
+            assert row["train_steps"] == 8 and row["cpu_min"] > 0
+    saved = json.loads((tmp_path / "runs" / "recipe" / "eval_seed1_steps3_samplerddim_eta1.json").read_text())
+    assert (saved["settings"]["steps"], saved["settings"]["eta"], saved["settings"]["seed"]) == (3, 1.0, 1)
+    assert saved["samples"]["ldm"]["fd"] == rows[3]["fd_seeds"][1]
+
+    again = bench("stage_two_recipes.py", *args, results=tmp_path)
+    assert again.count("done already") == 3 and "steps (" not in again and "sampling 16 with" not in again
+    assert json.loads((tmp_path / "stage_two_recipes_shapes_vae_20min_uncond_quick.json").read_text())["rows"] == rows
+
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "stage_two_recipes.py"), "--variants", "recipe", "nope",
+                        "--out-dir", tmp_path / "bad"], capture_output=True, text=True)
+    assert r.returncode == 2 and "nope: not a named variant" in r.stderr and not (tmp_path / "bad").exists()

@@ -1,0 +1,198 @@
+#!/usr/bin/env python
+"""Which stage-two settings learn fastest per CPU-second? Recipe variants at one budget, on one autoencoder.
+
+    OMP_NUM_THREADS=1 python bench/stage_two_recipes.py --variants recipe min_snr cosine \\
+        --samplers recipe ddim:50:1 dpm_solver++:10                      # Fashion-MNIST VAE, 20-minute point
+    python bench/stage_two_recipes.py --model cond --variants recipe drop_all_0.3
+    python bench/stage_two_recipes.py --variant mine diffusion.prediction=v train.lr=5e-4
+    python bench/stage_two_recipes.py --quick                             # shapes, tiny: a smoke test
+
+The question of the budget curve's item 2 (bench/budget_curve.py): with the autoencoder and the CPU budget of
+one of its points held fixed, which stage-two recipe gives the best samples? Each variant is the dataset's
+stage-two recipe (configs/<dataset>/ldm_<kl|rae>.yaml) plus a few overrides (``CANDIDATES``, or ``--variant NAME
+KEY=VALUE ...``), trained through train_diffusion.py on the point's own autoencoder
+(<budget curve folder>/<budget>min/<kind>_ae) for the steps that point gave its stage two (from the budget
+curve's calibration.json: every candidate here costs the same per step, and the JSON records each run's CPU time
+so a costlier one shows). Every variant is then scored by the library's evaluation (the budget curve's judge,
+FD / precision / recall on ``--num`` samples against held-out test images) under each sampler setting of
+``--samplers`` ("recipe": the run's own; "ddim:50", "ddim:50:1" for η = 1, "dpm_solver++:10"), once per seed
+(mean, standard deviation, min, max). The scored sets are the unconditional samples (``--model uncond``: a model
+trained without attributes), or, with ``--model cond``, the class-conditional model's unconditional branch, its
+class-conditional samples with guidance and its samples with classes drawn from the data. The ex-post GMM on the
+same autoencoder and its reconstructions are scored beside them (with the first variant) as the references.
+
+Resumable as the budget curve is: a trained variant and a written evaluation are not redone. Writes
+bench/results/stage_two_recipes_<dataset>_<kind>_<budget>min_<model>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import budget_curve as bc  # noqa: E402
+from common import ROOT, write_results  # noqa: E402
+
+# Named variants: overrides on top of the recipe (each costs what the recipe costs per step).
+CANDIDATES = {
+    "recipe": [],
+    "min_snr": ["diffusion.loss_weighting=min_snr"],  # ε-prediction, Min-SNR-5 weights (Hang et al. 2023)
+    "v_min_snr": ["diffusion.prediction=v", "diffusion.loss_weighting=min_snr"],
+    "v": ["diffusion.prediction=v"],
+    "cosine": ["diffusion.beta_schedule=cosine"],  # Nichol & Dhariwal 2021
+    "channel_norm": ["latents.normalisation=channel"],  # per-channel mean / std instead of one global scale
+    "lr_2e-3": ["train.lr=2e-3"],
+    "ema_0.998": ["train.ema_decay=0.998"],
+    "drop_all_0.3": ["conditioning.drop_all_prob=0.3"],  # the unconditional branch's share, conditional model
+}
+SETS = {"uncond": {"ldm": "unconditional"},
+        "cond": {"ldm": "no class asked", "ldm_conditional": "class asked + CFG",
+                 "ldm_drawn_attributes": "class drawn from the data + CFG"}}
+REFERENCES = {"gmm": "ex-post GMM, same autoencoder", "reconstructions": "reconstructions (floor)"}
+
+
+def parse_sampler(text: str) -> dict:
+    """ "recipe" -> {}; "ddim:50" -> {"sampler": "ddim", "steps": 50}; "ddim:50:1" adds "eta": 1.0."""
+    if text == "recipe":
+        return {}
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        out = {"sampler": parts[0], "steps": int(parts[1])}
+        if len(parts) == 3:
+            out["eta"] = float(parts[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give recipe, SAMPLER:STEPS or SAMPLER:STEPS:ETA "
+                                         f"(e.g. ddim:50:1, dpm_solver++:10)") from None
+    if out["sampler"] not in ("ddpm", "ddim", "dpm_solver++") or out["steps"] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the sampler is one of ddpm, ddim, dpm_solver++ and the steps "
+                                         f"at least 1")
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="fashion_mnist")
+    p.add_argument("--kind", choices=list(bc.KINDS), default="vae")
+    p.add_argument("--budget", type=float, default=20.0, help="the budget curve point (CPU minutes, both stages)")
+    p.add_argument("--ae-share", type=float, default=0.3, help="as given to the budget curve")
+    p.add_argument("--model", choices=list(SETS), default="uncond", help="the stage-two model the variants change")
+    p.add_argument("--variants", nargs="+", default=["recipe"], help=f"named variants: {', '.join(CANDIDATES)}")
+    p.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE"),
+                   help="a variant of your own: its name and recipe overrides (repeatable)")
+    p.add_argument("--samplers", nargs="+", type=parse_sampler, default=[{}],
+                   help="recipe (the run's own), SAMPLER:STEPS or SAMPLER:STEPS:ETA")
+    p.add_argument("--steps", type=int, default=None, help="stage-two steps (default: the budget point's)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="sampling seeds (default 0 1 2)")
+    p.add_argument("--num", type=int, default=1000, help="samples per set, and held-out reference images")
+    p.add_argument("--curve-dir", type=Path, default=None,
+                   help="the budget curve's folder (default runs/bench/budget_curve_<dataset>): its calibration, "
+                        "the point's autoencoder and the judge")
+    p.add_argument("--out-dir", type=Path, default=None, help="run folders (default runs/bench/stage_two_recipes_"
+                                                               "<dataset>_<kind>_<budget>min_<model>)")
+    p.add_argument("--quick", action="store_true", help="smoke test: shapes, a tiny autoencoder trained here, "
+                                                         "8 steps per variant, 16 samples, seeds 0 1")
+    args = p.parse_args(argv)
+    unknown = [v for v in args.variants if v not in CANDIDATES]
+    if unknown:
+        p.error(f"--variants {' '.join(unknown)}: not a named variant ({', '.join(CANDIDATES)}); give your own "
+                f"with --variant NAME KEY=VALUE ...")
+    args.overrides = {v: CANDIDATES[v] for v in args.variants}
+    for name, *overrides in args.variant:
+        if name in args.overrides or any("=" not in o for o in overrides):
+            p.error(f"--variant {name} {' '.join(overrides)}: give a new name, then KEY=VALUE overrides")
+        args.overrides[name] = overrides
+    args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    # what budget_curve.evaluate reads
+    args.sample_steps, args.classifier_steps, args.gmm_components, args.gmm_fit_examples = None, None, 10, 10000
+    args.bound_examples, args.bound_timesteps = 16, 4
+    extra = []
+    if args.quick:
+        args.dataset, args.num, args.steps = "shapes", 16, args.steps or 8
+        args.classifier_steps, args.gmm_components, args.gmm_fit_examples = 5, 2, 128
+        args.bound_examples, args.bound_timesteps = 4, 2
+        extra = bc.QUICK_LDM
+    args.extra = extra
+    tag = f"{args.dataset}_{args.kind}_{args.budget:g}min_{args.model}{'_quick' if args.quick else ''}"
+    args.name = f"stage_two_recipes_{tag}"
+    args.curve_dir = (args.curve_dir or ROOT / "runs" / "bench" / f"budget_curve_{args.dataset}"
+                      f"{'_quick' if args.quick else ''}").resolve()
+    args.out_dir = (args.out_dir or ROOT / "runs" / "bench" / args.name).resolve()
+    args.classifier_dir = args.curve_dir / "classifiers"  # the budget curve's judge: FDs comparable with its own
+    return args
+
+
+def point_of_curve(args) -> tuple[Path, int]:
+    """The budget point's autoencoder run and its stage-two steps (or one error line saying how to make them)."""
+    if args.quick:  # a tiny autoencoder of our own
+        ae = args.out_dir / "ae"
+        recipe = ROOT / "configs" / args.dataset / f"{bc.KINDS[args.kind][0]}.yaml"
+        bc.train("train_ae.py", recipe, ae, 8, bc.QUICK_AE, cap_minutes=30)
+        return ae, args.steps
+    ae = args.curve_dir / f"{args.budget:g}min" / f"{args.kind}_ae"
+    if not (ae / "checkpoints" / "last.pt").is_file():
+        raise FileNotFoundError(f"{ae} holds no trained autoencoder: run python bench/budget_curve.py --dataset "
+                                f"{args.dataset} --kinds {args.kind} --budgets {args.budget:g} first (or give "
+                                f"--curve-dir)")
+    if args.steps:
+        return ae, args.steps
+    calibration = json.loads((args.curve_dir / "calibration.json").read_text())["stages"][args.kind]
+    return ae, bc.steps_for(60 * args.budget * (1 - args.ae_share), calibration[args.model])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    from latentdiff.cli import user_errors
+    from latentdiff.runtime import flush_denormals
+
+    torch.set_num_threads(1)
+    flush_denormals()
+    recipe = ROOT / "configs" / args.dataset / f"{bc.KINDS[args.kind][1]}.yaml"
+    rows, runs = [], {}
+    with user_errors():
+        ae, steps = point_of_curve(args)
+        base = [f"ae.run={ae}", *bc.MODELS[args.model], *args.extra]
+        for name, overrides in args.overrides.items():
+            runs[name] = bc.train("train_diffusion.py", recipe, args.out_dir / name, steps, [*base, *overrides],
+                                  cap_minutes=max(30.0, steps * 0.02))
+        first = next(iter(args.overrides))
+        for name in args.overrides:
+            for sampling in args.samplers:
+                with_refs = name == first and sampling == args.samplers[0]
+                evals = [bc.evaluate(args, args.out_dir / name, seed, gmm=with_refs, sampling=sampling)
+                         for seed in args.seeds]
+                used = {k: evals[0]["settings"].get(k) for k in ("sampler", "steps", "eta", "guidance_scale")}
+                sets = {**SETS[args.model], **(REFERENCES if with_refs else {})}
+                for key, label in sets.items():
+                    row = {"variant": key, "set": label}  # a reference: no stage two, no sampler
+                    if key not in REFERENCES:
+                        row = {"variant": name, "set": label, "overrides": " ".join(args.overrides[name]),
+                               "sampling": f"{used['sampler']}:{used['steps']} η={used['eta']:g}",
+                               "train_steps": runs[name]["steps_trained"], "cpu_min": runs[name]["cpu_s"] / 60, **used}
+                    for m in bc.METRICS:
+                        s = bc.summary([e["samples"].get(key, {}).get(m) for e in evals])
+                        row[m] = s["mean"]
+                        row[f"{m}_std"], row[f"{m}_min"], row[f"{m}_max"] = s["std"], s["min"], s["max"]
+                    row["fd_seeds"] = [e["samples"].get(key, {}).get("fd") for e in evals]
+                    if key == "ldm_conditional":
+                        row["class_accuracy"] = bc.summary([(e["samples"][key].get("attribute_accuracy") or {})
+                                                            .get("joint") for e in evals])["mean"]
+                    rows.append(row)
+    columns = ["variant", "set", "overrides", "sampling", "train_steps", "cpu_min", "fd", "fd_std", "precision", "recall",
+               "class_accuracy"]
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    write_results(args.name, rows, columns, extra={
+        "settings": settings, "threads": 1, "autoencoder": str(ae), "stage_two_steps": steps,
+        "runs": {n: {k: v for k, v in r.items() if k != "command"} | {"command": r["command"][1:]}
+                 for n, r in runs.items()}})
+
+
+if __name__ == "__main__":
+    main()
