@@ -185,8 +185,8 @@ def main(argv=None):
                         row["class_accuracy"] = bc.summary([(e["samples"][key].get("attribute_accuracy") or {})
                                                             .get("joint") for e in evals])["mean"]
                     rows.append(row)
-    columns = ["variant", "set", "overrides", "sampling", "train_steps", "cpu_min", "fd", "fd_std", "precision", "recall",
-               "class_accuracy"]
+    columns = ["variant", "set", "overrides", "sampling", "train_steps", "cpu_min", "fd", "fd_std", "precision",
+               "recall", "class_accuracy"]
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     write_results(args.name, rows, columns, extra={
         "settings": settings, "threads": 1, "autoencoder": str(ae), "stage_two_steps": steps,
