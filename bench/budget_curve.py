@@ -249,8 +249,8 @@ def calibrate(args, recipes: dict, folder: Path) -> dict:
 
 def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None) -> dict:
     """The library's evaluation of a stage-two run at one sampling seed, written to <run>/eval_seed<K>.json and
-    read back from there on reruns. ``sampling`` ({"sampler", "steps", "eta"}, any subset) overrides the run's
-    own sampler settings and adds them to the file name (eval_seed0_samplerddim_steps50_eta1.json)."""
+    read back from there on reruns. ``sampling`` ({"sampler", "steps", "eta", "guidance_scale"}, any of them)
+    overrides the run's own sampler settings and names the file after them: eval_seed0_steps50_samplerddim_eta1.json."""
     from latentdiff.evaluation import EvalOptions, evaluate_run
 
     sampling = {"steps": args.sample_steps} | (sampling or {})
@@ -265,6 +265,7 @@ def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None
             return saved
     options = EvalOptions(run=str(run), num=args.num, seed=seed, sampler=sampling.get("sampler"),
                           steps=sampling.get("steps"), eta=sampling.get("eta"),
+                          guidance=sampling.get("guidance_scale"),
                           baselines="gmm" if gmm else "none", gmm_components=args.gmm_components,
                           gmm_fit_examples=args.gmm_fit_examples, bound_examples=args.bound_examples,
                           bound_timesteps=args.bound_timesteps, classifier_dir=str(args.classifier_dir),

@@ -15,7 +15,8 @@ KEY=VALUE ...``), trained through train_diffusion.py on the point's own autoenco
 curve's calibration.json: every candidate here costs the same per step, and the JSON records each run's CPU time
 so a costlier one shows). Every variant is then scored by the library's evaluation (the budget curve's judge,
 FD / precision / recall on ``--num`` samples against held-out test images) under each sampler setting of
-``--samplers`` ("recipe": the run's own; "ddim:50", "ddim:50:1" for η = 1, "dpm_solver++:10"), once per seed
+``--samplers`` ("recipe": the run's own; "ddim:50", "ddim:50:1" for η = 1, "dpm_solver++:10", and a guidance
+scale after η: "dpm_solver++:10:-:3"), once per seed
 (mean, standard deviation, min, max). The scored sets are the unconditional samples (``--model uncond``: a model
 trained without attributes), or, with ``--model cond``, the class-conditional model's unconditional branch, its
 class-conditional samples with guidance and its samples with classes drawn from the data. The ex-post GMM on the
@@ -56,19 +57,21 @@ REFERENCES = {"gmm": "ex-post GMM, same autoencoder", "reconstructions": "recons
 
 
 def parse_sampler(text: str) -> dict:
-    """ "recipe" -> {}; "ddim:50" -> {"sampler": "ddim", "steps": 50}; "ddim:50:1" adds "eta": 1.0."""
+    """ "recipe" -> {} (the run's own); "ddim:50" -> {"sampler": "ddim", "steps": 50}; "ddim:50:1" adds
+    "eta": 1.0 and "ddim:50:0:3" "guidance_scale": 3.0 as well ("-" keeps the run's η: "dpm_solver++:10:-:3")."""
     if text == "recipe":
         return {}
     parts = text.split(":")
     try:
-        if len(parts) not in (2, 3):
+        if not 2 <= len(parts) <= 4:
             raise ValueError
         out = {"sampler": parts[0], "steps": int(parts[1])}
-        if len(parts) == 3:
-            out["eta"] = float(parts[2])
+        for key, value in zip(("eta", "guidance_scale"), parts[2:]):
+            if value != "-":
+                out[key] = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give recipe, SAMPLER:STEPS or SAMPLER:STEPS:ETA "
-                                         f"(e.g. ddim:50:1, dpm_solver++:10)") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give recipe or SAMPLER:STEPS[:ETA[:GUIDANCE]] (e.g. ddim:50:1, "
+                                         f"dpm_solver++:10:-:3)") from None
     if out["sampler"] not in ("ddpm", "ddim", "dpm_solver++") or out["steps"] < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: the sampler is one of ddpm, ddim, dpm_solver++ and the steps "
                                          f"at least 1")
@@ -86,7 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE"),
                    help="a variant of your own: its name and recipe overrides (repeatable)")
     p.add_argument("--samplers", nargs="+", type=parse_sampler, default=[{}],
-                   help="recipe (the run's own), SAMPLER:STEPS or SAMPLER:STEPS:ETA")
+                   help="recipe (the run's own) or SAMPLER:STEPS[:ETA[:GUIDANCE]], '-' for the run's own η")
     p.add_argument("--steps", type=int, default=None, help="stage-two steps (default: the budget point's)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="sampling seeds (default 0 1 2)")
     p.add_argument("--num", type=int, default=1000, help="samples per set, and held-out reference images")
@@ -174,7 +177,8 @@ def main(argv=None):
                     row = {"variant": key, "set": label}  # a reference: no stage two, no sampler
                     if key not in REFERENCES:
                         row = {"variant": name, "set": label, "overrides": " ".join(args.overrides[name]),
-                               "sampling": f"{used['sampler']}:{used['steps']} η={used['eta']:g}",
+                               "sampling": f"{used['sampler']}:{used['steps']} η={used['eta']:g}"
+                                           + (f" w={used['guidance_scale']:g}" if args.model == "cond" else ""),
                                "train_steps": runs[name]["steps_trained"], "cpu_min": runs[name]["cpu_s"] / 60, **used}
                     for m in bc.METRICS:
                         s = bc.summary([e["samples"].get(key, {}).get(m) for e in evals])

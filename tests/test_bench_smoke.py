@@ -190,3 +190,17 @@ def test_stage_two_recipes_quick_trains_each_variant_with_its_overrides_and_scor
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "stage_two_recipes.py"), "--variants", "recipe", "nope",
                         "--out-dir", tmp_path / "bad"], capture_output=True, text=True)
     assert r.returncode == 2 and "nope: not a named variant" in r.stderr and not (tmp_path / "bad").exists()
+
+
+def test_stage_two_recipes_reads_sampler_settings_and_refuses_malformed_ones():
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from stage_two_recipes import parse_sampler
+
+    assert parse_sampler("recipe") == {}
+    assert parse_sampler("ddim:50:1") == {"sampler": "ddim", "steps": 50, "eta": 1.0}
+    assert parse_sampler("dpm_solver++:10:-:3") == {"sampler": "dpm_solver++", "steps": 10, "guidance_scale": 3.0}
+    for bad in ("ddim", "ddim:x", "euler:10", "ddim:0", "ddim:5:1:2:3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_sampler(bad)
