@@ -49,6 +49,7 @@ FD against CPU minutes, one line per set, VAE and RAE as two panels (matplotlib,
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -142,9 +143,15 @@ def train(script: str, recipe: Path, run: Path, steps: int, overrides: list[str]
     {command, steps_asked, steps_trained, cpu_s (summed over attempts), attempts, capped}, kept in the folder."""
     record_path = run / "budget_curve_run.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else None
+    # what decides the run besides its steps: the recipe's text and the overrides (an edited recipe is a new run;
+    # records from before this check carry no "made_from" and are taken as they are)
+    made_from = {"recipe_sha256": hashlib.sha256(recipe.read_bytes()).hexdigest(), "overrides": list(overrides)}
     if record is not None and record["steps_asked"] != steps:
         raise ValueError(f"{run} was trained for {record['steps_asked']} steps and this sweep asks {steps} (another "
                          f"calibration, --ae-share or budget?); delete it or pick another --out-dir")
+    if record is not None and record.get("made_from", made_from) != made_from:
+        raise ValueError(f"{run} was trained from another recipe text or other overrides than {recipe.name} "
+                         f"{' '.join(overrides)}; delete it or pick another --out-dir")
     if record is not None and record.get("finished") and last_step(run) is not None:
         print(f"done already: {run.name} ({record['steps_trained']} steps, {record['cpu_s']:.0f} CPU-s)", flush=True)
         return record
@@ -154,7 +161,8 @@ def train(script: str, recipe: Path, run: Path, steps: int, overrides: list[str]
     if script == "train_diffusion.py":
         # its own cache (the encode is in its budget), beside the run folder: a run folder holds only its run
         command.append(f"latents.cache_dir={cache_of(run)}")
-    record = record or {"run": str(run), "command": command, "steps_asked": steps, "cpu_s": 0.0, "attempts": 0}
+    record = record or {"run": str(run), "command": command, "steps_asked": steps, "cpu_s": 0.0, "attempts": 0,
+                        "made_from": made_from}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     run.mkdir(parents=True, exist_ok=True)
     log = run.parent / f"{run.name}.log"

@@ -204,3 +204,23 @@ def test_stage_two_recipes_reads_sampler_settings_and_refuses_malformed_ones():
     for bad in ("ddim", "ddim:x", "euler:10", "ddim:0", "ddim:5:1:2:3"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_sampler(bad)
+
+
+def test_budget_curve_refuses_a_run_folder_trained_from_another_recipe_text_or_overrides(tmp_path):
+    """An edited recipe or other overrides make a new run: the sweep says so instead of reusing the old one."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import hashlib
+
+    from budget_curve import train
+
+    recipe = tmp_path / "ldm.yaml"
+    recipe.write_text("name: x\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    made_from = {"recipe_sha256": hashlib.sha256(b"name: x\n").hexdigest(), "overrides": ["a=1"]}
+    (run / "budget_curve_run.json").write_text(json.dumps({"steps_asked": 8, "made_from": made_from}))
+    for text, overrides in (("name: y\n", ["a=1"]), ("name: x\n", ["a=2"])):
+        recipe.write_text(text)
+        with pytest.raises(ValueError, match="another recipe text or other overrides"):
+            train("train_diffusion.py", recipe, run, 8, overrides, cap_minutes=1)
+    assert sorted(p.name for p in run.iterdir()) == ["budget_curve_run.json"]  # nothing trained, nothing written
