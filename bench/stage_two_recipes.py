@@ -44,7 +44,8 @@ CANDIDATES = {
     "min_snr": ["diffusion.loss_weighting=min_snr"],  # ε-prediction, Min-SNR-5 weights (Hang et al. 2023)
     "v_min_snr": ["diffusion.prediction=v", "diffusion.loss_weighting=min_snr"],
     "v": ["diffusion.prediction=v"],
-    "cosine": ["diffusion.beta_schedule=cosine"],  # Nichol & Dhariwal 2021
+    "v_cosine": ["diffusion.prediction=v", "diffusion.beta_schedule=cosine"],  # Nichol & Dhariwal 2021 (not with ε:
+    # its ᾱ_T ≈ 2e-9 magnifies the ε error at t = T in x̂0, see latentdiff.config)
     "channel_norm": ["latents.normalisation=channel"],  # per-channel mean / std instead of one global scale
     "lr_2e-3": ["train.lr=2e-3"],
     "ema_0.998": ["train.ema_decay=0.998"],

@@ -163,17 +163,18 @@ def test_stage_two_recipes_quick_trains_each_variant_with_its_overrides_and_scor
     trains and samples nothing again; a variant that does not exist is one line, exit 2, before any work."""
     from latentdiff.checkpoints import load_checkpoint
 
-    args = ["--quick", "--variants", "recipe", "cosine", "--samplers", "recipe", "ddim:3:1", "--out-dir",
+    args = ["--quick", "--variants", "recipe", "v_cosine", "--samplers", "recipe", "ddim:3:1", "--out-dir",
             tmp_path / "runs", "--curve-dir", tmp_path / "curve"]
     bench("stage_two_recipes.py", *args, results=tmp_path)
     result = json.loads((tmp_path / "stage_two_recipes_shapes_vae_20min_uncond_quick.json").read_text())
     rows = result["rows"]
     assert [(r["variant"], r.get("sampling")) for r in rows] == [
         ("recipe", "ddim:4 η=1"), ("gmm", None), ("reconstructions", None), ("recipe", "ddim:3 η=1"),
-        ("cosine", "ddim:4 η=1"), ("cosine", "ddim:3 η=1")]  # the shapes recipe samples with η = 1, QUICK_LDM 4 steps
-    for name, schedule in (("recipe", "linear"), ("cosine", "cosine")):
+        ("v_cosine", "ddim:4 η=1"), ("v_cosine", "ddim:3 η=1")]  # the shapes recipe: η = 1; QUICK_LDM: 4 steps
+    for name, schedule, prediction in (("recipe", "linear", "eps"), ("v_cosine", "cosine", "v")):
         ckpt = load_checkpoint(tmp_path / "runs" / name / "checkpoints" / "last.pt")
         assert ckpt["step"] == 8 and ckpt["config"]["diffusion"]["beta_schedule"] == schedule
+        assert ckpt["config"]["diffusion"]["prediction"] == prediction
         assert ckpt["config"]["conditioning"]["enabled"] is False  # --model uncond: trained without attributes
     for row in rows:
         assert len(row["fd_seeds"]) == 2 and row["fd_min"] <= row["fd"] <= row["fd_max"]

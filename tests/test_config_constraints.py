@@ -37,6 +37,7 @@ VIOLATIONS = [
     ("train_diffusion.py", ["diffusion.beta_end=1"], "diffusion.beta_end"),
     ("train_diffusion.py", ["diffusion.beta_start=0.01", "diffusion.beta_end=0.001"], "diffusion.beta_end"),
     ("train_diffusion.py", ["diffusion.min_snr_gamma=0"], "diffusion.min_snr_gamma"),
+    ("train_diffusion.py", ["diffusion.beta_schedule=cosine"], "diffusion.prediction"),
     # the samplers
     ("train_diffusion.py", ["sample.sampler=ddpm", "sample.eta=0.5"], "sample.eta"),
     ("train_diffusion.py", ["sample.steps=1001"], "sample.steps"),
@@ -88,7 +89,7 @@ ACCEPTED = [
     ("train_diffusion.py", ["diffusion.num_timesteps=2", "sample.steps=2"]),
     ("train_diffusion.py", ["diffusion.beta_start=1e-8", "diffusion.beta_end=0.999"]),
     ("train_diffusion.py", ["diffusion.beta_start=0.02", "diffusion.beta_end=0.02"]),
-    ("train_diffusion.py", ["diffusion.beta_schedule=cosine", "diffusion.beta_start=0"]),
+    ("train_diffusion.py", ["diffusion.beta_schedule=cosine", "diffusion.beta_start=0", "diffusion.prediction=v"]),
     ("train_diffusion.py", ["sample.sampler=ddpm", "sample.eta=0", "sample.steps=1000"]),
     ("train_diffusion.py", ["sample.sampler=ddim", "sample.eta=1", "sample.steps=null"]),
     ("train_diffusion.py", ["data.name=swissroll", "denoiser.kind=auto", "denoiser.num_heads=3"]),
