@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Which stage-two settings learn fastest per CPU-second? Recipe variants at one budget, on one autoencoder.
 
-    OMP_NUM_THREADS=1 python bench/stage_two_recipes.py --variants recipe min_snr cosine \\
-        --samplers recipe ddim:50:1 dpm_solver++:10                      # Fashion-MNIST VAE, 20-minute point
+    OMP_NUM_THREADS=1 python bench/stage_two_recipes.py --variants simple min_snr v_min_snr channel_norm_simple \\
+        --samplers ddim:50:0 ddim:50:1 dpm_solver++:10                  # Fashion-MNIST VAE, 20-minute point
     python bench/stage_two_recipes.py --model cond --variants recipe drop_all_0.3
     python bench/stage_two_recipes.py --variant mine diffusion.prediction=v train.lr=5e-4
     python bench/stage_two_recipes.py --quick                             # shapes, tiny: a smoke test
@@ -38,17 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import budget_curve as bc  # noqa: E402
 from common import ROOT, write_results  # noqa: E402
 
-# Named variants: overrides on top of the recipe (each costs what the recipe costs per step).
+# Named variants: overrides on top of the recipe, each naming every key it is about (so a variant means the same
+# run whatever the recipe's own choice); each costs what the recipe costs per step.
 CANDIDATES = {
     "recipe": [],
+    "simple": ["diffusion.loss_weighting=simple"],  # L_simple, Ho et al. 2020 Eq. 14: every t weighted alike
     "min_snr": ["diffusion.loss_weighting=min_snr"],  # ε-prediction, Min-SNR-5 weights (Hang et al. 2023)
     "v_min_snr": ["diffusion.prediction=v", "diffusion.loss_weighting=min_snr"],
-    "v": ["diffusion.prediction=v"],
     "v_cosine": ["diffusion.prediction=v", "diffusion.beta_schedule=cosine"],  # Nichol & Dhariwal 2021 (not with ε:
     # its ᾱ_T ≈ 2e-9 magnifies the ε error at t = T in x̂0, see latentdiff.config)
-    "channel_norm": ["latents.normalisation=channel"],  # per-channel mean / std instead of one global scale
+    "channel_norm_simple": ["latents.normalisation=channel", "diffusion.loss_weighting=simple"],  # per-channel
+    # mean / std instead of one global scale
     "lr_2e-3": ["train.lr=2e-3"],
-    "ema_0.998": ["train.ema_decay=0.998"],
     "drop_all_0.3": ["conditioning.drop_all_prob=0.3"],  # the unconditional branch's share, conditional model
 }
 SETS = {"uncond": {"ldm": "unconditional"},
