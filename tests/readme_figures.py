@@ -227,6 +227,7 @@ SETTINGS = {
     "0.95",  # the sampling issue's target for the spread of attributes not asked for
     "0.5",  # the budget issue's targets: unconditional FD <= 0.5x the GMM's at 20 CPU minutes ...
     "1.5",  # ... and class-conditional FD <= 1.5x the reconstructions'
+    "2022", "2023",  # years of the papers cited (Salimans & Ho 2022, Hang et al. 2023)
 }
 
 # -- 2026-12-01: guidance interval, few-step sampling and inpainting on the current shapes recipe
@@ -375,4 +376,29 @@ FIGURES += [
     Figure("the class-conditional samples are {}× the floor", [budget_ratio("cond_model_cfg", "reconstructions")]),
     Figure("the conditional model samples the same marginal at {}× the mixture",
            [budget_ratio("cond_model_drawn", "gmm")]),
+]
+
+# -- stage two per CPU-second: recipe variants at the budget curve's 20-minute VAE point
+STAGE_TWO = "stage_two_recipes_fashion_mnist_vae_20min_uncond.json"
+STAGE_TWO_SAMPLERS = ("ddim:50 η=0", "ddim:50 η=1", "dpm_solver++:10 η=0")
+
+
+def stage_two(variant: str, sampling: str, key: str = "fd") -> V:
+    return V(STAGE_TWO, *row(variant=variant, sampling=sampling), key)
+
+
+FIGURES += [
+    Figure(f"| {label} | " + " | ".join(f"{bold}{{}}{bold}" if s == STAGE_TWO_SAMPLERS[-1] else "{}"
+                                        for s in STAGE_TWO_SAMPLERS) + " |",
+           [stage_two(variant, s) for s in STAGE_TWO_SAMPLERS])
+    for label, variant, bold in (
+        ("ε-prediction, L_simple (the recipe before)", "simple", ""),
+        ("ε-prediction, Min-SNR-5", "min_snr", ""),
+        ("**v-prediction, Min-SNR-5 (the recipe now)**", "v_min_snr", "**"),
+        ("ε-prediction, L_simple, per-channel latent normalisation", "channel_norm_simple", ""))
+] + [
+    Figure("| ex-post GMM on the same autoencoder's latents | {} | | |", [V(STAGE_TWO, *row(variant="gmm"), "fd")]),
+    Figure("| one stage-two training (3260 steps) | {} / {} / {} / {} CPU-min | | |",
+           [V(STAGE_TWO, *row(variant=v, sampling=STAGE_TWO_SAMPLERS[0]), "cpu_min", fmt=f1) for v in ("simple", "min_snr", "v_min_snr",
+                                                                      "channel_norm_simple")]),
 ]
