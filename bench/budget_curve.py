@@ -41,7 +41,10 @@ on reruns, so a resumed sweep asks for the same steps. ``--steps AE LDM`` skips 
 (the x axis is then the measured CPU time).
 
 Resumable: a run whose folder holds its last checkpoint at the asked step, and an evaluation whose JSON exists,
-are not redone; an interrupted run continues from its checkpoint (its CPU time is the sum of its attempts).
+are not redone (a run folder made from another recipe text or other overrides is refused); an interrupted run
+continues from its checkpoint (its CPU time is the sum of its attempts). A sweep may run in pieces (``--kinds rae
+--budgets 45`` later, or two budgets as two processes on two cores): the JSON keeps the points that earlier
+sweeps of the same ``--out-dir`` wrote, beside the new ones.
 Writes bench/results/budget_curve_<dataset>.json (``LATENTDIFF_BENCH_RESULTS`` moves it) and a PNG beside it:
 FD against CPU minutes, one line per set, VAE and RAE as two panels (matplotlib, requirements-bench.txt).
 """
@@ -62,7 +65,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, write_results  # noqa: E402
+from common import ROOT, provenance, results_path, write_results  # noqa: E402
 
 KINDS = {"vae": ("ae_kl", "ldm_kl"), "rae": ("ae_rae", "ldm_rae")}  # recipes in configs/<dataset>/
 MODELS = {"uncond": ["conditioning.enabled=false"], "cond": []}  # the stage-two models, as recipe overrides
@@ -444,11 +447,13 @@ def main(argv=None):
         points = []
         for budget in ([None] if args.steps else sorted(args.budgets)):
             for kind in args.kinds:
-                points.append(run_point(args, recipes[kind], kind, budget, calibration))
+                points.append(run_point(args, recipes[kind], kind, budget, calibration) | {
+                    "command": provenance()["command"]})
+    name = f"budget_curve_{args.dataset}{'_quick' if args.quick else ''}"
+    points = with_earlier_points(results_path(name), args.out_dir, points)
     rows = [row for point in points for row in point_rows(point)]
     for row in rows:  # the plot's x: the budget, or the measured CPU time when the steps were fixed
         row["x_min"] = row["budget_min"] if row["budget_min"] is not None else row["cpu_min"]
-    name = f"budget_curve_{args.dataset}{'_quick' if args.quick else ''}"
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     columns = ["kind", "budget_min", "cpu_min", "variant", "ae_steps", "ldm_steps", "fd", "fd_std", "precision",
                "recall", "class_accuracy"]
@@ -458,7 +463,20 @@ def main(argv=None):
         "plot": None if args.no_plot else f"{name}.png"})
     if not args.no_plot:
         x_label = "total CPU minutes, both stages (budget)" if not args.steps else "measured CPU minutes, both stages"
-        plot(rows, args.kinds, out.with_suffix(".png"), x_label)
+        plot(rows, [k for k in KINDS if any(r["kind"] == k for r in rows)], out.with_suffix(".png"), x_label)
+
+
+def with_earlier_points(path: Path, out_dir: Path, points: list[dict]) -> list[dict]:
+    """This sweep's points and those that earlier sweeps of the same run folder wrote to ``path`` for other
+    (kind, budget) pairs, in budget then kind order: a sweep run in pieces (a budget or a kind at a time, or
+    several at once on several cores) keeps one JSON and one plot. Each point names the command that scored it."""
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    if earlier.get("settings", {}).get("out_dir") != str(out_dir):
+        return points  # another sweep's folder (or none): its points are not this sweep's runs
+    done = {(p["kind"], p["budget_min"]) for p in points}
+    kept = [p for p in earlier.get("points", []) if (p["kind"], p["budget_min"]) not in done]
+    return sorted(kept + points, key=lambda p: (p["budget_min"] is None, p["budget_min"] or 0,
+                                                list(KINDS).index(p["kind"])))
 
 
 def run_point(args, recipes, kind: str, budget: float | None, calibration: dict | None) -> dict:

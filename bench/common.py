@@ -58,13 +58,18 @@ def provenance() -> dict:
             "command": shlex.join(["python", *sys.argv])}
 
 
+def results_path(name: str) -> Path:
+    """bench/results/<name>.json, or under $LATENTDIFF_BENCH_RESULTS (the smoke tests' temporary folder)."""
+    return Path(os.environ.get("LATENTDIFF_BENCH_RESULTS", ROOT / "bench" / "results")) / f"{name}.json"
+
+
 def write_results(name: str, rows: list[dict], columns: list[str], extra: dict | None = None) -> Path:
     """Print the table and write bench/results/<name>.json with its ``provenance()`` (the folder can be moved
     with LATENTDIFF_BENCH_RESULTS, as the smoke tests do, so they never touch the committed results)."""
     meta = provenance()
     print(f"\n{name} — {meta['date']} — {meta['machine']} — {meta['git_commit'][:12]}\n")
     print(markdown_table(rows, columns))
-    out = Path(os.environ.get("LATENTDIFF_BENCH_RESULTS", ROOT / "bench" / "results")) / f"{name}.json"
+    out = results_path(name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**meta, "rows": rows, **(extra or {})}, indent=1))
     print(f"\nwrote {out}")

@@ -101,7 +101,8 @@ def test_inpainting_quick_reports_kept_psnr_and_the_judge(runs, tmp_path):  # no
 
 def test_budget_curve_quick_scores_every_variant_from_the_trained_steps_and_resumes(tmp_path):
     """Both autoencoder kinds, both stage-two models, every scored set over two seeds; the steps in the JSON are
-    the steps in the run folders' checkpoints; a rerun trains and samples nothing again."""
+    the steps in the run folders' checkpoints; a sweep run in two pieces (one kind, then the other) keeps both
+    in one JSON; a rerun of the whole trains and samples nothing again."""
     import importlib.util
     from pathlib import Path
 
@@ -109,8 +110,10 @@ def test_budget_curve_quick_scores_every_variant_from_the_trained_steps_and_resu
 
     plot = importlib.util.find_spec("matplotlib") is not None  # requirements-bench.txt; CI has only -dev
     args = ["--quick", "--out-dir", tmp_path / "runs", *([] if plot else ["--no-plot"])]
-    bench("budget_curve.py", *args, results=tmp_path)
+    bench("budget_curve.py", *args, "--kinds", "vae", results=tmp_path)
+    bench("budget_curve.py", *args, "--kinds", "rae", results=tmp_path)
     result = json.loads((tmp_path / "budget_curve_shapes_quick.json").read_text())
+    assert [p["command"].split("--kinds ")[1] for p in result["points"]] == ["vae", "rae"]
     variants = ["dedicated_uncond", "cond_model_uncond", "cond_model_cfg", "cond_model_drawn", "gmm", "reconstructions",
                 "data"]
     assert [(r["kind"], r["variant"]) for r in result["rows"]] == [(k, v) for k in ("vae", "rae") for v in variants]
