@@ -347,36 +347,43 @@ FIGURES += [
 BUDGET = "budget_curve_fashion_mnist.json"
 
 
-def budget(variant: str, key: str = "fd", fmt=f2, fn=None) -> V:
-    return V(BUDGET, *row(kind="vae", budget_min=20.0, variant=variant), key, fmt=fmt, fn=fn)
+POINTS = (("vae", 10.0), ("vae", 20.0), ("rae", 20.0))  # (autoencoder kind, CPU minutes) of the README's columns
 
 
-def budget_ratio(variant: str, to: str) -> V:
+def budget(variant: str, kind: str, minutes: float, key: str = "fd") -> V:
+    return V(BUDGET, *row(kind=kind, budget_min=minutes, variant=variant), key)
+
+
+def budget_ratio(variant: str, to: str, kind: str, minutes: float) -> V:
     """FD of ``variant`` over FD of ``to`` at the same point, from the whole JSON."""
     def ratio(result):
-        fd = {r["variant"]: r["fd"] for r in result["rows"] if r["kind"] == "vae" and r["budget_min"] == 20.0}
+        fd = {r["variant"]: r["fd"] for r in result["rows"] if r["kind"] == kind and r["budget_min"] == minutes}
         return fd[variant] / fd[to]
     return V(BUDGET, fn=ratio)
 
 
+def budget_cells(variant: str, to: str | None) -> list[V]:
+    """Per README column: the FD, then (with ``to``) its ratio to set ``to``'s FD."""
+    return [v for kind, minutes in POINTS
+            for v in [budget(variant, kind, minutes)] + ([budget_ratio(variant, to, kind, minutes)] if to else [])]
+
+
 FIGURES += [
-    Figure(f"| {label} | {bold}{{}}{bold} | {bold}{{}}{bold} | {{}} |",
-           [budget(variant), budget_ratio(variant, "gmm"), budget_ratio(variant, "reconstructions")])
-    for label, variant, bold in (
-        ("unconditional LDM (a stage two trained without classes)", "dedicated_uncond", ""),
-        ("conditional LDM, no class asked (its unconditional branch)", "cond_model_uncond", ""),
-        ("conditional LDM, classes of the reference images, w = 2", "cond_model_cfg", ""),
-        ("**conditional LDM, no class asked, each drawn from the data (`--unasked data`), w = 2**", "cond_model_drawn",
-         "**"))
+    Figure(f"| {label} | " + " | ".join(["{} ({}×)"] * len(POINTS)) + " |", budget_cells(variant, "gmm"))
+    for label, variant in (
+        ("unconditional LDM (a stage two trained without classes)", "dedicated_uncond"),
+        ("conditional LDM, no class asked, its unconditional branch (`--unasked model`)", "cond_model_uncond"),
+        ("conditional LDM, no class asked, each drawn from the data (`--unasked data`, the recipe)",
+         "cond_model_drawn"))
 ] + [
-    Figure("| ex-post GMM on the same autoencoder's latents | {} | 1 | {} |",
-           [budget("gmm"), budget_ratio("gmm", "reconstructions")]),
-    Figure("| the autoencoder's reconstructions (the floor) | {} | – | 1 |", [budget("reconstructions")]),
-    Figure("a dedicated unconditional model is {}× the mixture", [budget_ratio("dedicated_uncond", "gmm")]),
-    Figure("the class-conditional samples are {}× the floor", [budget_ratio("cond_model_cfg", "reconstructions")]),
-    Figure("the conditional model samples the same marginal at {}× the mixture",
-           [budget_ratio("cond_model_drawn", "gmm")]),
+    Figure("| conditional LDM, classes of the reference images, w = 2 (× the reconstructions') | "
+           + " | ".join(["{} ({}×)"] * len(POINTS)) + " |", budget_cells("cond_model_cfg", "reconstructions")),
+    Figure("| ex-post GMM on the same autoencoder's latents | " + " | ".join(["{}"] * len(POINTS)) + " |",
+           budget_cells("gmm", None)),
+    Figure("| the autoencoder's reconstructions (the floor) | " + " | ".join(["{}"] * len(POINTS)) + " |",
+           budget_cells("reconstructions", None)),
 ]
+
 
 # -- stage two per CPU-second: recipe variants at the budget curve's 20-minute VAE point
 STAGE_TWO = "stage_two_recipes_fashion_mnist_vae_20min_uncond.json"
@@ -399,6 +406,6 @@ FIGURES += [
 ] + [
     Figure("| ex-post GMM on the same autoencoder's latents | {} | | |", [V(STAGE_TWO, *row(variant="gmm"), "fd")]),
     Figure("| one stage-two training (3260 steps) | {} / {} / {} / {} CPU-min | | |",
-           [V(STAGE_TWO, *row(variant=v, sampling=STAGE_TWO_SAMPLERS[0]), "cpu_min", fmt=f1) for v in ("simple", "min_snr", "v_min_snr",
-                                                                      "channel_norm_simple")]),
+           [V(STAGE_TWO, *row(variant=v, sampling=STAGE_TWO_SAMPLERS[0]), "cpu_min", fmt=f1)
+            for v in ("simple", "min_snr", "v_min_snr", "channel_norm_simple")]),
 ]
