@@ -382,6 +382,17 @@ FIGURES += [
            budget_cells("gmm", None)),
     Figure("| the autoencoder's reconstructions (the floor) | " + " | ".join(["{}"] * len(POINTS)) + " |",
            budget_cells("reconstructions", None)),
+    Figure("| measured CPU minutes, autoencoder + the unconditional / the conditional model | "
+           + " | ".join(["{} / {}"] * len(POINTS)) + " |",
+           [V(BUDGET, *row(kind=k, budget_min=m, variant=v), "cpu_min", fmt=f1) for k, m in POINTS
+            for v in ("dedicated_uncond", "cond_model_cfg")]),
+    Figure("at 20 minutes the dedicated unconditional model is {}× the mixture for the VAE and {}× for the RAE",
+           [budget_ratio("dedicated_uncond", "gmm", k, 20.0) for k in ("vae", "rae")]),
+    Figure("the conditional model's unconditional branch, which sees about a fifth of the training, {}× and {}×",
+           [budget_ratio("cond_model_uncond", "gmm", k, 20.0) for k in ("vae", "rae")]),
+    Figure("The class-conditional samples are {}× (VAE) and {}× (RAE) the reconstructions' FD at 20 minutes",
+           [budget_ratio("cond_model_cfg", "reconstructions", k, 20.0) for k in ("vae", "rae")]),
+    Figure("(`sample.unasked: data`), at {}× the mixture", [budget_ratio("cond_model_drawn", "gmm", "vae", 20.0)]),
 ]
 
 
@@ -408,4 +419,18 @@ FIGURES += [
     Figure("| one stage-two training (3260 steps) | {} / {} / {} / {} CPU-min | | |",
            [V(STAGE_TWO, *row(variant=v, sampling=STAGE_TWO_SAMPLERS[0]), "cpu_min", fmt=f1)
             for v in ("simple", "min_snr", "v_min_snr", "channel_norm_simple")]),
+    Figure("the VAE's was {} against {}", [stage_two("simple", STAGE_TWO_SAMPLERS[0]),
+                                          V(STAGE_TWO, *row(variant="gmm"), "fd")]),
+]
+
+STAGE_TWO_COND = "stage_two_recipes_fashion_mnist_vae_20min_cond.json"
+
+
+def guidance(w: str, key: str, fmt=f2) -> V:
+    return V(STAGE_TWO_COND, *row(set="class asked + CFG", sampling=f"dpm_solver++:10 η=0 w={w}"), key, fmt=fmt)
+
+
+FIGURES += [
+    Figure("w = 1 / 2 / 3 give class-conditional FD {} / {} / {} at class accuracy {} / {} / {} %",
+           [guidance(w, "fd") for w in "123"] + [guidance(w, "class_accuracy", pct0) for w in "123"]),
 ]
