@@ -199,6 +199,20 @@ def train(script: str, recipe: Path, run: Path, steps: int, overrides: list[str]
     return record
 
 
+def off_budget(shares_s: dict, runs: dict, tolerance: float = 0.15) -> list[str]:
+    """One line per stage whose measured CPU time strays from its share by more than ``tolerance``: a calibration
+    made under load (other processes on the cores) can misjudge the cost per step, and the point then stands at
+    the wrong x. The JSON keeps the measured minutes either way (``cpu_min``)."""
+    lines = []
+    for stage, share in shares_s.items():
+        ratio = runs[stage]["cpu_s"] / share
+        if abs(ratio - 1) > tolerance:
+            lines.append(f"{stage} took {runs[stage]['cpu_s'] / 60:.1f} CPU-min for a share of {share / 60:.1f} "
+                         f"({ratio:.2f}x): recalibrate alone (delete calibration.json's entry and the calibration "
+                         f"runs) if the machine was busy")
+    return lines
+
+
 def cache_of(run: Path) -> Path:
     """The latent cache a stage-two run of this sweep encodes for itself: <run>.latent_cache beside it."""
     return run.parent / f"{run.name}.latent_cache"
@@ -497,6 +511,9 @@ def run_point(args, recipes, kind: str, budget: float | None, calibration: dict 
     for model, extra in MODELS.items():
         runs[model] = train("train_diffusion.py", ldm_recipe, where / f"{kind}_ldm_{model}", ldm_steps[model],
                             [f"ae.run={where / f'{kind}_ae'}", *extra, *args.ldm_overrides], ldm_cap)
+    if budget is not None:
+        for line in off_budget({"ae": ae_s, **{m: ldm_s for m in MODELS}}, runs):
+            print(f"note: {kind} {budget:g} min: {line}", flush=True)
     evals = {model: {seed: evaluate(args, where / f"{kind}_ldm_{model}", seed, gmm=model == "cond")
                      for seed in args.seeds} for model in MODELS}
     scores = {}

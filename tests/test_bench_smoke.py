@@ -228,3 +228,14 @@ def test_budget_curve_refuses_a_run_folder_trained_from_another_recipe_text_or_o
         with pytest.raises(ValueError, match="another recipe text or other overrides"):
             train("train_diffusion.py", recipe, run, 8, overrides, cap_minutes=1)
     assert sorted(p.name for p in run.iterdir()) == ["budget_curve_run.json"]  # nothing trained, nothing written
+
+
+def test_budget_curve_names_each_stage_whose_cpu_time_strays_from_its_share():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from budget_curve import off_budget
+
+    shares = {"ae": 60.0, "uncond": 120.0, "cond": 120.0}
+    trained = {"ae": {"cpu_s": 66.0}, "uncond": {"cpu_s": 100.0}, "cond": {"cpu_s": 170.0}}  # 1.10x, 0.83x, 1.42x
+    lines = off_budget(shares, trained)
+    assert len(lines) == 2 and lines[0].startswith("uncond took 1.7 CPU-min for a share of 2.0 (0.83x)")
+    assert lines[1].startswith("cond took 2.8 CPU-min for a share of 2.0 (1.42x)")
