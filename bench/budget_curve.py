@@ -307,6 +307,21 @@ def summary(values: list[float | None]) -> dict:
             "min": min(vals), "max": max(vals)}
 
 
+def seed_columns(per_seed: list[dict], class_accuracy: bool = False) -> dict:
+    """One scored set's scores at each sampling seed -> its table columns: each metric's mean, standard deviation,
+    min and max, the FD of every seed, and (``class_accuracy``) the mean joint attribute accuracy."""
+    columns = {}
+    for m in METRICS:
+        s = summary([scores.get(m) for scores in per_seed])
+        columns[m] = s["mean"]
+        columns[f"{m}_std"], columns[f"{m}_min"], columns[f"{m}_max"] = s["std"], s["min"], s["max"]
+    columns["fd_seeds"] = [scores.get("fd") for scores in per_seed]
+    if class_accuracy:
+        columns["class_accuracy"] = summary([(s.get("attribute_accuracy") or {}).get("joint")
+                                             for s in per_seed])["mean"]
+    return columns
+
+
 def point_rows(point: dict) -> list[dict]:
     """One table row per scored set of a (kind, budget) point: metrics as mean and spread over seeds."""
     rows = []
@@ -317,15 +332,7 @@ def point_rows(point: dict) -> list[dict]:
                "cpu_min": point["cpu_min"][model if sampled else "ae"],
                "ae_steps": point["runs"]["ae"]["steps_trained"],
                "ldm_steps": point["runs"][model]["steps_trained"] if sampled else None}
-        for m in METRICS:
-            s = summary([seed_scores.get(m) for seed_scores in per_seed.values()])
-            row[m] = s["mean"]
-            row[f"{m}_std"], row[f"{m}_min"], row[f"{m}_max"] = s["std"], s["min"], s["max"]
-        row["fd_seeds"] = [seed_scores.get("fd") for seed_scores in per_seed.values()]
-        if variant == "cond_model_cfg":
-            row["class_accuracy"] = summary([(s.get("attribute_accuracy") or {}).get("joint")
-                                             for s in per_seed.values()])["mean"]
-        rows.append(row)
+        rows.append(row | seed_columns(list(per_seed.values()), class_accuracy=variant == "cond_model_cfg"))
     return rows
 
 

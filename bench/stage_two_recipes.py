@@ -182,15 +182,8 @@ def main(argv=None):
                                "sampling": f"{used['sampler']}:{used['steps']} η={used['eta']:g}"
                                            + (f" w={used['guidance_scale']:g}" if args.model == "cond" else ""),
                                "train_steps": runs[name]["steps_trained"], "cpu_min": runs[name]["cpu_s"] / 60, **used}
-                    for m in bc.METRICS:
-                        s = bc.summary([e["samples"].get(key, {}).get(m) for e in evals])
-                        row[m] = s["mean"]
-                        row[f"{m}_std"], row[f"{m}_min"], row[f"{m}_max"] = s["std"], s["min"], s["max"]
-                    row["fd_seeds"] = [e["samples"].get(key, {}).get("fd") for e in evals]
-                    if key == "ldm_conditional":
-                        row["class_accuracy"] = bc.summary([(e["samples"][key].get("attribute_accuracy") or {})
-                                                            .get("joint") for e in evals])["mean"]
-                    rows.append(row)
+                    rows.append(row | bc.seed_columns([e["samples"].get(key, {}) for e in evals],
+                                                      class_accuracy=key == "ldm_conditional"))
     columns = ["variant", "set", "overrides", "sampling", "train_steps", "cpu_min", "fd", "fd_std", "precision",
                "recall", "class_accuracy"]
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
