@@ -54,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the run's sample.eta)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale of ldm_conditional (default: the run's)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="guide only where LO <= t/T <= HI, the plain conditional model elsewhere (default: the "
+                        "run's sample.guidance_interval; 0 1 guides everywhere)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--baselines", default="auto",
                    help="comma list of prior,gmm, or none; auto: prior for VAEs, gmm where scikit-learn is installed")

@@ -274,14 +274,17 @@ def calibrate(args, recipes: dict, folder: Path) -> dict:
 
 def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None) -> dict:
     """The library's evaluation of a stage-two run at one sampling seed, written to <run>/eval_seed<K>.json and
-    read back from there on reruns. ``sampling`` ({"sampler", "steps", "eta", "guidance_scale"}, any of them)
-    overrides the run's own sampler settings and names the file after them: eval_seed0_steps50_samplerddim_eta1.json."""
+    read back from there on reruns. ``sampling`` ({"sampler", "steps", "eta", "guidance_scale", "guidance_interval"},
+    any of them) overrides the run's own sampler settings and names the file after them:
+    eval_seed0_steps50_samplerddim_eta1.json, eval_seed0_guidance_interval0-0.6.json."""
     from latentdiff.evaluation import EvalOptions, evaluate_run
 
     sampling = {"steps": args.sample_steps} | (sampling or {})
     asked = {k: v for k, v in sampling.items() if v is not None}
-    suffix = "".join(f"_{k}{v:g}" if isinstance(v, float) else f"_{k}{v}" for k, v in asked.items()
-                     if (k, v) != ("steps", args.sample_steps))
+    def text(v):
+        return f"{v:g}" if isinstance(v, float) else "-".join(f"{x:g}" for x in v) if isinstance(v, list) else f"{v}"
+
+    suffix = "".join(f"_{k}{text(v)}" for k, v in asked.items() if (k, v) != ("steps", args.sample_steps))
     out = run / f"eval_seed{seed}{suffix}.json"
     if out.exists() and out.stat().st_mtime >= (run / "checkpoints" / "last.pt").stat().st_mtime:
         saved = json.loads(out.read_text())  # reused when it scored these weights with these settings
@@ -291,6 +294,7 @@ def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None
     options = EvalOptions(run=str(run), num=args.num, seed=seed, sampler=sampling.get("sampler"),
                           steps=sampling.get("steps"), eta=sampling.get("eta"),
                           guidance=sampling.get("guidance_scale"),
+                          guidance_interval=sampling.get("guidance_interval"),
                           baselines="gmm" if gmm else "none", gmm_components=args.gmm_components,
                           gmm_fit_examples=args.gmm_fit_examples, bound_examples=args.bound_examples,
                           bound_timesteps=args.bound_timesteps, classifier_dir=str(args.classifier_dir),

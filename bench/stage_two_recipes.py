@@ -15,8 +15,9 @@ KEY=VALUE ...``), trained through train_diffusion.py on the point's own autoenco
 curve's calibration.json: every candidate here costs the same per step, and the JSON records each run's CPU time
 so a costlier one shows). Every variant is then scored by the library's evaluation (the budget curve's judge,
 FD / precision / recall on ``--num`` samples against held-out test images) under each sampler setting of
-``--samplers`` ("recipe": the run's own; "ddim:50", "ddim:50:1" for η = 1, "dpm_solver++:10", and a guidance
-scale after η: "dpm_solver++:10:-:3"), once per seed
+``--samplers`` ("recipe": the run's own; "ddim:50", "ddim:50:1" for η = 1, "dpm_solver++:10", a guidance
+scale after η: "dpm_solver++:10:-:3", and after it the noise levels where guidance acts: "dpm_solver++:10:-:3:0-0.6"),
+once per seed
 (mean, standard deviation, min, max). The scored sets are the unconditional samples (``--model uncond``: a model
 trained without attributes), or, with ``--model cond``, the class-conditional model's unconditional branch, its
 class-conditional samples with guidance and its samples with classes drawn from the data. The ex-post GMM on the
@@ -60,20 +61,27 @@ REFERENCES = {"gmm": "ex-post GMM, same autoencoder", "reconstructions": "recons
 
 def parse_sampler(text: str) -> dict:
     """ "recipe" -> {} (the run's own); "ddim:50" -> {"sampler": "ddim", "steps": 50}; "ddim:50:1" adds
-    "eta": 1.0 and "ddim:50:0:3" "guidance_scale": 3.0 as well ("-" keeps the run's η: "dpm_solver++:10:-:3")."""
+    "eta": 1.0, "ddim:50:0:3" "guidance_scale": 3.0 as well, and "ddim:50:0:3:0.1-0.7" "guidance_interval":
+    [0.1, 0.7] (guidance only where 0.1 <= t/T <= 0.7, Kynkäänniemi et al. 2024); "-" keeps the run's own value
+    ("dpm_solver++:10:-:3")."""
     if text == "recipe":
         return {}
     parts = text.split(":")
     try:
-        if not 2 <= len(parts) <= 4:
+        if not 2 <= len(parts) <= 5:
             raise ValueError
         out = {"sampler": parts[0], "steps": int(parts[1])}
-        for key, value in zip(("eta", "guidance_scale"), parts[2:]):
+        for key, value in zip(("eta", "guidance_scale"), parts[2:4]):
             if value != "-":
                 out[key] = float(value)
+        if len(parts) == 5 and parts[4] != "-":
+            lo, hi = parts[4].split("-")
+            out["guidance_interval"] = [float(lo), float(hi)]
+            if not 0 <= out["guidance_interval"][0] < out["guidance_interval"][1] <= 1:
+                raise ValueError
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give recipe or SAMPLER:STEPS[:ETA[:GUIDANCE]] (e.g. ddim:50:1, "
-                                         f"dpm_solver++:10:-:3)") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give recipe or SAMPLER:STEPS[:ETA[:GUIDANCE[:LO-HI]]] (e.g. "
+                                         f"ddim:50:1, dpm_solver++:10:-:3, dpm_solver++:10:-:3:0.1-0.7)") from None
     if out["sampler"] not in ("ddpm", "ddim", "dpm_solver++") or out["steps"] < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: the sampler is one of ddpm, ddim, dpm_solver++ and the steps "
                                          f"at least 1")
@@ -91,7 +99,8 @@ def parse_args(argv=None):
     p.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE"),
                    help="a variant of your own: its name and recipe overrides (repeatable)")
     p.add_argument("--samplers", nargs="+", type=parse_sampler, default=[{}],
-                   help="recipe (the run's own) or SAMPLER:STEPS[:ETA[:GUIDANCE]], '-' for the run's own η")
+                   help="recipe (the run's own) or SAMPLER:STEPS[:ETA[:GUIDANCE[:LO-HI]]], '-' for the run's own "
+                        "value")
     p.add_argument("--steps", type=int, default=None, help="stage-two steps (default: the budget point's)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="sampling seeds (default 0 1 2)")
     p.add_argument("--num", type=int, default=1000, help="samples per set, and held-out reference images")
@@ -173,14 +182,17 @@ def main(argv=None):
                 with_refs = name == first and sampling == args.samplers[0]
                 evals = [bc.evaluate(args, args.out_dir / name, seed, gmm=with_refs, sampling=sampling)
                          for seed in args.seeds]
-                used = {k: evals[0]["settings"].get(k) for k in ("sampler", "steps", "eta", "guidance_scale")}
+                used = {k: evals[0]["settings"].get(k) for k in ("sampler", "steps", "eta", "guidance_scale",
+                                                                  "guidance_interval")}
                 sets = {**SETS[args.model], **(REFERENCES if with_refs else {})}
                 for key, label in sets.items():
                     row = {"variant": key, "set": label}  # a reference: no stage two, no sampler
                     if key not in REFERENCES:
                         row = {"variant": name, "set": label, "overrides": " ".join(args.overrides[name]),
                                "sampling": f"{used['sampler']}:{used['steps']} η={used['eta']:g}"
-                                           + (f" w={used['guidance_scale']:g}" if args.model == "cond" else ""),
+                                           + (f" w={used['guidance_scale']:g}" if args.model == "cond" else "")
+                                           + (" in [{:g}, {:g}]".format(*used["guidance_interval"])
+                                              if args.model == "cond" and used["guidance_interval"] else ""),
                                "train_steps": runs[name]["steps_trained"], "cpu_min": runs[name]["cpu_s"] / 60, **used}
                     rows.append(row | bc.seed_columns([e["samples"].get(key, {}) for e in evals],
                                                       class_accuracy=key == "ldm_conditional"))

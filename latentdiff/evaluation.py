@@ -26,6 +26,7 @@ from latentdiff.builders import build_data
 from latentdiff.bundle import is_bundle
 from latentdiff.checkpoints import load_checkpoint
 from latentdiff.config import DataConfig, from_dict
+from latentdiff.diffusion import check_guidance_interval
 from latentdiff.latents import LatentNormaliser
 from latentdiff.loading import ldm_parts_from_checkpoint, load_autoencoder
 from latentdiff.metrics.classifier import (
@@ -58,6 +59,7 @@ class EvalOptions:
     steps: int | None = None
     eta: float | None = None
     guidance: float | None = None
+    guidance_interval: tuple[float, float] | None = None  # None: the run's sample.guidance_interval
     seed: int = 0
     baselines: str = "auto"  # comma list of prior,gmm, or none; auto: prior for VAEs, gmm with scikit-learn
     gmm_components: int = 10
@@ -82,6 +84,8 @@ def check_options(args: EvalOptions) -> list[str]:
     for name in ("steps", "bound_timesteps", "classifier_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if args.guidance_interval is not None:
+        check_guidance_interval(args.guidance_interval)
     for item in args.samples:  # before any work: a typo here should not cost a whole evaluation
         path = item.rpartition("=")[2]
         if not Path(path).is_file():
@@ -372,7 +376,8 @@ def evaluate_run(args: EvalOptions, device="cpu") -> dict:
         result["samples"]["reconstructions"] = score(recon, targets)
 
     if ldm is not None:
-        s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance)  # the run's, as sample.py
+        s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance,  # the run's, as sample.py
+                                  args.guidance_interval)
         s.pop("unasked")  # each set below says how it treats attributes not asked for
         result["settings"].update(s)
 

@@ -205,7 +205,9 @@ def test_stage_two_recipes_reads_sampler_settings_and_refuses_malformed_ones():
     assert parse_sampler("recipe") == {}
     assert parse_sampler("ddim:50:1") == {"sampler": "ddim", "steps": 50, "eta": 1.0}
     assert parse_sampler("dpm_solver++:10:-:3") == {"sampler": "dpm_solver++", "steps": 10, "guidance_scale": 3.0}
-    for bad in ("ddim", "ddim:x", "euler:10", "ddim:0", "ddim:5:1:2:3"):
+    assert parse_sampler("dpm_solver++:10:-:3:0.1-0.7") == {"sampler": "dpm_solver++", "steps": 10,
+                                                             "guidance_scale": 3.0, "guidance_interval": [0.1, 0.7]}
+    for bad in ("ddim", "ddim:x", "euler:10", "ddim:0", "ddim:5:1:2:3", "ddim:5:1:2:0.7-0.1", "ddim:5:1:2:0-1:9"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_sampler(bad)
 

@@ -266,10 +266,37 @@ def test_evaluate_writes_the_documented_json_for_a_diffusion_and_an_autoencoder_
     assert len(list((out / "classifiers").iterdir())) == 1  # one judge per dataset config, trained once
 
 
+def test_evaluate_guidance_interval_reaches_the_sampler_and_the_record(runs, tmp_path, monkeypatch):  # noqa: F811
+    """--guidance-interval is handed to every sampling call (as sample.py hands it) and recorded in the settings;
+    without it the run's own sample.guidance_interval is used. (The tiny run's attribute embedding is still at its
+    zero init, so its guided and unguided samples coincide: the calls are checked, not the images.)"""
+    out, _ = runs
+    from latentdiff.evaluation import EvalOptions, evaluate_run
+    from latentdiff.pipeline import LatentDiffusion
+
+    seen = []
+    real = LatentDiffusion.sample_latents
+
+    def spy(self, *args, **kw):
+        seen.append(kw.get("guidance_interval"))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(LatentDiffusion, "sample_latents", spy)
+    for asked in ((0.0, 0.6), None):
+        seen.clear()
+        result = evaluate_run(EvalOptions(run=str(out / "shapes_ldm_kl"), out=str(tmp_path / "e.json"),
+                                          baselines="none", guidance_interval=asked, **TINY_OPTIONS))
+        runs_own = LatentDiffusion.from_run(out / "shapes_ldm_kl").sampling_settings()["guidance_interval"]
+        expected = asked if asked is not None else runs_own
+        assert result["settings"]["guidance_interval"] == expected
+        assert len(seen) >= 3 and all(v == expected for v in seen)  # ldm, ldm_conditional, ldm_drawn_attributes
+
+
 @pytest.mark.parametrize("args, words", [(["--num", "2"], "at least 4"),
                                          (["--baselines", "flow"], "not a baseline"),
                                          (["--run", "/nonexistent"], "no checkpoints/"),
-                                         (["--samples", "peer=/nonexistent.npz"], "does not exist")])
+                                         (["--samples", "peer=/nonexistent.npz"], "does not exist"),
+                                         (["--guidance-interval", "0.7", "0.1"], "0 <= lo < hi <= 1")])
 def test_evaluate_bad_input_is_one_clear_line(runs, args, words):  # noqa: F811
     out, _ = runs
     r = cli("evaluate.py", "--run", out / "shapes_ldm_kl", *args, check=False)
