@@ -18,7 +18,8 @@ alike.
 
 Sets scored, with the library's evaluation (``latentdiff.evaluation.evaluate_run``: the project's judge, FD on
 its features, precision/recall with k = 3, ``--num`` samples against ``--num`` held-out test images), at the
-recipes' own sampler settings, once per sampling seed (``--seeds``; mean, standard deviation, min and max):
+recipes' current sampler settings (a run trained before the recipe's sample section changed is scored at the
+new ones: sampling is not training), once per sampling seed (``--seeds``; mean, standard deviation, min and max):
 
   dedicated_uncond    a stage-two model trained without attributes (the recipe with conditioning.enabled=false)
   cond_model_uncond   the class-conditional model sampled with every attribute unspecified (its unconditional
@@ -41,7 +42,8 @@ on reruns, so a resumed sweep asks for the same steps. ``--steps AE LDM`` skips 
 (the x axis is then the measured CPU time).
 
 Resumable: a run whose folder holds its last checkpoint at the asked step, and an evaluation whose JSON exists,
-are not redone (a run folder made from another recipe text or other overrides is refused); an interrupted run
+are not redone (a run folder made from another recipe, outside its sample section, or other overrides is
+refused); an interrupted run
 continues from its checkpoint (its CPU time is the sum of its attempts). A sweep may run in pieces (``--kinds rae
 --budgets 45`` later, or two budgets as two processes on two cores): the JSON keeps the points that earlier
 sweeps of the same ``--out-dir`` wrote, beside the new ones.
@@ -146,14 +148,15 @@ def train(script: str, recipe: Path, run: Path, steps: int, overrides: list[str]
     {command, steps_asked, steps_trained, cpu_s (summed over attempts), attempts, capped}, kept in the folder."""
     record_path = run / "budget_curve_run.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else None
-    # what decides the run besides its steps: the recipe's text and the overrides (an edited recipe is a new run;
-    # records from before this check carry no "made_from" and are taken as they are)
-    made_from = {"recipe_sha256": hashlib.sha256(recipe.read_bytes()).hexdigest(), "overrides": list(overrides)}
+    # what decides the run besides its steps: the recipe's training part and the overrides (an edited recipe is a
+    # new run; records from before this check carry no "made_from" and are taken as they are)
+    made_from = {"training_sha256": hashlib.sha256(training_part(recipe)).hexdigest(), "overrides": list(overrides)}
     if record is not None and record["steps_asked"] != steps:
         raise ValueError(f"{run} was trained for {record['steps_asked']} steps and this sweep asks {steps} (another "
                          f"calibration, --ae-share or budget?); delete it or pick another --out-dir")
     if record is not None and record.get("made_from", made_from) != made_from:
-        raise ValueError(f"{run} was trained from another recipe text or other overrides than {recipe.name} "
+        raise ValueError(f"{run} was trained from another recipe (outside its sample section) or other overrides "
+                         f"than {recipe.name} "
                          f"{' '.join(overrides)}; delete it or pick another --out-dir")
     if record is not None and record.get("finished") and last_step(run) is not None:
         print(f"done already: {run.name} ({record['steps_trained']} steps, {record['cpu_s']:.0f} CPU-s)", flush=True)
@@ -216,6 +219,41 @@ def off_budget(shares_s: dict, runs: dict, tolerance: float = 0.15) -> list[str]
 def cache_of(run: Path) -> Path:
     """The latent cache a stage-two run of this sweep encodes for itself: <run>.latent_cache beside it."""
     return run.parent / f"{run.name}.latent_cache"
+
+
+def training_part(recipe: Path) -> bytes:
+    """The recipe as far as it decides the trained weights, as canonical JSON: every section but ``sample`` (the
+    sampling defaults, read only when sampling; a run is scored at the recipe's current ones, ``recipe_sampling``)."""
+    import yaml
+
+    values = yaml.safe_load(recipe.read_text()) or {}
+    values.pop("sample", None)
+    return json.dumps(values, sort_keys=True).encode()
+
+
+SAMPLING_KEYS = ("sampler", "steps", "eta", "guidance_scale", "guidance_interval")
+
+
+def sampling_of(config: Path) -> dict:
+    """The sampler settings a stage-two recipe or run config gives (library defaults filled in); for an
+    unconditional model without its guidance keys, which it does not use."""
+    from latentdiff.config import LDMRunConfig, load_config
+
+    cfg = load_config(LDMRunConfig, config, ["ae.run=null"])
+    out = {k: getattr(cfg.sample, k) for k in SAMPLING_KEYS}
+    if out["guidance_interval"] is not None:
+        out["guidance_interval"] = [float(v) for v in out["guidance_interval"]]  # as the eval JSON holds it
+    if not cfg.conditioning.enabled:
+        del out["guidance_scale"], out["guidance_interval"]
+    return out
+
+
+def recipe_sampling(recipe: Path, run: Path) -> dict:
+    """The recipe's sampler settings where they differ from those ``run`` was trained with: a run made before the
+    recipe's sample section changed is scored at the recipe's current settings (its evaluation files named after
+    them), one made since at its own (eval_seed<K>.json)."""
+    own = sampling_of(run / "config.yaml")
+    return {k: v for k, v in sampling_of(recipe).items() if k in own and own[k] != v}
 
 
 def recipe_values(recipe: Path) -> dict:
@@ -525,7 +563,8 @@ def run_point(args, recipes, kind: str, budget: float | None, calibration: dict 
     if budget is not None:
         for line in off_budget({"ae": ae_s, **{m: ldm_s for m in MODELS}}, runs):
             print(f"note: {kind} {budget:g} min: {line}", flush=True)
-    evals = {model: {seed: evaluate(args, where / f"{kind}_ldm_{model}", seed, gmm=model == "cond")
+    evals = {model: {seed: evaluate(args, where / f"{kind}_ldm_{model}", seed, gmm=model == "cond",
+                                    sampling=recipe_sampling(ldm_recipe, where / f"{kind}_ldm_{model}"))
                      for seed in args.seeds} for model in MODELS}
     scores = {}
     for variant, (model, key) in VARIANTS.items():
@@ -536,7 +575,7 @@ def run_point(args, recipes, kind: str, budget: float | None, calibration: dict 
                         **{m: (runs["ae"]["cpu_s"] + runs[m]["cpu_s"]) / 60 for m in MODELS}},
             "runs": {k: {key: v for key, v in r.items() if key != "command"} | {"command": r["command"][1:]}
                      for k, r in runs.items()},
-            "sampling": {k: first["settings"].get(k) for k in ("sampler", "steps", "eta", "guidance_scale", "num")},
+            "sampling": {k: first["settings"].get(k) for k in (*SAMPLING_KEYS, "num")},
             "judge": first["judge"], "scores": scores}
 
 

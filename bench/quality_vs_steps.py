@@ -58,6 +58,9 @@ def main():
                    help="conditional runs: nothing is asked, so 'data' draws every attribute from the training data "
                         "and guides towards it with the run's guidance_scale, 'model' samples the unconditional "
                         "model (default: the run's sample.unasked); given, it names the file")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="with --unasked data: guide only where LO <= t/T <= HI (default: the run's "
+                        "sample.guidance_interval); given, it names the file")
     args = p.parse_args()
     if args.quick:
         args.settings = ["ddim:5", "ddim:10", "dpm_solver++:5"]
@@ -67,6 +70,9 @@ def main():
                 or (len(parts) == 3 and parts[0] != "ddim")):
             p.error(f"--settings {setting!r}: write SAMPLER:STEPS[:ETA] with SAMPLER ddpm, ddim or dpm_solver++ "
                     f"(ETA for ddim only), e.g. dpm_solver++:10")
+    if args.guidance_interval is not None and not 0 <= args.guidance_interval[0] < args.guidance_interval[1] <= 1:
+        p.error(f"--guidance-interval {args.guidance_interval[0]:g} {args.guidance_interval[1]:g}: give LO HI with "
+                f"0 <= LO < HI <= 1 (fractions of T)")
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -92,7 +98,7 @@ def main():
         start = time.perf_counter()
         images = ldm.sample(args.num, sampler=sampler, steps=int(steps), eta=float(eta[0]) if eta else 0.0,
                             generator=g, noise=noise, batch_size=250, timestep_spacing=args.timestep_spacing,
-                            unasked=args.unasked)
+                            unasked=args.unasked, guidance_interval=args.guidance_interval)
         seconds = time.perf_counter() - start
         m = score(images)
         rows.append({"sampler": sampler, "steps": int(steps), "eta": float(eta[0]) if eta else 0.0,
@@ -102,11 +108,14 @@ def main():
     name = result_name(args.run, args.settings, args.seed) + (f"_{args.timestep_spacing}" if args.timestep_spacing
                                                                else "") + (f"_unasked{args.unasked}" if args.unasked
                                                                            else "")
-    settings = ldm.sampling_settings(unasked=args.unasked)
+    if args.guidance_interval is not None:
+        name += "_interval{:g}to{:g}".format(*args.guidance_interval)
+    settings = ldm.sampling_settings(guidance_interval=args.guidance_interval, unasked=args.unasked)
     write_results(name, rows, list(rows[0]),
                   extra={"run": args.run, "num": args.num, "seed": args.seed or 0, "settings": args.settings,
                          "timestep_spacing": args.timestep_spacing, "unasked": settings["unasked"],
                          "guidance_scale": settings["guidance_scale"] if settings["unasked"] == "data" else None,
+                         "guidance_interval": settings["guidance_interval"] if settings["unasked"] == "data" else None,
                          "reference": f"first {args.num} test images",
                          "judge_test_accuracy": record["test_accuracy"], "threads": 1})
 

@@ -78,6 +78,14 @@ def test_quality_vs_steps_names_its_file_by_settings_and_seed():
                      "quality_vs_steps_fashion_mnist_ldm_kl_ddim50eta1"]
 
 
+@pytest.mark.parametrize("args, words", [(["--settings", "euler:10"], "write SAMPLER:STEPS"),
+                                         (["--guidance-interval", "0.7", "0.1"], "0 <= LO < HI <= 1")])
+def test_quality_vs_steps_refuses_bad_settings_in_one_line_before_loading(args, words):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "quality_vs_steps.py"), "--run", "/nonexistent", *args],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and words in r.stderr.strip().splitlines()[-1], r.stderr
+
+
 @pytest.mark.parametrize("script", ["sampling_speed.py", "denoiser_speed.py"])
 def test_speed_benches_against_diffusers_run_quick(script, tmp_path):
     pytest.importorskip("diffusers", reason="the speed benches compare with diffusers (requirements-bench.txt)")
@@ -212,24 +220,46 @@ def test_stage_two_recipes_reads_sampler_settings_and_refuses_malformed_ones():
             parse_sampler(bad)
 
 
-def test_budget_curve_refuses_a_run_folder_trained_from_another_recipe_text_or_overrides(tmp_path):
-    """An edited recipe or other overrides make a new run: the sweep says so instead of reusing the old one."""
+def test_budget_curve_refuses_a_run_folder_trained_from_another_recipe_or_overrides_but_not_other_sampling(tmp_path):
+    """An edited recipe or other overrides make a new run: the sweep says so instead of reusing the old one. An
+    edited sample section does not (sampling is not training): the run is reused and scored at the new settings."""
     sys.path.insert(0, str(ROOT / "bench"))
     import hashlib
 
-    from budget_curve import train
+    import torch
+    from budget_curve import train, training_part
 
     recipe = tmp_path / "ldm.yaml"
-    recipe.write_text("name: x\n")
+    recipe.write_text("name: x\nsample:\n  steps: 10\n")
     run = tmp_path / "run"
-    run.mkdir()
-    made_from = {"recipe_sha256": hashlib.sha256(b"name: x\n").hexdigest(), "overrides": ["a=1"]}
-    (run / "budget_curve_run.json").write_text(json.dumps({"steps_asked": 8, "made_from": made_from}))
-    for text, overrides in (("name: y\n", ["a=1"]), ("name: x\n", ["a=2"])):
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"model": {}, "step": 8}, run / "checkpoints" / "last.pt")
+    made_from = {"training_sha256": hashlib.sha256(training_part(recipe)).hexdigest(), "overrides": ["a=1"]}
+    record = {"steps_asked": 8, "steps_trained": 8, "cpu_s": 1.0, "finished": True, "made_from": made_from}
+    (run / "budget_curve_run.json").write_text(json.dumps(record))
+    for text, overrides in (("name: y\nsample:\n  steps: 10\n", ["a=1"]),
+                            ("name: x\nsample:\n  steps: 10\n", ["a=2"])):
         recipe.write_text(text)
-        with pytest.raises(ValueError, match="another recipe text or other overrides"):
+        with pytest.raises(ValueError, match="another recipe .outside its sample section. or other overrides"):
             train("train_diffusion.py", recipe, run, 8, overrides, cap_minutes=1)
-    assert sorted(p.name for p in run.iterdir()) == ["budget_curve_run.json"]  # nothing trained, nothing written
+    recipe.write_text("name: x\nsample:\n  steps: 20\n  guidance_interval: [0.0, 0.6]\n")
+    assert train("train_diffusion.py", recipe, run, 8, ["a=1"], cap_minutes=1) == record  # reused, not retrained
+    assert sorted(p.name for p in run.iterdir()) == ["budget_curve_run.json", "checkpoints"]  # nothing written
+
+
+def test_budget_curve_scores_a_run_at_the_recipes_current_sampling_where_it_differs(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from budget_curve import recipe_sampling
+
+    recipe = ROOT / "configs" / "fashion_mnist" / "ldm_kl.yaml"
+    text, run_config = recipe.read_text(), tmp_path / "config.yaml"
+    run_config.write_text(text)
+    assert recipe_sampling(recipe, tmp_path) == {}  # a run of the recipe as it is: its own settings
+    w3 = text.replace("guidance_scale: 2.0", "guidance_scale: 3.0")
+    run_config.write_text(w3.replace("steps: 10\n", "steps: 50\n"))
+    assert recipe_sampling(recipe, tmp_path) == {"steps": 10, "guidance_scale": 2.0}
+    run_config.write_text(w3.replace("enabled: true", "enabled: false"))
+    assert recipe_sampling(recipe, tmp_path) == {}  # an unconditional model does not guide
 
 
 def test_budget_curve_names_each_stage_whose_cpu_time_strays_from_its_share():
