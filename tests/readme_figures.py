@@ -69,9 +69,12 @@ class Figure:
 
 AE_KL, AE_RAE = "autoencoder_fashion_mnist_ae_kl.json", "autoencoder_fashion_mnist_ae_rae.json"
 SWISS = "toy_swissroll.json"
-SEEDS = [f"quality_vs_steps_fashion_mnist_ldm_kl_ddpm1000_seed{k}.json" for k in range(3)]
+# the Fashion-MNIST VAE's LDM of the current recipe, 1000 samples per seed: the recipe's guided sampling, and the
+# conditional model's unconditional branch
+DRAWN = [f"quality_vs_steps_fashion_mnist_ldm_kl_dpmsolverpp10_seed{k}_unaskeddata_interval0to0.6.json"
+         for k in range(3)]
+UNCOND = [f"quality_vs_steps_fashion_mnist_ldm_kl_dpmsolverpp10_seed{k}_unaskedmodel.json" for k in range(3)]
 RAE_DDPM = "quality_vs_steps_fashion_mnist_ldm_rae_ddpm1000.json"
-SWEEP = "quality_vs_steps_fashion_mnist_ldm_kl.json"
 PEER = "pixel_ddpm_peer.json"
 ATTR = "attribute_sampling_shapes_ldm_kl_newinit.json"  # the current recipe (attribute-embedding change)
 ATTR_OLD = "attribute_sampling_shapes_ldm_kl.json"  # before it: the editing rows
@@ -136,20 +139,18 @@ FIGURES: list[Figure] = [
     Figure("{}× after {} min ({} steps)",
            [first_row(SWISS, "ratio"), first_row(SWISS, "train_minutes", f1), first_row(SWISS, "steps", f0)]),
     # -- sample quality, Fashion-MNIST
-    Figure("trained on the labels, test accuracy {} %", [V(SEEDS[0], "judge_test_accuracy", "class", fmt=pct)]),
-    Figure("| **VAE + latent diffusion, DDPM 1000 steps** (seeds 0 / 1 / 2) | {} | **{}** / {} / {} | {} / {} / {} "
-           "| {} / {} / {} |",
-           [V(SEEDS[0], "num", fmt=f0), *(first_row(f, "fd") for f in SEEDS),
-            *(first_row(f, "precision") for f in SEEDS), *(first_row(f, "recall") for f in SEEDS)]),
-    Figure("| RAE + latent diffusion, DDPM 1000 steps | {} | {} | {} | {} |",
+    Figure("trained on the labels, test accuracy {} %", [V(UNCOND[0], "judge_test_accuracy", "class", fmt=pct)]),
+    Figure("| **VAE + latent diffusion, the recipe: nothing asked, each class drawn from the data, w = {} below {} T, "
+           "DPM-Solver++ 10** (seeds 0 / 1 / 2) | {} | **{}** / {} / {} | {} / {} / {} | {} / {} / {} |",
+           [V(DRAWN[0], "guidance_scale", fmt=g), V(DRAWN[0], "guidance_interval", 1, fmt=g), V(DRAWN[0], "num", fmt=f0),
+            *(first_row(f, k) for k in ("fd", "precision", "recall") for f in DRAWN)]),
+    Figure("| VAE + latent diffusion, its unconditional branch (`--unasked model`), DPM-Solver++ 10 (seeds 0 / 1 / 2) "
+           "| {} | {} / {} / {} | {} / {} / {} | {} / {} / {} |",
+           [V(UNCOND[0], "num", fmt=f0), *(first_row(f, k) for k in ("fd", "precision", "recall") for f in UNCOND)]),
+    Figure("| RAE + latent diffusion (the stage-two recipe before), DDPM 1000 steps | {} | {} | {} | {} |",
            [V(RAE_DDPM, "num", fmt=f0), first_row(RAE_DDPM, "fd"), first_row(RAE_DDPM, "precision"),
             first_row(RAE_DDPM, "recall")]),
-    Figure("({} to {} above)", [first_row(SEEDS[0], "fd"), first_row(SEEDS[1], "fd")]),
-    Figure("{} samples, seed 0; `quality_vs_steps_fashion_mnist_ldm_kl.json`): FD {} (DDIM 10), {} (20), {} (50), "
-           "{} (100), {} (DDIM 50, η = 1), {} (DDPM 1000)",
-           [V(SWEEP, "num", fmt=f0),
-            *(V(SWEEP, *row(sampler="ddim", steps=s, eta=0.0), "fd") for s in (10, 20, 50, 100)),
-            V(SWEEP, *row(sampler="ddim", steps=50, eta=1.0), "fd"), V(SWEEP, *row(sampler="ddpm", steps=1000), "fd")]),
+    Figure("({} to {} above)", [first_row(UNCOND[0], "fd"), first_row(UNCOND[1], "fd")]),
     Figure("UNet2DModel {} M + DDPMScheduler, EMA, DDIM {}) trained for {} CPU-min ({} steps; "
            "`python bench/pixel_ddpm_peer.py --minutes {}`",
            [first_row(PEER, "params_M"), first_row(PEER, "ddim_steps", f0), first_row(PEER, "cpu_minutes", f1),
@@ -227,7 +228,9 @@ SETTINGS = {
     "0.95",  # the sampling issue's target for the spread of attributes not asked for
     "0.5",  # the budget issue's targets: unconditional FD <= 0.5x the GMM's at 20 CPU minutes ...
     "1.5",  # ... and class-conditional FD <= 1.5x the reconstructions'
-    "2022", "2023",  # years of the papers cited (Salimans & Ho 2022, Hang et al. 2023)
+    "2022", "2023", "2024",  # years of the papers cited (Salimans & Ho 2022, Hang et al. 2023, Kynkäänniemi 2024)
+    "60",  # "guiding only below 60 % of the noise levels": the recipes' guidance interval [0, 0.6]
+    "500",  # samples per set in the few-step sweeps
 }
 
 # -- 2026-12-01: guidance interval, few-step sampling and inpainting on the current shapes recipe
@@ -307,28 +310,40 @@ FIGURES += [
     Figure("even with nothing asked (spread {})", [V(UNASKED["model"], *row(asked="none"), "spread shape")]),
 ]
 
-# -- 2026-12-01: Fashion-MNIST, the VAE + LDM recipes trained again: few-step sampling and inpainting
-FM_FEW = "quality_vs_steps_fashion_mnist_ldm_kl_ddim10_ddim20_ddim50_dpmsolverpp5_dpmsolverpp10_dpmsolverpp20.json"
-FM_SEED = {k: f"quality_vs_steps_fashion_mnist_ldm_kl_ddim50_dpmsolverpp10_seed{k}.json" for k in (1, 2)}
-FM_DATA = "quality_vs_steps_fashion_mnist_ldm_kl_ddim50_dpmsolverpp10_unaskeddata.json"
+# -- 2026-12-01: Fashion-MNIST, the VAE + LDM of the current recipe: few-step sampling and inpainting; beside it the
+# same sweep on the LDM of the stage-two recipe before (ε, L_simple), trained earlier that day
+FM_FEW = ("quality_vs_steps_fashion_mnist_ldm_kl_ddim10_ddim20_ddim50_dpmsolverpp5_dpmsolverpp10_dpmsolverpp20"
+          "_unaskedmodel.json")
+FM_SEED = {k: f"quality_vs_steps_fashion_mnist_ldm_kl_ddim50_dpmsolverpp10_seed{k}_unaskedmodel.json" for k in (1, 2)}
+FM_DATA = "quality_vs_steps_fashion_mnist_ldm_kl_ddim50_dpmsolverpp10_unaskeddata_interval0to0.6.json"
 FM_INPAINT = "inpainting_fashion_mnist_ldm_kl_lower.json"
+OLD_FEW = "quality_vs_steps_fashion_mnist_ldm_kl_ddim10_ddim20_ddim50_dpmsolverpp5_dpmsolverpp10_dpmsolverpp20.json"
+OLD_SEED = {k: f"quality_vs_steps_fashion_mnist_ldm_kl_ddim50_dpmsolverpp10_seed{k}.json" for k in (1, 2)}
 
 
 def recall(file, sampler, steps):
     return V(file, *row(sampler=sampler, steps=steps), "recall")
 
 
+def three_seeds(first, others, sampler, steps):
+    return [fd(first, sampler, steps), fd(others[1], sampler, steps), fd(others[2], sampler, steps)]
+
+
 FIGURES += [
     Figure("| DDIM (η = 0) | – | {} | {} | {} / {} / {} |",
-           [fd(FM_FEW, "ddim", 10), fd(FM_FEW, "ddim", 20), fd(FM_FEW, "ddim", 50),
-            fd(FM_SEED[1], "ddim", 50), fd(FM_SEED[2], "ddim", 50)]),
+           [fd(FM_FEW, "ddim", 10), fd(FM_FEW, "ddim", 20), *three_seeds(FM_FEW, FM_SEED, "ddim", 50)]),
     Figure("| DPM-Solver++(2M), linspace spacing | {} | **{} / {} / {}** | {} | – |",
-           [fd(FM_FEW, "dpm_solver++", 5), fd(FM_FEW, "dpm_solver++", 10), fd(FM_SEED[1], "dpm_solver++", 10),
-            fd(FM_SEED[2], "dpm_solver++", 10), fd(FM_FEW, "dpm_solver++", 20)]),
+           [fd(FM_FEW, "dpm_solver++", 5), *three_seeds(FM_FEW, FM_SEED, "dpm_solver++", 10),
+            fd(FM_FEW, "dpm_solver++", 20)]),
     Figure("Its FD does not keep falling with more steps ({} at 20)", [fd(FM_FEW, "dpm_solver++", 20)]),
-    Figure("FD {} (DDIM 50) and {} (DPM-Solver++ 10) against the unconditional branch's {} and {} on the same noise",
-           [fd(FM_DATA, "ddim", 50), fd(FM_DATA, "dpm_solver++", 10), fd(FM_FEW, "ddim", 50),
-            fd(FM_FEW, "dpm_solver++", 10)]),
+    Figure("the unconditional branch went from {} / {} / {} to {} / {} / {} with DDIM 50 and from {} / {} / {} to the "
+           "row above with DPM-Solver++ 10",
+           [*three_seeds(OLD_FEW, OLD_SEED, "ddim", 50), *three_seeds(FM_FEW, FM_SEED, "ddim", 50),
+            *three_seeds(OLD_FEW, OLD_SEED, "dpm_solver++", 10)]),
+    Figure("towards it (w = {}, below {} T): FD {} (DDIM 50) and {} (DPM-Solver++ 10) against the unconditional "
+           "branch's {} and {} on the same noise",
+           [V(FM_DATA, "guidance_scale", fmt=g), V(FM_DATA, "guidance_interval", 1, fmt=g), fd(FM_DATA, "ddim", 50),
+            fd(FM_DATA, "dpm_solver++", 10), fd(FM_FEW, "ddim", 50), fd(FM_FEW, "dpm_solver++", 10)]),
     Figure("with recall {} and {} against {} and {}",
            [recall(FM_DATA, "ddim", 50), recall(FM_DATA, "dpm_solver++", 10), recall(FM_FEW, "ddim", 50),
             recall(FM_FEW, "dpm_solver++", 10)]),
@@ -433,4 +448,33 @@ def guidance(w: str, key: str, fmt=f2) -> V:
 FIGURES += [
     Figure("w = 1 / 2 / 3 give class-conditional FD {} / {} / {} at class accuracy {} / {} / {} %",
            [guidance(w, "fd") for w in "123"] + [guidance(w, "class_accuracy", pct0) for w in "123"]),
+]
+
+GUIDANCE_ROWS = (("w = 1 (no guidance)", "1"), ("w = 2 at every level (the recipe before)", "2"),
+                 ("w = 3 at every level", "3"), ("**w = 2 below 0.6 T (the recipe now)**", "2 in [0, 0.6]"),
+                 ("w = 2 below 0.5 T", "2 in [0, 0.5]"), ("w = 2 below 0.7 T", "2 in [0, 0.7]"),
+                 ("w = 2.5 below 0.5 T", "2.5 in [0, 0.5]"), ("w = 3 below 0.6 T", "3 in [0, 0.6]"),
+                 ("w = 3 below 0.4 T", "3 in [0, 0.4]"), ("w = 4 below 0.4 T", "4 in [0, 0.4]"))
+
+
+def over_reconstructions(w: str) -> V:
+    def ratio(result):
+        fd = {(r["set"], r.get("sampling")): r["fd"] for r in result["rows"]}
+        return fd[("class asked + CFG", f"dpm_solver++:10 η=0 w={w}")] / fd[("reconstructions (floor)", None)]
+    return V(STAGE_TWO_COND, fn=ratio)
+
+
+def drawn(w: str) -> V:
+    return V(STAGE_TWO_COND, *row(set="class drawn from the data + CFG", sampling=f"dpm_solver++:10 η=0 w={w}"), "fd")
+
+
+FIGURES += [
+    Figure(f"| {label} | {{}} ({{}}×) | {{}} % | {{}} | {{}} |",
+           [guidance(w, "fd"), over_reconstructions(w), guidance(w, "class_accuracy", pct0), guidance(w, "recall"),
+            drawn(w)])
+    for label, w in GUIDANCE_ROWS
+] + [
+    Figure("its conditional model, {} steps, DPM-Solver++ 10", [V(STAGE_TWO_COND, "stage_two_steps", fmt=f0)]),
+    Figure("the reconstructions' FD, the floor: {})", [V(STAGE_TWO_COND, *row(variant="reconstructions"), "fd")]),
+    Figure("(FD standard deviation over the three seeds: {})", [guidance("2 in [0, 0.6]", "fd_std")]),
 ]
