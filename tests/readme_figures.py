@@ -142,7 +142,8 @@ FIGURES: list[Figure] = [
     Figure("trained on the labels, test accuracy {} %", [V(UNCOND[0], "judge_test_accuracy", "class", fmt=pct)]),
     Figure("| **VAE + latent diffusion, the recipe: nothing asked, each class drawn from the data, w = {} below {} T, "
            "DPM-Solver++ 10** (seeds 0 / 1 / 2) | {} | **{}** / {} / {} | {} / {} / {} | {} / {} / {} |",
-           [V(DRAWN[0], "guidance_scale", fmt=g), V(DRAWN[0], "guidance_interval", 1, fmt=g), V(DRAWN[0], "num", fmt=f0),
+           [V(DRAWN[0], "guidance_scale", fmt=g), V(DRAWN[0], "guidance_interval", 1, fmt=g),
+            V(DRAWN[0], "num", fmt=f0),
             *(first_row(f, k) for k in ("fd", "precision", "recall") for f in DRAWN)]),
     Figure("| VAE + latent diffusion, its unconditional branch (`--unasked model`), DPM-Solver++ 10 (seeds 0 / 1 / 2) "
            "| {} | {} / {} / {} | {} / {} / {} | {} / {} / {} |",
@@ -406,7 +407,8 @@ FIGURES += [
            "unconditional branch {}×", [budget_ratio(v, "gmm", "vae", 10.0) for v in ("dedicated_uncond",
                                                                                     "cond_model_uncond")]),
     Figure("dedicated unconditional model is {}× the mixture at 20 minutes and {}× at 45 for the VAE, {}× and {}× "
-           "for the RAE", [budget_ratio("dedicated_uncond", "gmm", k, m) for k in ("vae", "rae") for m in (20.0, 45.0)]),
+           "for the RAE",
+           [budget_ratio("dedicated_uncond", "gmm", k, m) for k in ("vae", "rae") for m in (20.0, 45.0)]),
     Figure("the conditional model's unconditional branch, which sees about a fifth of the training, {}× and {}× at 20 "
            "minutes, {}× and {}× at 45",
            [budget_ratio("cond_model_uncond", "gmm", k, m) for m in (20.0, 45.0) for k in ("vae", "rae")]),
