@@ -563,8 +563,9 @@ def run_point(args, recipes, kind: str, budget: float | None, calibration: dict 
     if budget is not None:
         for line in off_budget({"ae": ae_s, **{m: ldm_s for m in MODELS}}, runs):
             print(f"note: {kind} {budget:g} min: {line}", flush=True)
+    sampling = {model: recipe_sampling(ldm_recipe, where / f"{kind}_ldm_{model}") for model in MODELS}
     evals = {model: {seed: evaluate(args, where / f"{kind}_ldm_{model}", seed, gmm=model == "cond",
-                                    sampling=recipe_sampling(ldm_recipe, where / f"{kind}_ldm_{model}"))
+                                    sampling=sampling[model])
                      for seed in args.seeds} for model in MODELS}
     scores = {}
     for variant, (model, key) in VARIANTS.items():

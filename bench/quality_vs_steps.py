@@ -70,12 +70,17 @@ def main():
                 or (len(parts) == 3 and parts[0] != "ddim")):
             p.error(f"--settings {setting!r}: write SAMPLER:STEPS[:ETA] with SAMPLER ddpm, ddim or dpm_solver++ "
                     f"(ETA for ddim only), e.g. dpm_solver++:10")
-    if args.guidance_interval is not None and not 0 <= args.guidance_interval[0] < args.guidance_interval[1] <= 1:
+    sys.path.insert(0, str(ROOT))
+    from latentdiff.diffusion import check_guidance_interval
+
+    try:
+        if args.guidance_interval is not None:
+            check_guidance_interval(args.guidance_interval)
+    except ValueError:
         p.error(f"--guidance-interval {args.guidance_interval[0]:g} {args.guidance_interval[1]:g}: give LO HI with "
                 f"0 <= LO < HI <= 1 (fractions of T)")
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from latentdiff.builders import build_data
     from latentdiff.config import DataConfig, from_dict
     from latentdiff.evaluation import Scorer, stacked

@@ -39,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import budget_curve as bc  # noqa: E402
 from common import ROOT, write_results  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+from latentdiff.diffusion import check_guidance_interval  # noqa: E402
+
 # Named variants: overrides on top of the recipe, each naming every key it is about (so a variant means the same
 # run whatever the recipe's own choice); each costs what the recipe costs per step.
 CANDIDATES = {
@@ -76,9 +79,7 @@ def parse_sampler(text: str) -> dict:
                 out[key] = float(value)
         if len(parts) == 5 and parts[4] != "-":
             lo, hi = parts[4].split("-")
-            out["guidance_interval"] = [float(lo), float(hi)]
-            if not 0 <= out["guidance_interval"][0] < out["guidance_interval"][1] <= 1:
-                raise ValueError
+            out["guidance_interval"] = list(check_guidance_interval((lo, hi)))  # ValueError when not 0 <= lo < hi <= 1
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give recipe or SAMPLER:STEPS[:ETA[:GUIDANCE[:LO-HI]]] (e.g. "
                                          f"ddim:50:1, dpm_solver++:10:-:3, dpm_solver++:10:-:3:0.1-0.7)") from None
