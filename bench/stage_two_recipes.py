@@ -3,7 +3,7 @@
 
     OMP_NUM_THREADS=1 python bench/stage_two_recipes.py --variants simple min_snr v_min_snr channel_norm_simple \\
         --samplers ddim:50:0 ddim:50:1 dpm_solver++:10                  # Fashion-MNIST VAE, 20-minute point
-    python bench/stage_two_recipes.py --model cond --variants recipe drop_all_0.3
+    python bench/stage_two_recipes.py --model cond --variants recipe drop_all_0.3 --tag dropout
     python bench/stage_two_recipes.py --variant mine diffusion.prediction=v train.lr=5e-4
     python bench/stage_two_recipes.py --quick                             # shapes, tiny: a smoke test
 
@@ -24,13 +24,14 @@ class-conditional samples with guidance and its samples with classes drawn from 
 same autoencoder and its reconstructions are scored beside them (with the first variant) as the references.
 
 Resumable as the budget curve is: a trained variant and a written evaluation are not redone. Writes
-bench/results/stage_two_recipes_<dataset>_<kind>_<budget>min_<model>.json.
+bench/results/stage_two_recipes_<dataset>_<kind>_<budget>min_<model>[_<tag>].json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -55,6 +56,10 @@ CANDIDATES = {
     # mean / std instead of one global scale
     "lr_2e-3": ["train.lr=2e-3"],
     "drop_all_0.3": ["conditioning.drop_all_prob=0.3"],  # the unconditional branch's share, conditional model
+    # Karras et al. 2024's power-function EMA: σ_rel 0.05 (their usual) and 0.2 (longer) against the recipe's
+    # warm-up EMA, which is a power-function EMA with σ_rel ≈ 0.09 for any run under ~9000 steps (optim.EMA)
+    "ema_sigma_rel_0.05": ["train.ema_sigma_rel=0.05"],
+    "ema_sigma_rel_0.2": ["train.ema_sigma_rel=0.2"],
 }
 SETS = {"uncond": {"ldm": "unconditional"},
         "cond": {"ldm": "no class asked", "ldm_conditional": "class asked + CFG",
@@ -110,6 +115,8 @@ def parse_args(argv=None):
                         "the point's autoencoder and the judge")
     p.add_argument("--out-dir", type=Path, default=None, help="run folders (default runs/bench/stage_two_recipes_"
                                                                "<dataset>_<kind>_<budget>min_<model>)")
+    p.add_argument("--tag", default=None, help="appended to the results' name (one question per JSON; the runs of "
+                                                "every question share --out-dir)")
     p.add_argument("--quick", action="store_true", help="smoke test: shapes, a tiny autoencoder trained here, "
                                                          "8 steps per variant, 16 samples, seeds 0 1")
     args = p.parse_args(argv)
@@ -117,6 +124,8 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"--variants {' '.join(unknown)}: not a named variant ({', '.join(CANDIDATES)}); give your own "
                 f"with --variant NAME KEY=VALUE ...")
+    if args.tag is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.tag):
+        p.error(f"--tag {args.tag!r}: letters, digits, '_', '.' and '-' only (it names a file)")
     args.overrides = {v: CANDIDATES[v] for v in args.variants}
     for name, *overrides in args.variant:
         if name in args.overrides or any("=" not in o for o in overrides):
@@ -135,9 +144,10 @@ def parse_args(argv=None):
     args.extra = extra
     tag = f"{args.dataset}_{args.kind}_{args.budget:g}min_{args.model}{'_quick' if args.quick else ''}"
     args.name = f"stage_two_recipes_{tag}"
+    args.out_dir = (args.out_dir or ROOT / "runs" / "bench" / args.name).resolve()
+    args.name += f"_{args.tag}" if args.tag else ""
     args.curve_dir = (args.curve_dir or ROOT / "runs" / "bench" / f"budget_curve_{args.dataset}"
                       f"{'_quick' if args.quick else ''}").resolve()
-    args.out_dir = (args.out_dir or ROOT / "runs" / "bench" / args.name).resolve()
     args.classifier_dir = args.curve_dir / "classifiers"  # the budget curve's judge: FDs comparable with its own
     return args
 

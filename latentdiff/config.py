@@ -91,6 +91,8 @@ class TrainConfig:
     grad_clip: float | None = field(default=1.0, metadata=check(min=0.0))  # None: no clipping
     ema_decay: float | None = field(default=0.999, metadata=check(min=0.0, max=1.0))  # None: no EMA
     ema_warmup: bool = True  # decay_n = min(decay, (1 + n) / (10 + n)), so early EMA is not stuck at init
+    # set: Karras et al. 2024's power-function EMA of this relative width (0.05-0.2) in place of ema_decay's
+    ema_sigma_rel: float | None = field(default=None, metadata=check(min=0.0))
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast (fp16 adds a gradient scaler)
     compile: bool = False  # torch.compile the model
     seed: int = 0  # weights, data order and noise; resumes restore the RNG states
@@ -555,6 +557,19 @@ def _(d):
 def _(d):
     if not d.min_snr_gamma > 0:
         return f"{d.min_snr_gamma!r} must be above 0 (γ clips the SNR weights from above)"
+
+
+# -- training (optim.EMA) ---------------------------------------------------------------------------------
+
+@constraint(TrainConfig, "ema_sigma_rel", "in (0, 0.289), and only with an EMA (ema_decay not null)")
+def _(t):
+    if t.ema_sigma_rel is None:
+        return None
+    if not 0 < t.ema_sigma_rel < 12 ** -0.5:
+        return (f"{t.ema_sigma_rel!r} must be in (0, 0.289): the relative width of the power-function EMA's profile "
+                f"τ^γ, 0.289 being the plain average of the whole run (γ = 0); Karras et al. 2024 use 0.05-0.15")
+    if t.ema_decay is None:
+        return "set with train.ema_decay=null (no EMA): leave ema_sigma_rel unset, or give ema_decay a value"
 
 
 # -- sampling (GaussianDiffusion.sample, schedules.spaced_timesteps) ------------------------------------

@@ -151,7 +151,8 @@ class Trainer:
                 groups.append({"params": params, "name": name})
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                            weight_decay=cfg.weight_decay)
-        self.ema = EMA(task.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay is not None else None
+        self.ema = (EMA(task.model, cfg.ema_decay, cfg.ema_warmup, sigma_rel=cfg.ema_sigma_rel)
+                    if cfg.ema_decay is not None else None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         if cfg.compile:
             task.model.compile()

@@ -220,6 +220,19 @@ def test_stage_two_recipes_reads_sampler_settings_and_refuses_malformed_ones():
             parse_sampler(bad)
 
 
+def test_stage_two_recipes_tag_names_the_results_but_not_the_runs_they_share():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from stage_two_recipes import parse_args
+
+    plain, tagged = parse_args(["--model", "cond"]), parse_args(["--model", "cond", "--tag", "ema"])
+    assert plain.name == "stage_two_recipes_fashion_mnist_vae_20min_cond"
+    assert tagged.name == "stage_two_recipes_fashion_mnist_vae_20min_cond_ema"
+    assert tagged.out_dir == plain.out_dir and tagged.out_dir.name == plain.name  # the variants' runs are reused
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "stage_two_recipes.py"), "--tag", "../x"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--tag '../x'" in r.stderr.strip().splitlines()[-1]
+
+
 def test_budget_curve_refuses_a_run_folder_trained_from_another_recipe_or_overrides_but_not_other_sampling(tmp_path):
     """An edited recipe or other overrides make a new run: the sweep says so instead of reusing the old one. An
     edited sample section does not (sampling is not training): the run is reused and scored at the new settings."""

@@ -38,6 +38,10 @@ VIOLATIONS = [
     ("train_diffusion.py", ["diffusion.beta_start=0.01", "diffusion.beta_end=0.001"], "diffusion.beta_end"),
     ("train_diffusion.py", ["diffusion.min_snr_gamma=0"], "diffusion.min_snr_gamma"),
     ("train_diffusion.py", ["diffusion.beta_schedule=cosine"], "diffusion.prediction"),
+    # the EMA (optim.EMA, optim.power_ema_gamma)
+    ("train_diffusion.py", ["train.ema_sigma_rel=0.3"], "train.ema_sigma_rel"),
+    ("train_ae.py", ["train.ema_sigma_rel=0"], "train.ema_sigma_rel"),
+    ("train_diffusion.py", ["train.ema_sigma_rel=0.1", "train.ema_decay=null"], "train.ema_sigma_rel"),
     # the samplers
     ("train_diffusion.py", ["sample.sampler=ddpm", "sample.eta=0.5"], "sample.eta"),
     ("train_diffusion.py", ["sample.steps=1001"], "sample.steps"),
