@@ -104,7 +104,7 @@ def fit_calibration(points: list[tuple[int, float]]) -> dict:
 
 def steps_for(budget_s: float, calibration: dict) -> int:
     """Optimiser steps whose whole run (fixed cost + steps) fits in ``budget_s`` CPU seconds."""
-    steps = math.floor((budget_s - calibration["fixed_s"]) / calibration["per_step_s"])
+    steps = math.floor((budget_s - calibration["fixed_s"]) / calibration["per_step_s"] + 1e-9)  # not 1 - 1e-16 short
     if steps < 1:
         raise ValueError(f"a budget of {budget_s:.0f} CPU-s does not cover the stage's fixed cost of "
                          f"{calibration['fixed_s']:.0f} s; give larger --budgets or a different --ae-share")

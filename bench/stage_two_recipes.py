@@ -5,6 +5,7 @@
         --samplers ddim:50:0 ddim:50:1 dpm_solver++:10                  # Fashion-MNIST VAE, 20-minute point
     python bench/stage_two_recipes.py --model cond --variants recipe drop_all_0.3 --tag dropout
     python bench/stage_two_recipes.py --variant mine diffusion.prediction=v train.lr=5e-4
+    python bench/stage_two_recipes.py --model cond --equal-cpu --variant wide denoiser.channels=64 --tag shape
     python bench/stage_two_recipes.py --quick                             # shapes, tiny: a smoke test
 
 The question of the budget curve's item 2 (bench/budget_curve.py): with the autoencoder and the CPU budget of
@@ -13,11 +14,12 @@ stage-two recipe (configs/<dataset>/ldm_<kl|rae>.yaml) plus a few overrides (``C
 KEY=VALUE ...``), trained through train_diffusion.py on the point's own autoencoder
 (<budget curve folder>/<budget>min/<kind>_ae) for the steps that point gave its stage two (from the budget
 curve's calibration.json: every candidate here costs the same per step, and the JSON records each run's CPU time
-so a costlier one shows). Every variant is then scored by the library's evaluation (the budget curve's judge,
-FD / precision / recall on ``--num`` samples against held-out test images) under each sampler setting of
-``--samplers`` ("recipe": the run's own; "ddim:50", "ddim:50:1" for η = 1, "dpm_solver++:10", a guidance
-scale after η: "dpm_solver++:10:-:3", and after it the noise levels where guidance acts: "dpm_solver++:10:-:3:0-0.6"),
-once per seed
+so a costlier one shows; with ``--equal-cpu`` a variant with overrides trains instead for the steps that cost what
+the recipe's steps cost, both measured here by short runs: for the denoiser's shape). Every variant is then scored
+by the library's evaluation (the budget curve's judge, FD / precision / recall on ``--num`` samples against
+held-out test images) under each sampler setting of ``--samplers`` ("recipe": the run's own; "ddim:50",
+"ddim:50:1" for η = 1, "dpm_solver++:10", a guidance scale after η: "dpm_solver++:10:-:3", and after it the noise
+levels where guidance acts: "dpm_solver++:10:-:3:0-0.6"), once per seed
 (mean, standard deviation, min, max). The scored sets are the unconditional samples (``--model uncond``: a model
 trained without attributes), or, with ``--model cond``, the class-conditional model's unconditional branch, its
 class-conditional samples with guidance and its samples with classes drawn from the data. The ex-post GMM on the
@@ -115,6 +117,12 @@ def parse_args(argv=None):
                         "the point's autoencoder and the judge")
     p.add_argument("--out-dir", type=Path, default=None, help="run folders (default runs/bench/stage_two_recipes_"
                                                                "<dataset>_<kind>_<budget>min_<model>)")
+    p.add_argument("--equal-cpu", action="store_true",
+                   help="for variants that change the cost per step (the denoiser's shape): train each variant with "
+                        "overrides for the steps that cost what the recipe's steps cost, both calibrated here by "
+                        "short runs of --calib-steps steps (else every variant trains the point's steps)")
+    p.add_argument("--calib-steps", nargs=2, type=int, default=None, metavar=("FEW", "MORE"),
+                   help="steps of the two calibration runs per variant (default 20 120; --quick 4 12)")
     p.add_argument("--tag", default=None, help="appended to the results' name (one question per JSON; the runs of "
                                                 "every question share --out-dir)")
     p.add_argument("--quick", action="store_true", help="smoke test: shapes, a tiny autoencoder trained here, "
@@ -132,6 +140,9 @@ def parse_args(argv=None):
             p.error(f"--variant {name} {' '.join(overrides)}: give a new name, then KEY=VALUE overrides")
         args.overrides[name] = overrides
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    args.calib_steps = args.calib_steps or ([4, 12] if args.quick else [20, 120])
+    if not 1 <= args.calib_steps[0] < args.calib_steps[1]:
+        p.error(f"--calib-steps {' '.join(map(str, args.calib_steps))}: give two step counts, 1 <= FEW < MORE")
     # what budget_curve.evaluate reads
     args.sample_steps, args.classifier_steps, args.gmm_components, args.gmm_fit_examples = None, None, 10, 10000
     args.bound_examples, args.bound_timesteps = 16, 4
@@ -170,6 +181,26 @@ def point_of_curve(args) -> tuple[Path, int]:
     return ae, bc.steps_for(60 * args.budget * (1 - args.ae_share), calibration[args.model])
 
 
+def equal_cpu_steps(steps: int, reference: dict, variant: dict) -> int:
+    """The steps of a variant whose whole run costs what ``steps`` steps of the reference cost: both calibrations
+    ({"per_step_s", "fixed_s"}, budget_curve.fit_calibration) measured in the same sweep, so the ratio holds on a
+    machine of any speed."""
+    return bc.steps_for(reference["fixed_s"] + steps * reference["per_step_s"], variant)
+
+
+def calibrate(args, recipe: Path, name: str, overrides: list[str]) -> dict:
+    """A variant's CPU cost: runs of --calib-steps steps under <out-dir>/calibration, fitted as the budget curve
+    fits its stages (a fixed part and a part per step)."""
+    points = []
+    for n in args.calib_steps:
+        r = bc.train("train_diffusion.py", recipe, args.out_dir / "calibration" / f"{name}_{n}", n, overrides,
+                     cap_minutes=30)
+        points.append((n, r["cpu_s"]))
+    fit = bc.fit_calibration(points)
+    print(f"calibration {name}: {fit['per_step_s']:.3f} s/step + {fit['fixed_s']:.1f} s", flush=True)
+    return fit
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -184,9 +215,13 @@ def main(argv=None):
     with user_errors():
         ae, steps = point_of_curve(args)
         base = [f"ae.run={ae}", *bc.MODELS[args.model], *args.extra]
+        # --equal-cpu: each variant with overrides costs what the recipe costs (the denoiser's shape changes the cost)
+        reference = calibrate(args, recipe, "reference", base) if args.equal_cpu else None
+        fits = {n: calibrate(args, recipe, n, [*base, *o]) for n, o in args.overrides.items() if reference and o}
+        variant_steps = {n: equal_cpu_steps(steps, reference, fits[n]) if n in fits else steps for n in args.overrides}
         for name, overrides in args.overrides.items():
-            runs[name] = bc.train("train_diffusion.py", recipe, args.out_dir / name, steps, [*base, *overrides],
-                                  cap_minutes=max(30.0, steps * 0.02))
+            runs[name] = bc.train("train_diffusion.py", recipe, args.out_dir / name, variant_steps[name],
+                                  [*base, *overrides], cap_minutes=max(30.0, variant_steps[name] * 0.02))
         first = next(iter(args.overrides))
         for name in args.overrides:
             for sampling in args.samplers:
@@ -212,6 +247,7 @@ def main(argv=None):
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     write_results(args.name, rows, columns, extra={
         "settings": settings, "threads": 1, "autoencoder": str(ae), "stage_two_steps": steps,
+        "calibration": {"reference": reference, **fits} if reference else None,
         "runs": {n: {k: v for k, v in r.items() if k != "command"} | {"command": r["command"][1:]}
                  for n, r in runs.items()}})
 

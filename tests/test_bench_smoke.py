@@ -233,6 +233,24 @@ def test_stage_two_recipes_tag_names_the_results_but_not_the_runs_they_share():
     assert r.returncode == 2 and "--tag '../x'" in r.stderr.strip().splitlines()[-1]
 
 
+def test_stage_two_recipes_equal_cpu_gives_a_costlier_variant_the_steps_the_recipe_costs():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from stage_two_recipes import equal_cpu_steps
+
+    recipe = {"per_step_s": 0.24090448000000006, "fixed_s": 54.6466304}  # the 20-minute VAE point's calibration
+    for steps in (1, 3, 2969):  # itself: the same steps, not one short by rounding (1 and 3 would be, unguarded)
+        assert equal_cpu_steps(steps, recipe, recipe) == steps
+    # twice the cost per step and 6 s more fixed: (54.65 + 2969 * 0.2409 - 60.65) / 0.4818 = 1472.0
+    wide = {"per_step_s": 2 * recipe["per_step_s"], "fixed_s": recipe["fixed_s"] + 6.0}
+    assert equal_cpu_steps(2969, recipe, wide) == 1472
+    assert equal_cpu_steps(2969, recipe, {"per_step_s": recipe["per_step_s"] / 2, "fixed_s": 0.0}) == 6391
+    with pytest.raises(ValueError, match="fixed cost"):  # a variant whose fixed part alone exceeds the budget
+        equal_cpu_steps(10, recipe, {"per_step_s": 0.1, "fixed_s": 100.0})
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "stage_two_recipes.py"), "--calib-steps", "50", "20"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--calib-steps 50 20" in r.stderr.strip().splitlines()[-1]
+
+
 def test_budget_curve_refuses_a_run_folder_trained_from_another_recipe_or_overrides_but_not_other_sampling(tmp_path):
     """An edited recipe or other overrides make a new run: the sweep says so instead of reusing the old one. An
     edited sample section does not (sampling is not training): the run is reused and scored at the new settings."""
