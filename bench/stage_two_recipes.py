@@ -201,6 +201,14 @@ def calibrate(args, recipe: Path, name: str, overrides: list[str]) -> dict:
     return fit
 
 
+def beyond_own(run: Path, sampling: dict) -> dict:
+    """``sampling`` ({} when it asks only for the run's own settings): so the same settings share one evaluation
+    file (eval_seed<K>.json) whether asked as "recipe" or spelt out, for a variant trained after the recipe's
+    sampling changed as for one trained before it."""
+    own = bc.sampling_of(run / "config.yaml")
+    return {} if all(own.get(k) == v for k, v in sampling.items()) else sampling
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -226,8 +234,8 @@ def main(argv=None):
         for name in args.overrides:
             for sampling in args.samplers:
                 with_refs = name == first and sampling == args.samplers[0]
-                evals = [bc.evaluate(args, args.out_dir / name, seed, gmm=with_refs, sampling=sampling)
-                         for seed in args.seeds]
+                evals = [bc.evaluate(args, args.out_dir / name, seed, gmm=with_refs,
+                                     sampling=beyond_own(args.out_dir / name, sampling)) for seed in args.seeds]
                 used = {k: evals[0]["settings"].get(k) for k in ("sampler", "steps", "eta", "guidance_scale",
                                                                   "guidance_interval")}
                 sets = {**SETS[args.model], **(REFERENCES if with_refs else {})}

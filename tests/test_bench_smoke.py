@@ -233,6 +233,25 @@ def test_stage_two_recipes_tag_names_the_results_but_not_the_runs_they_share():
     assert r.returncode == 2 and "--tag '../x'" in r.stderr.strip().splitlines()[-1]
 
 
+def test_stage_two_recipes_spelt_out_own_sampling_is_the_runs_own_evaluation(tmp_path):
+    """A variant trained with the guidance interval in its config, asked for that interval spelt out, is scored by
+    its own evaluation (eval_seed<K>.json), as a run without it is scored at the interval asked."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from stage_two_recipes import beyond_own, parse_sampler
+
+    from latentdiff.config import LDMRunConfig, dump_yaml, load_config
+
+    recipe = ROOT / "configs" / "fashion_mnist" / "ldm_kl.yaml"
+    for name, extra in (("now", []), ("before", ["sample.guidance_interval=null"])):
+        (tmp_path / name).mkdir()
+        config = load_config(LDMRunConfig, recipe, ["ae.run=null", *extra])
+        (tmp_path / name / "config.yaml").write_text(dump_yaml(config))
+    asked = parse_sampler("dpm_solver++:10:-:2:0-0.6")
+    assert beyond_own(tmp_path / "now", asked) == {} and beyond_own(tmp_path / "now", {}) == {}
+    assert beyond_own(tmp_path / "before", asked) == asked
+    assert beyond_own(tmp_path / "now", parse_sampler("dpm_solver++:10:-:3:0-0.6"))["guidance_scale"] == 3.0
+
+
 def test_stage_two_recipes_equal_cpu_gives_a_costlier_variant_the_steps_the_recipe_costs():
     sys.path.insert(0, str(ROOT / "bench"))
     from stage_two_recipes import equal_cpu_steps
