@@ -62,6 +62,9 @@ CANDIDATES = {
     # warm-up EMA, which is a power-function EMA with σ_rel ≈ 0.09 for any run under ~9000 steps (optim.EMA)
     "ema_sigma_rel_0.05": ["train.ema_sigma_rel=0.05"],
     "ema_sigma_rel_0.2": ["train.ema_sigma_rel=0.2"],
+    # the denoiser's shape (costs more per step: give --equal-cpu so each trains for what the recipe's steps cost)
+    "wide_64": ["denoiser.channels=64"],
+    "deep_2": ["denoiser.num_res_blocks=2"],
 }
 SETS = {"uncond": {"ldm": "unconditional"},
         "cond": {"ldm": "no class asked", "ldm_conditional": "class asked + CFG",
