@@ -74,7 +74,9 @@ SWISS = "toy_swissroll.json"
 DRAWN = [f"quality_vs_steps_fashion_mnist_ldm_kl_dpmsolverpp10_seed{k}_unaskeddata_interval0to0.6.json"
          for k in range(3)]
 UNCOND = [f"quality_vs_steps_fashion_mnist_ldm_kl_dpmsolverpp10_seed{k}_unaskedmodel.json" for k in range(3)]
-RAE_DDPM = "quality_vs_steps_fashion_mnist_ldm_rae_ddpm1000.json"
+RAE_DRAWN = [f"quality_vs_steps_fashion_mnist_ldm_rae_dpmsolverpp10_seed{k}_unaskeddata.json" for k in range(3)]
+RAE_UNCOND = [f"quality_vs_steps_fashion_mnist_ldm_rae_dpmsolverpp10_seed{k}_unaskedmodel.json" for k in range(3)]
+RAE_DDPM = "quality_vs_steps_fashion_mnist_ldm_rae_ddpm1000.json"  # the stage-two recipe before
 PEER = "pixel_ddpm_peer.json"
 ATTR = "attribute_sampling_shapes_ldm_kl_newinit.json"  # the current recipe (attribute-embedding change)
 ATTR_OLD = "attribute_sampling_shapes_ldm_kl.json"  # before it: the editing rows
@@ -148,9 +150,16 @@ FIGURES: list[Figure] = [
     Figure("| VAE + latent diffusion, its unconditional branch (`--unasked model`), DPM-Solver++ 10 (seeds 0 / 1 / 2) "
            "| {} | {} / {} / {} | {} / {} / {} | {} / {} / {} |",
            [V(UNCOND[0], "num", fmt=f0), *(first_row(f, k) for k in ("fd", "precision", "recall") for f in UNCOND)]),
-    Figure("| RAE + latent diffusion (the stage-two recipe before), DDPM 1000 steps | {} | {} | {} | {} |",
-           [V(RAE_DDPM, "num", fmt=f0), first_row(RAE_DDPM, "fd"), first_row(RAE_DDPM, "precision"),
-            first_row(RAE_DDPM, "recall")]),
+    Figure("| **RAE + latent diffusion, the recipe: nothing asked, each class drawn from the data, w = {} below {} T, "
+           "DPM-Solver++ 10** (seeds 0 / 1 / 2) | {} | **{}** / {} / {} | {} / {} / {} | {} / {} / {} |",
+           [V(RAE_DRAWN[0], "guidance_scale", fmt=g), V(RAE_DRAWN[0], "guidance_interval", 1, fmt=g),
+            V(RAE_DRAWN[0], "num", fmt=f0),
+            *(first_row(f, k) for k in ("fd", "precision", "recall") for f in RAE_DRAWN)]),
+    Figure("| RAE + latent diffusion, its unconditional branch (`--unasked model`), DPM-Solver++ 10 (seeds 0 / 1 / 2) "
+           "| {} | {} / {} / {} | {} / {} / {} | {} / {} / {} |",
+           [V(RAE_UNCOND[0], "num", fmt=f0),
+            *(first_row(f, k) for k in ("fd", "precision", "recall") for f in RAE_UNCOND)]),
+    Figure("L_simple) had FD {} with DDPM 1000 steps for its unconditional branch", [first_row(RAE_DDPM, "fd")]),
     Figure("({} to {} above)", [first_row(UNCOND[0], "fd"), first_row(UNCOND[1], "fd")]),
     Figure("UNet2DModel {} M + DDPMScheduler, EMA, DDIM {}) trained for {} CPU-min ({} steps; "
            "`python bench/pixel_ddpm_peer.py --minutes {}`",
