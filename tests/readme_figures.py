@@ -18,9 +18,11 @@ setting listed in ``SETTINGS`` (sizes, seeds, guidance scales...), never a resul
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def f0(v):
@@ -242,6 +244,7 @@ SETTINGS = {
     "2022", "2023", "2024",  # years of the papers cited (Salimans & Ho 2022, Hang et al. 2023, Kynkäänniemi 2024)
     "60",  # "guiding only below 60 % of the noise levels": the recipes' guidance interval [0, 0.6]
     "500",  # samples per set in the few-step sweeps
+    "9000",  # the warm-up EMA n / (9 + n) reaches the decay 0.999 after 9 / (1 - 0.999) steps
 }
 
 # -- 2026-12-01: guidance interval, few-step sampling and inpainting on the current shapes recipe
@@ -496,4 +499,87 @@ FIGURES += [
     Figure("its conditional model, {} steps, DPM-Solver++ 10", [V(STAGE_TWO_COND, "stage_two_steps", fmt=f0)]),
     Figure("the reconstructions' FD, the floor: {})", [V(STAGE_TWO_COND, *row(variant="reconstructions"), "fd")]),
     Figure("(FD standard deviation over the three seeds: {})", [guidance("2 in [0, 0.6]", "fd_std")]),
+]
+
+
+# -- the EMA and the denoiser's shape, class-conditional (stage_two_recipes --tag ema / --tag shape)
+EMA_VAE = "stage_two_recipes_fashion_mnist_vae_20min_cond_ema.json"
+EMA_RAE = "stage_two_recipes_fashion_mnist_rae_20min_cond_ema.json"
+SHAPE = "stage_two_recipes_fashion_mnist_vae_20min_cond_shape.json"
+SETS_COND = ("class asked + CFG", "class drawn from the data + CFG", "no class asked")
+CURVE_SETS = {"class asked + CFG": "cond_model_cfg", "class drawn from the data + CFG": "cond_model_drawn",
+              "no class asked": "cond_model_uncond"}
+
+
+def variant_fd(file: str, variant: str, label: str, over_floor: bool = False) -> V:
+    """The FD of a variant's set in a stage_two_recipes JSON (or the budget curve's RAE 20-minute point when
+    ``file`` is BUDGET), or its ratio to the reconstructions' FD of the same JSON."""
+    def fd(result):
+        if file == BUDGET:
+            at = {r["variant"]: r["fd"] for r in result["rows"] if (r["kind"], r["budget_min"]) == ("rae", 20)}
+            value, floor = at[CURVE_SETS[label]], at["reconstructions"]
+        else:
+            at = {(r["variant"], r["set"]): r["fd"] for r in result["rows"]}
+            value, floor = at[(variant, label)], at[("reconstructions", "reconstructions (floor)")]
+        return value / floor if over_floor else value
+    return V(file, fn=fd)
+
+
+def ema_row(label: str, vae: tuple[str, str] | None, rae: tuple[str, str] | None) -> Figure:
+    cells, values = [], []
+    for source in (vae, rae):
+        if source is None:
+            cells += ["", "", ""]
+            continue
+        file, variant = source
+        cells += ["{} ({}×)", "{}", "{}"]
+        values += [variant_fd(file, variant, SETS_COND[0]), variant_fd(file, variant, SETS_COND[0], over_floor=True),
+                   variant_fd(file, variant, SETS_COND[1]), variant_fd(file, variant, SETS_COND[2])]
+    return Figure(f"| {label} | " + " | ".join(cells) + " |", values)
+
+
+def cost_ratio(variant: str) -> V:
+    return V(SHAPE, fn=lambda r: r["calibration"][variant]["per_step_s"] / r["calibration"]["reference"]["per_step_s"])
+
+
+def gain(set_label: str, file: str, base: str) -> V:
+    """How much σ_rel = 0.05 moves a set's FD against the recipe (base: a variant of ``file``, or BUDGET)."""
+    def fn(result):
+        new = {(r["variant"], r["set"]): r["fd"] for r in result["rows"]}[("ema_sigma_rel_0.05", set_label)]
+        if base == "budget":
+            curve = json.loads((Path(__file__).resolve().parents[1] / "bench" / "results" / BUDGET).read_text())
+            old = next(r["fd"] for r in curve["rows"] if (r["kind"], r["budget_min"], r["variant"])
+                       == ("rae", 20, CURVE_SETS[set_label]))
+        else:
+            old = {(r["variant"], r["set"]): r["fd"] for r in result["rows"]}[(base, set_label)]
+        return abs(new - old)
+    return V(file, fn=fn)
+
+
+def shape_cell(variant: str, key: str, fmt=f1) -> V:
+    return V(SHAPE, *row(variant=variant, set=SETS_COND[0]), key, fmt=fmt)
+
+
+FIGURES += [
+    ema_row("**the recipe: EMA decay 0.999 with warm-up, 48 channels, one block per level**", (EMA_VAE, "recipe"),
+            (BUDGET, "recipe")),
+    ema_row("power-function EMA, σ_rel = 0.05", (EMA_VAE, "ema_sigma_rel_0.05"), (EMA_RAE, "ema_sigma_rel_0.05")),
+    ema_row("power-function EMA, σ_rel = 0.2", (EMA_VAE, "ema_sigma_rel_0.2"), None),
+    Figure("| 64 channels ({}× the cost of a step: {} steps) | {} ({}×) | {} | {} | | | |",
+           [cost_ratio("wide_64"), shape_cell("wide_64", "train_steps", f0),
+            *(variant_fd(SHAPE, "wide_64", lab, over_floor=o) for lab, o in
+              ((SETS_COND[0], False), (SETS_COND[0], True), (SETS_COND[1], False), (SETS_COND[2], False)))]),
+    Figure("| two blocks per level ({}× the cost of a step: {} steps) | {} ({}×) | {} | {} | | | |",
+           [cost_ratio("deep_2"), shape_cell("deep_2", "train_steps", f0),
+            *(variant_fd(SHAPE, "deep_2", lab, over_floor=o) for lab, o in
+              ((SETS_COND[0], False), (SETS_COND[0], True), (SETS_COND[1], False), (SETS_COND[2], False)))]),
+    Figure("A narrower EMA (σ_rel = 0.05) would bring them to {}× and {}×",
+           [variant_fd(EMA_VAE, "ema_sigma_rel_0.05", SETS_COND[0], over_floor=True),
+            variant_fd(EMA_RAE, "ema_sigma_rel_0.05", SETS_COND[0], over_floor=True)]),
+    Figure("for both autoencoders (by {}), and", [gain(SETS_COND[0], EMA_VAE, "recipe")]),
+    Figure("raises the unconditional branch's (by {} for the VAE, {} for the RAE)",
+           [gain(SETS_COND[2], EMA_VAE, "recipe"), gain(SETS_COND[2], EMA_RAE, "budget")]),
+    Figure("the 64-channel run took {} CPU-min for its {} steps, against {} for the recipe's {}",
+           [shape_cell("wide_64", "cpu_min"), shape_cell("wide_64", "train_steps", f0),
+            shape_cell("recipe", "cpu_min"), shape_cell("recipe", "train_steps", f0)]),
 ]
