@@ -144,23 +144,15 @@ FIGURES: list[Figure] = [
            [first_row(SWISS, "ratio"), first_row(SWISS, "train_minutes", f1), first_row(SWISS, "steps", f0)]),
     # -- sample quality, Fashion-MNIST
     Figure("trained on the labels, test accuracy {} %", [V(UNCOND[0], "judge_test_accuracy", "class", fmt=pct)]),
-    Figure("| **VAE + latent diffusion, the recipe: nothing asked, each class drawn from the data, w = {} below {} T, "
-           "DPM-Solver++ 10** (seeds 0 / 1 / 2) | {} | **{}** / {} / {} | {} / {} / {} | {} / {} / {} |",
-           [V(DRAWN[0], "guidance_scale", fmt=g), V(DRAWN[0], "guidance_interval", 1, fmt=g),
-            V(DRAWN[0], "num", fmt=f0),
-            *(first_row(f, k) for k in ("fd", "precision", "recall") for f in DRAWN)]),
-    Figure("| VAE + latent diffusion, its unconditional branch (`--unasked model`), DPM-Solver++ 10 (seeds 0 / 1 / 2) "
-           "| {} | {} / {} / {} | {} / {} / {} | {} / {} / {} |",
-           [V(UNCOND[0], "num", fmt=f0), *(first_row(f, k) for k in ("fd", "precision", "recall") for f in UNCOND)]),
-    Figure("| **RAE + latent diffusion, the recipe: nothing asked, each class drawn from the data, w = {} below {} T, "
-           "DPM-Solver++ 10** (seeds 0 / 1 / 2) | {} | **{}** / {} / {} | {} / {} / {} | {} / {} / {} |",
-           [V(RAE_DRAWN[0], "guidance_scale", fmt=g), V(RAE_DRAWN[0], "guidance_interval", 1, fmt=g),
-            V(RAE_DRAWN[0], "num", fmt=f0),
-            *(first_row(f, k) for k in ("fd", "precision", "recall") for f in RAE_DRAWN)]),
-    Figure("| RAE + latent diffusion, its unconditional branch (`--unasked model`), DPM-Solver++ 10 (seeds 0 / 1 / 2) "
-           "| {} | {} / {} / {} | {} / {} / {} | {} / {} / {} |",
-           [V(RAE_UNCOND[0], "num", fmt=f0),
-            *(first_row(f, k) for k in ("fd", "precision", "recall") for f in RAE_UNCOND)]),
+    *(Figure(f"| **{ae} + latent diffusion, the recipe: nothing asked, each class drawn from the data, w = {{}} below "
+             "{} T, DPM-Solver++ 10** (seeds 0 / 1 / 2) | {} | **{}** / {} / {} | {} / {} / {} | {} / {} / {} |",
+             [V(drawn[0], "guidance_scale", fmt=g), V(drawn[0], "guidance_interval", 1, fmt=g),
+              V(drawn[0], "num", fmt=f0), *(first_row(f, k) for k in ("fd", "precision", "recall") for f in drawn)])
+      for ae, drawn in (("VAE", DRAWN), ("RAE", RAE_DRAWN))),
+    *(Figure(f"| {ae} + latent diffusion, its unconditional branch (`--unasked model`), DPM-Solver++ 10 "
+             "(seeds 0 / 1 / 2) | {} | {} / {} / {} | {} / {} / {} | {} / {} / {} |",
+             [V(uncond[0], "num", fmt=f0), *(first_row(f, k) for k in ("fd", "precision", "recall") for f in uncond)])
+      for ae, uncond in (("VAE", UNCOND), ("RAE", RAE_UNCOND))),
     Figure("L_simple) had FD {} with DDPM 1000 steps for its unconditional branch", [first_row(RAE_DDPM, "fd")]),
     Figure("({} to {} above)", [first_row(UNCOND[0], "fd"), first_row(UNCOND[1], "fd")]),
     Figure("UNet2DModel {} M + DDPMScheduler, EMA, DDIM {}) trained for {} CPU-min ({} steps; "
