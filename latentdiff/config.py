@@ -91,8 +91,9 @@ class TrainConfig:
     grad_clip: float | None = field(default=1.0, metadata=check(min=0.0))  # None: no clipping
     ema_decay: float | None = field(default=0.999, metadata=check(min=0.0, max=1.0))  # None: no EMA
     ema_warmup: bool = True  # decay_n = min(decay, (1 + n) / (10 + n)), so early EMA is not stuck at init
-    # set: Karras et al. 2024's power-function EMA of this relative width (0.05-0.2) in place of ema_decay's
-    ema_sigma_rel: float | None = field(default=None, metadata=check(min=0.0))
+    ema_sigma_rel: float | None = field(default=None, metadata=check(min=0.0, help=(
+        "set: Karras et al. 2024's power-function EMA in place of ema_decay's, its averaging profile this wide (a "
+        "fraction of the run, 0.05-0.2); the warm-up EMA is close to 0.09 for runs under 9 / (1 - ema_decay) steps")))
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast (fp16 adds a gradient scaler)
     compile: bool = False  # torch.compile the model
     seed: int = 0  # weights, data order and noise; resumes restore the RNG states
@@ -566,8 +567,9 @@ def _(t):
     if t.ema_sigma_rel is None:
         return None
     if not 0 < t.ema_sigma_rel < 12 ** -0.5:
-        return (f"{t.ema_sigma_rel!r} must be in (0, 0.289): the relative width of the power-function EMA's profile "
-                f"τ^γ, 0.289 being the plain average of the whole run (γ = 0); Karras et al. 2024 use 0.05-0.15")
+        return (f"{t.ema_sigma_rel!r} must be in (0, 0.289): the width of the power-function EMA's profile τ^γ as a "
+                f"fraction of the run, 0.289 being the plain average of the whole run (γ = 0); Karras et al. 2024 use "
+                f"0.05-0.15")
     if t.ema_decay is None:
         return "set with train.ema_decay=null (no EMA): leave ema_sigma_rel unset, or give ema_decay a value"
 
