@@ -237,8 +237,9 @@ def main(argv=None):
         for name in args.overrides:
             for sampling in args.samplers:
                 with_refs = name == first and sampling == args.samplers[0]
-                evals = [bc.evaluate(args, args.out_dir / name, seed, gmm=with_refs,
-                                     sampling=beyond_own(args.out_dir / name, sampling)) for seed in args.seeds]
+                asked = beyond_own(args.out_dir / name, sampling)  # reads the run's config once, not once per seed
+                evals = [bc.evaluate(args, args.out_dir / name, seed, gmm=with_refs, sampling=asked)
+                         for seed in args.seeds]
                 used = {k: evals[0]["settings"].get(k) for k in ("sampler", "steps", "eta", "guidance_scale",
                                                                   "guidance_interval")}
                 sets = {**SETS[args.model], **(REFERENCES if with_refs else {})}

@@ -33,8 +33,9 @@ class EMA:
     Two profiles of the decay d_n at the n-th update (n = 1, 2, ...):
 
     - exponential (``decay``): d_n = decay, or min(decay, n / (9 + n)) with ``warmup``, so the average is not
-      dominated by the random initialisation early in training. Until n ≈ 9/(1 − decay) that warm-up is itself
-      a power-function average with γ = 8 (σ_rel ≈ 0.09): a whole 6000-step run at decay 0.999 is one.
+      dominated by the random initialisation early in training. Until n ≈ 9/(1 − decay), n / (9 + n) ≈ (1 − 1/n)^9:
+      the warm-up is close to a power-function average with γ = 8 (σ_rel ≈ 0.09), for a whole 6000-step run at
+      decay 0.999.
     - power function (``sigma_rel``, Karras et al. 2024, Eq. 3 and their Algorithm 2): d_n = (1 − 1/n)^(γ+1)
       with γ from ``power_ema_gamma``. The average is then Σ_i w_i θ_i with w_i = (i^(γ+1) − (i−1)^(γ+1)) / n^(γ+1),
       a fixed share of the run's length whatever the number of steps, which suits short runs.
@@ -42,7 +43,6 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True, sigma_rel: float | None = None):
         self.decay, self.warmup, self.num_updates = decay, warmup, 0
-        self.sigma_rel = sigma_rel
         self.gamma = power_ema_gamma(sigma_rel) if sigma_rel is not None else None
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 

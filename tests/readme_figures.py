@@ -69,6 +69,7 @@ class Figure:
     values: list[V] = field(default_factory=list)
 
 
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 AE_KL, AE_RAE = "autoencoder_fashion_mnist_ae_kl.json", "autoencoder_fashion_mnist_ae_rae.json"
 SWISS = "toy_swissroll.json"
 # the Fashion-MNIST VAE's LDM of the current recipe, 1000 samples per seed: the recipe's guided sampling, and the
@@ -539,7 +540,7 @@ def gain(set_label: str, file: str, base: str) -> V:
     def fn(result):
         new = {(r["variant"], r["set"]): r["fd"] for r in result["rows"]}[("ema_sigma_rel_0.05", set_label)]
         if base == "budget":
-            curve = json.loads((Path(__file__).resolve().parents[1] / "bench" / "results" / BUDGET).read_text())
+            curve = json.loads((RESULTS / BUDGET).read_text())
             old = next(r["fd"] for r in curve["rows"] if (r["kind"], r["budget_min"], r["variant"])
                        == ("rae", 20, CURVE_SETS[set_label]))
         else:

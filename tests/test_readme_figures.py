@@ -5,10 +5,9 @@ import re
 from pathlib import Path
 
 import pytest
-from readme_figures import FIGURES, SETTINGS, V
+from readme_figures import FIGURES, RESULTS, SETTINGS, V
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
