@@ -1,7 +1,8 @@
 """Shared helpers for bench/ scripts: markdown tables, JSON results with where and how they were made.
 
 Every result file carries its provenance (``provenance()``: date, machine, torch version, git commit and the
-exact command), so a README figure can be traced to the run that produced it and reproduced.
+exact command), so a figure in the docs (README, docs/results.md) can be traced to the run that produced it and
+reproduced.
 """
 
 from __future__ import annotations
