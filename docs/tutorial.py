@@ -161,12 +161,19 @@ check("x_{t−1} − μ̃_t has variance β̃_t and no correlation with x_t (Bay
       abs(ratio - 1) < 0.02 and abs(correlation) < 0.01,
       f"variance / β̃_t = {ratio:.4f}, correlation {correlation:+.4f} ({n} draws of {pictures[0].numel()} pixels)")
 
-# the figure: for each picture x_0, a draw x_t, the posterior mean μ̃_t and a draw x_{t−1} ~ q(x_{t−1} | x_t, x_0)
-t = torch.full((4,), t_index)
-x_t = diffusion.q_sample(pictures, t)
-mu, var = diffusion.q_posterior(pictures, x_t, t)
-columns = [pictures, x_t, mu, mu + var.sqrt() * torch.randn(mu.shape)]
-show(image_grid(torch.stack(columns, 1).flatten(0, 1), nrow=4), "2_posterior.png")
+# the figure: the reverse process *if x_0 were known*: from x_T ~ N(0, I), draw x_{t−1} ~ q(x_{t−1} | x_t, x_0) down
+# to t = 0 (columns: t = 1000, 900, ..., 100, then the end). The last step has β̃_1 = 0 and μ̃_1 = x_0: it lands
+# on the picture exactly. Sections 3-4 learn to take these steps without x_0.
+x, frames = torch.randn(pictures.shape), []
+for i in reversed(range(T)):
+    if (i + 1) % 100 == 0:  # the paper's t = 1000, 900, ..., 100
+        frames.append(x)
+    mu, var = diffusion.q_posterior(pictures, x, torch.full((4,), i))
+    x = mu + var.sqrt() * torch.randn(x.shape)
+gap = float((x - pictures).abs().max())
+check("the chain of posteriors ends on x_0 (β̃_1 = 0, μ̃_1 = x_0)", gap < 1e-6, f"largest difference {gap:.1e}")
+frames.append(x)
+show(image_grid(torch.stack(frames, 1).flatten(0, 1), nrow=len(frames)), "2_posterior.png")
 
 # %% [markdown]
 # ## 3. The ε objective
