@@ -8,7 +8,7 @@ import sys
 
 from test_end_to_end import ROOT
 
-CHECKS = 21  # the checks TINY mode makes; the full mode adds the colour one
+CHECKS = 22  # the checks TINY mode makes; the full mode adds the colour one
 FIGURES = ["1_forward_process.png", "2_posterior.png", "3_eps_objective.png", "4_reverse_step.png", "5_samplers.png",
            "6_reconstructions.png", "7_red_triangles.png", "7_edit_red_to_blue.png"]
 
