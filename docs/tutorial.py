@@ -19,8 +19,8 @@
 # - As a notebook: `jupytext --to notebook docs/tutorial.py` (jupytext is not a dependency of latentdiff:
 #   `pip install jupytext` for this), or open the file in VS Code, which runs the `# %%` cells as they are.
 # - As a script: `python docs/tutorial.py [--out DIR]`. It ends with "tutorial: all N checks passed".
-# - `LATENTDIFF_TUTORIAL_TINY=1`: a few training steps per stage (what CI runs, well under a minute);
-#   otherwise the stages train for a few minutes on two CPU cores.
+# - `LATENTDIFF_TUTORIAL_TINY=1`: a few dozen training steps per stage (what CI runs: about half a minute of CPU,
+#   blurry pictures); otherwise 1000 + 1500 steps, roughly ten minutes on two CPU cores.
 # - `LATENTDIFF_TUTORIAL_OUT=DIR` (or `--out DIR`): where figures and the two training runs go
 #   (default `docs/tutorial_out/`, which git ignores). Rerunning continues the runs already there.
 
@@ -92,6 +92,7 @@ def show(image: torch.Tensor, name: str, scale: int = 3) -> Path:
 # `GaussianDiffusion.q_sample(x0, t, noise)` is x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε. (In code a timestep is an
 # index 0..T−1: index i is the paper's t = i + 1.) We take pictures from the shapes dataset, images in
 # [−1, 1], and check the empirical mean and variance of many draws against √ᾱ_t x_0 and 1 − ᾱ_t.
+# ([math.md](math.md) §3.)
 
 # %%
 from latentdiff.data.shapes import ShapesDataset  # noqa: E402
@@ -118,7 +119,7 @@ variance = float(x_t.var(0).mean())
 check("Var[x_t | x_0] = 1 − ᾱ_t (Eq. 4)", abs(variance / (1 - abar) - 1) < 0.01,
       f"{variance:.4f} vs {1 - abar:.4f}")
 
-# the figure: each picture (a row) at t = 1, 100, 200, ..., 1000, one ε per picture slid along the schedule
+# the figure: each picture (a row) at 11 levels from t = 1 to t = T, one ε per picture slid along the schedule
 levels = torch.linspace(0, T - 1, 11).round().long()
 eps = torch.randn(pictures.shape)
 frames = torch.stack([diffusion.q_sample(pictures, t.expand(4), eps) for t in levels], 1)  # (4, 11, 3, 32, 32)
@@ -136,6 +137,7 @@ show(image_grid(frames.flatten(0, 1), nrow=len(levels)), "1_forward_process.png"
 # `GaussianDiffusion.q_posterior(x0, x_t, t)` returns (μ̃_t, β̃_t). We check it twice: against the
 # coefficients written out here, and against simulation: draw x_{t−1} ~ q(x_{t−1} | x_0), take one forward
 # step to x_t, and the error x_{t−1} − μ̃_t must have variance β̃_t and be uncorrelated with x_t.
+# ([math.md](math.md) §4.)
 
 # %%
 t_index = 499
@@ -191,6 +193,7 @@ show(image_grid(torch.stack(frames, 1).flatten(0, 1), nrow=len(frames)), "2_post
 #
 # We check the loss of ε* against that, then let the objective *find* ε*: a "network" with one number
 # k_t per timestep, ε_θ = k_t x_t, trained on `training_loss`, must land on k_t = √(1−ᾱ_t) / (ᾱ_t s² + 1 − ᾱ_t).
+# ([math.md](math.md) §5, Eqs. 8–14.)
 
 # %%
 s, dim = 0.5, 16
@@ -255,7 +258,7 @@ show(scatter_image(torch.stack([ts, 2 * model.k.detach() / k_top - 1], 1),
 # `GaussianDiffusion.p_mean_variance` computes it (through x̂_0, so that x_0- and v-predictions share the
 # formula). Two checks: with the *true* noise as ε_θ, Eq. 11 is exactly the posterior mean μ̃_t(x_t, x_0)
 # (Eq. 10: the reason the ε-parameterisation works); with ε* on data N(0, s²I), μ_θ is exactly
-# E[x_{t−1} | x_t] = √α_t v_{t−1} / v_t · x_t, where v_t = ᾱ_t s² + 1 − ᾱ_t.
+# E[x_{t−1} | x_t] = √α_t v_{t−1} / v_t · x_t, where v_t = ᾱ_t s² + 1 − ᾱ_t. ([math.md](math.md) §5.)
 
 # %%
 t_index = 299
@@ -295,7 +298,7 @@ show(image_grid(torch.stack([x_t, step.x0_hat, step.mean, x_prev], 1).flatten(0,
 # With ε* every sampler should return data N(0, s²I): the sample variance is checked against s² (with the
 # number of network evaluations each used). The deterministic two solve one ODE whose exact solution is
 # known for Gaussian data, x_0 = s · x_T / √(ᾱ_{t_S} s² + 1 − ᾱ_{t_S}) from the first level t_S; at equal
-# steps DPM-Solver++ lands far closer to it than DDIM.
+# steps DPM-Solver++ lands far closer to it than DDIM. ([math.md](math.md) §6.)
 
 # %%
 s = 2.0
@@ -369,7 +372,7 @@ if TINY:  # CI: seconds per stage; the pictures are blurs, the checks still hold
                      "data.test_size=64", "denoiser.channels=32", "bound_examples=16", "bound_every=30",
                      "sample.num=8", "sample.steps=5", "train.eval_every=30", "train.image_every=30",
                      "train.checkpoint_every=30"]
-else:  # a few minutes per stage on two CPU cores
+else:  # roughly ten minutes for both on two CPU cores
     ae_overrides = ["train.steps=1000", "data.train_size=20000", "data.test_size=256", "eval_samples=256",
                     "train.eval_every=500", "train.image_every=500", "train.checkpoint_every=500"]
     ldm_overrides = ["train.steps=1500", "data.train_size=20000", "data.test_size=256", "bound_examples=64",
