@@ -70,7 +70,8 @@ def load_autoencoder(path: str | Path, use_ema: bool = True, device="cpu") -> Au
     return autoencoder_from_checkpoint(load_checkpoint(path, map_location="cpu"), use_ema, device, what=str(path))
 
 
-def autoencoder_from_checkpoint(state: dict, use_ema: bool = True, device="cpu", what: str = "") -> Autoencoder:
+def autoencoder_from_checkpoint(state: dict, use_ema: bool = True, device="cpu", what: str = "this checkpoint"
+                                ) -> Autoencoder:
     """A frozen autoencoder from a stage-one checkpoint dict (``what``: its file, for errors)."""
     task_state = state.get("task", {})
     if "sample_shape" not in task_state:
