@@ -350,8 +350,14 @@ def make_legacy(bundle):
 
 
 def export_module():
+    """export.py's code, to run in-process (its body may live in latentdiff/commands/, its wrapper at the root)."""
     import importlib.util
 
+    try:
+        from latentdiff.commands import export
+        return export
+    except ImportError:
+        pass
     spec = importlib.util.spec_from_file_location("export_script", ROOT / "export.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
