@@ -89,6 +89,16 @@ class RunningBand:
         self.n += 1
         return inside
 
+    def far_above(self, value: float, factor: float = 1e3) -> bool:
+        """Whether ``value`` is over ``factor`` times the band's upper edge (never negative: m + 2|m| ≥ |m|).
+
+        Call before ``update``. 1e3: a healthy loss stays within some tens of times the edge (a hard batch, a loss
+        term joining), while a run that diverges without a NaN (a learning rate orders of magnitude too high)
+        jumps past it by many orders of magnitude at once; the edge is itself ≥ 3 times the average loss.
+        """
+        limit = self.limit()
+        return math.isfinite(value) and 0 < limit < math.inf and value > factor * limit
+
     def state(self) -> dict:
         return {"mean": self.mean, "dev": self.dev, "n": self.n}
 
@@ -135,6 +145,7 @@ class Trainer:
         self.candidate_step = None  # the step of a last.pt waiting for that confirmation
         self.healthy_step = None  # the step of checkpoints/healthy.pt when this process knows it
         self.left_band_at = None  # the first step whose loss or gradient norm left its band, if any
+        self.far_above_at = None  # the first step whose loss jumped far above its band (RunningBand.far_above)
         self.last_metrics: dict = {}  # the latest evaluation, e.g. for benchmarks
         self.train_seconds = 0.0  # wall time inside fit(), this process
 
@@ -259,7 +270,14 @@ class Trainer:
 
     # -- health ----------------------------------------------------------------------------------
     def _check_health(self, values: dict[str, float]) -> None:
-        """Feed the step's loss and gradient norms to their bands; promote a confirmed last.pt."""
+        """Feed the step's loss and gradient norms to their bands; promote a confirmed last.pt. A loss far above its
+        band (divergence that stays finite) is a warning once, or the stop of ``train.stop_on_divergence``."""
+        loss_band = self.bands.get("loss")
+        jump = None
+        if self.far_above_at is None and loss_band is not None and loss_band.far_above(values["loss"]):
+            self.far_above_at = self.step
+            jump = (f"loss jumped to {values['loss']:.4g} at step {self.step}, over 1000 times its running band's "
+                    f"upper edge ({loss_band.limit():.4g})")
         inside = True
         for name, value in values.items():
             band = self.bands.get(name)
@@ -274,6 +292,11 @@ class Trainer:
             if inside and self.candidate_step == self.step:
                 self._promote_to_healthy()
             self.candidate_step = None
+        if jump and self.cfg.stop_on_divergence:  # no step is taken, as after a NaN
+            raise TrainingError(f"{jump}; train.stop_on_divergence: {self._diverged()}")
+        if jump and self.main:
+            print(f"warning: {jump}: training has likely diverged; {self._healthy_note()}; set "
+                  f"train.stop_on_divergence=true to stop at such a jump", file=sys.stderr, flush=True)
 
     def _promote_to_healthy(self) -> None:
         """healthy.pt := last.pt, as a hard link (no copy, no write); a copy where links are not possible."""
@@ -294,18 +317,34 @@ class Trainer:
                 return
         self.healthy_step = self.step
 
+    def _healthy_checkpoint_step(self) -> int | None:
+        """The step of checkpoints/healthy.pt (rank 0), None when there is none or it does not read."""
+        healthy = self.ckpt_dir / HEALTHY
+        if not (self.main and healthy.exists()):
+            return None
+        if self.healthy_step is not None:
+            return self.healthy_step
+        try:  # written by an earlier process
+            return int(torch.load(healthy, map_location="cpu", weights_only=True, mmap=True)["step"])
+        except Exception:
+            return None
+
+    def _healthy_note(self) -> str:
+        """Where a diverging run's last healthy weights are, for a warning (nothing is moved)."""
+        step = self._healthy_checkpoint_step()
+        if step is None:
+            return "no healthy checkpoint was confirmed yet"
+        return (f"the last healthy checkpoint is {self.ckpt_dir / HEALTHY} (step {step}): to continue from it, cp it "
+                f"to {self.ckpt_dir / 'last.pt'} and rerun with a lower train.lr")
+
     def _diverged(self) -> str:
-        """After a non-finite loss or gradient: put the last healthy checkpoint back as last.pt; say what is kept."""
+        """After a non-finite loss or gradient, or a loss far above its band with train.stop_on_divergence: put the
+        last healthy checkpoint back as last.pt; say what is kept."""
         last, healthy = self.ckpt_dir / "last.pt", self.ckpt_dir / HEALTHY
         left = (f"; the loss or gradient norm left its running band at step {self.left_band_at}"
                 if self.left_band_at is not None else "")
         if self.main and healthy.exists():
-            step = self.healthy_step
-            if step is None:  # written by an earlier process
-                try:
-                    step = int(torch.load(healthy, map_location="cpu", weights_only=True, mmap=True)["step"])
-                except Exception:
-                    step = None
+            step = self._healthy_checkpoint_step()
             if step is not None and step != self.saved_step:
                 tmp = last.with_name(f".last.pt.tmp{os.getpid()}")
                 try:
