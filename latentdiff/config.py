@@ -104,7 +104,7 @@ class TrainConfig:
     checkpoint_every: int = field(default=1000, metadata=check(min=1))  # steps between last.pt writes
     max_minutes: float | None = field(default=None, metadata=check(min=0.0))  # wall-clock budget
     stop_on_divergence: bool = field(default=False, metadata=check(help=(
-        "a loss over 1000 times its running band's upper edge (finite, so no NaN stop) is a warning once; true "
+        "a loss over 100 times its running band's upper edge (finite, so no NaN stop) is a warning once; true "
         "stops there instead, exit 2, last.pt put back to the last healthy checkpoint as after a NaN")))
 
 
