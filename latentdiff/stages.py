@@ -264,6 +264,7 @@ def train_latent_classifier(cfg: ClassifierRunConfig, run: str | Path, resume: b
     if not (run / "checkpoints" / "last.pt").exists():
         raise FileNotFoundError(f"--run {run}: no diffusion checkpoint ({run / 'checkpoints' / 'last.pt'} "
                                 f"is missing); train one with train_diffusion.py first")
+    preflight_run_dir(run / cfg.name, to_dict(cfg), resume, overwrite)  # before its latent cache is encoded
     seed_everything(cfg.train.seed)
     device = pick_device(cfg.train.device)
     state = load_checkpoint(run / "checkpoints" / "last.pt")

@@ -504,6 +504,13 @@ def test_29_4_a_folder_where_the_lock_file_goes_is_one_line_naming_it(two_stage_
     line = in_process_error(capsys, *ldm_command(tmp_path, two_stage_ones / "shapes_ae_kl"))
     assert line == f"error: {message}", line
     assert hashes(run) == before and sorted(tmp_path.iterdir()) == [run]  # refused before encoding the cache
+    # train_classifier.py into <run>/classifier: the same, before it encodes the run's latent cache
+    (run / ".lock").rmdir()
+    (run / "classifier" / ".lock").mkdir(parents=True)
+    line = in_process_error(capsys, "train_classifier.py", "--run", run, "train.steps=1", "train.batch_size=8")
+    assert line == f"error: {message.replace(str(run), str(run / 'classifier'))}", line
+    assert sorted(tmp_path.iterdir()) == [run] and sorted(p.name for p in (run / "classifier").iterdir()) == [".lock"]
+    (run / ".lock").mkdir()
     # the training loop's own lock (library callers of latentdiff.training.train) says the same
     with pytest.raises(TrainingError) as e:
         train(ToyTask(), toy_dataset(), TrainConfig(steps=1), run, {}, "cpu", resume=False)
