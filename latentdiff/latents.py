@@ -375,9 +375,14 @@ def build_latent_cache(autoencoder, dataset, folder: str | Path, batch_size: int
     hit = (folder / "meta.json").exists()
     short = None
     if rank == 0 and not hit:  # the size is known: say so now rather than die half-way (or by SIGBUS)
+        from latentdiff.run_folder import unwritable
+
         needed = cache_bytes(autoencoder, n, attr_shape, stochastic) * (2 if world > 1 else 1)  # shards + joined
         free = _free_space(folder.parent)
-        if free < needed:
+        if problem := unwritable(folder.parent):
+            short = (f"latent cache {folder}: cannot be written ({problem}); point latents.cache_dir at a writable "
+                     f"folder or make that one writable")
+        elif free < needed:
             short = (f"latent cache {folder}: needs {_gb(needed)} but {folder.parent} has {_gb(free)} free; free "
                      f"some space or point latents.cache_dir at a larger disk")
     hit, tmp_name, short = _from_rank0((hit, tmp_name, short))

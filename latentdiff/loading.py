@@ -94,16 +94,22 @@ def write_autoencoder_copy(autoencoder: Autoencoder, run_dir: str | Path) -> str
     is kept when it holds the same weights, and is an error when it holds others (the run folder belongs
     to a run on another autoencoder).
     """
+    digest = check_autoencoder_copy(autoencoder, run_dir)
+    if not (Path(run_dir) / AE_COPY / "model.safetensors").is_file():
+        autoencoder.save_pretrained(Path(run_dir) / AE_COPY)
+    return digest
+
+
+def check_autoencoder_copy(autoencoder: Autoencoder, run_dir: str | Path) -> str:
+    """``autoencoder``'s copy hash, after checking that ``run_dir``'s copy (if any) holds the same weights: a run
+    continues on the stage one it was trained on. Cheap (no latent is encoded), so stage two calls it first."""
     folder = Path(run_dir) / AE_COPY
     digest = autoencoder_copy_hash(autoencoder)
     weights = folder / "model.safetensors"
-    if weights.is_file():
-        existing = file_hash(weights)
-        if existing != digest:
-            raise CheckpointError(f"{folder} holds another autoencoder (hash {existing[:12]}) than ae.run gives "
-                                  f"({digest[:12]}); use a new run name to train on this one")
-        return digest
-    autoencoder.save_pretrained(folder)
+    if weights.is_file() and (existing := file_hash(weights)) != digest:
+        raise CheckpointError(f"{folder} holds the autoencoder this run was trained on (hash {existing[:12]}), "
+                              f"ae.run gives another ({digest[:12]}); point ae.run at the stage-one run it was "
+                              f"trained on, or pick a new name=... to train on this one")
     return digest
 
 
@@ -142,7 +148,7 @@ def autoencoder_checkpoint(run: str | Path, checkpoint: str = "best") -> Path:
     return path
 
 
-def _autoencoder_of_run(ae: dict, run_dir: Path | None, device) -> Autoencoder:
+def autoencoder_of_run(ae: dict, run_dir: Path | None, device) -> Autoencoder:
     """The stage one a diffusion checkpoint names: its copy in the run folder, or (older runs) its path."""
     if ae.get("copy") and run_dir is not None:
         folder = run_dir / ae["copy"]
@@ -218,7 +224,7 @@ def ldm_parts_from_checkpoint(state: dict, run_dir: Path | None = None, use_ema:
     config = state["config"]
     num_values = task_state.get("num_values") if config.get("conditioning", {}).get("enabled") else None
     ae = task_state.get("ae")
-    autoencoder = _autoencoder_of_run(ae, run_dir, device) if ae else None
+    autoencoder = autoencoder_of_run(ae, run_dir, device) if ae else None
     return _assemble(config, tuple(task_state["latent_shape"]), num_values, task_state.get("schema"),
                      LatentNormaliser.from_state(task_state["normaliser"]),
                      lambda module: load_weights(module, state, use_ema, what="the denoiser checkpoint"),
