@@ -118,6 +118,15 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def autoencoder_identity(ae_record: dict) -> str:
+    """What a latent cache of this autoencoder is keyed on: its checkpoint's hash and which of its weights encode.
+
+    The EMA weights (``ae.use_ema``, the default) are keyed by the hash alone, as every cache before this was;
+    the raw weights of the same checkpoint encode other latents, so they get a key of their own.
+    ``ae_record``: a stage-two checkpoint's ``task["ae"]`` ({"hash", "use_ema", ...})."""
+    return ae_record["hash"] if ae_record.get("use_ema", True) else f"{ae_record['hash']}+raw-weights"
+
+
 def cache_key(ae_hash: str, data_config: dict, split: str) -> str:
     """Key of one cache entry: the autoencoder's hash plus everything that decides the images."""
     relevant = {k: v for k, v in data_config.items() if k not in ("root", "download", "num_workers")}

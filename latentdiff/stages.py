@@ -26,7 +26,14 @@ from latentdiff.checkpoints import CheckpointError, load_checkpoint
 from latentdiff.conditioning import AttributePrior
 from latentdiff.config import AERunConfig, ClassifierRunConfig, LDMRunConfig, from_dict, to_dict
 from latentdiff.latent_classifier import ClassifierTask, NoisyAttributeClassifier
-from latentdiff.latents import build_latent_cache, cache_key, file_hash, fit_normaliser, sample_latents
+from latentdiff.latents import (
+    autoencoder_identity,
+    build_latent_cache,
+    cache_key,
+    file_hash,
+    fit_normaliser,
+    sample_latents,
+)
 from latentdiff.loading import (
     AE_COPY,
     autoencoder_checkpoint,
@@ -91,8 +98,10 @@ def train_autoencoder(cfg: AERunConfig, resume: bool = False, argv: list[str] | 
 
 # ----------------------------------------------------------------------------- stage two
 
-def encode_split(cfg, autoencoder, ae_hash, dataset, split, device):
-    """The latent cache of one split, reused when it exists; under torchrun every rank encodes a shard."""
+def encode_split(cfg, autoencoder, ae_record, dataset, split, device):
+    """The latent cache of one split, reused when it exists; under torchrun every rank encodes a shard.
+    ``ae_record``: the autoencoder's {"hash", "use_ema", ...} (the cache is keyed on both)."""
+    ae_hash = autoencoder_identity(ae_record)
     root = Path(cfg.latents.cache_dir or Path(cfg.out_dir) / "latent_cache")
     folder = root / cache_key(ae_hash, to_dict(cfg.data), split)
     meta = {"ae_hash": ae_hash, "split": split, "data": to_dict(cfg.data)}
@@ -180,13 +189,12 @@ def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[s
         extra_state["data_root"] = str(train_set.resolved_root)
     if cfg.ae.run is not None:
         autoencoder, ae_record = frozen_autoencoder(cfg, run_dir, resuming, overwrite, device)
-        ae_hash = ae_record["hash"]
         expected = autoencoder.sample_shape
         if tuple(train_set.sample_shape) != expected:
             raise ValueError(f"data: the autoencoder in {cfg.ae.run} was trained on images {expected}, "
                              f"this data config gives {tuple(train_set.sample_shape)}")
-        train_cache = encode_split(cfg, autoencoder, ae_hash, train_set, "train", device)
-        test_cache = encode_split(cfg, autoencoder, ae_hash, test_set, "test", device)
+        train_cache = encode_split(cfg, autoencoder, ae_record, train_set, "train", device)
+        test_cache = encode_split(cfg, autoencoder, ae_record, test_set, "test", device)
         normaliser = fit_normaliser(train_cache.mean, train_cache.logvar, cfg.latents.normalisation)
         k = min(cfg.bound_examples, len(test_cache))
         g = torch.Generator().manual_seed(0)
@@ -245,7 +253,7 @@ def classifier_data(run: Path, state: dict, ldm, eval_examples: int):
     ae = state["task"].get("ae")
     g = torch.Generator().manual_seed(0)
     if ae:
-        caches = [encode_split(run_cfg, ldm.autoencoder, ae["hash"], data, split, ldm.device)
+        caches = [encode_split(run_cfg, ldm.autoencoder, ae, data, split, ldm.device)
                   for data, split in ((train_set, "train"), (test_set, "test"))]
         k = min(eval_examples, len(caches[1]))
         mean, logvar, attrs = (torch.stack(column) for column in zip(*(caches[1][i] for i in range(k))))
