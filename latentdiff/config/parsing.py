@@ -1,11 +1,12 @@
 """From a YAML recipe and dotted overrides to a checked config: ConfigError, type coercion, field limits,
 ``load_config``, ``from_dict``, ``to_dict``, ``dump_yaml``, and the registry of rules between keys.
 
-Nothing here names a section: it reads the dataclasses of ``sections``. A recipe is a YAML mapping whose keys mirror
-the fields; a command line adds ``key.sub=value`` overrides (values parsed as YAML, so ``train.steps=100`` is an int
-and ``model.channel_mults=[1,2]`` a list). ``from_dict`` builds each section: every key known, every value coerced to
-its field's type and within its ``check(...)`` limits, then the rules registered with ``@constraint`` for that
-section (written in ``constraints``). The first problem is one :class:`ConfigError` line naming the dotted key.
+Nothing here names a section: it reads whichever dataclass it is given (those of ``sections``). A recipe is a
+YAML mapping whose keys mirror the fields; a command line adds ``key.sub=value`` overrides (values parsed as YAML, so
+``train.steps=100`` is an int and ``model.channel_mults=[1,2]`` a list). ``from_dict`` builds each section: every key
+known, every value coerced to its field's type and within its ``check(...)`` limits, then the rules registered with
+``@constraint`` for that section (written in ``constraints``). The first problem is one :class:`ConfigError` line
+naming the dotted key.
 """
 
 from __future__ import annotations
@@ -218,6 +219,9 @@ def dump_yaml(cfg) -> str:
 
 
 # ----------------------------------------------------------------------------- rules between keys
+#
+# The registry lives here and the rules in constraints.py: ``from_dict`` applies the rules, and constraints.py
+# imports the sections, which import ConfigError from here, so the imports run one way.
 
 
 @dataclass(frozen=True)
