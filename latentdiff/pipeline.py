@@ -29,6 +29,7 @@ from latentdiff.latents import LatentNormaliser
 from latentdiff.loading import ldm_parts_from_bundle, ldm_parts_from_run, save_ldm_bundle
 
 DEFAULT_BATCH_SIZE = 256  # latents per reverse-process batch; the same in sample.py, so results match
+UNCONDITIONAL = "this run is unconditional (trained without attributes)"  # why attribute settings are refused
 
 
 class LatentDiffusion(nn.Module):
@@ -93,10 +94,15 @@ class LatentDiffusion(nn.Module):
         """``attrs``: None, a dict {name: value}, or a (n, A) LongTensor → (n, A) indices or None."""
         if attrs is None:
             return None
-        if not self.conditional:
-            raise ValueError("this run was trained without attribute conditioning; sample without attrs, "
-                             "or train with conditioning.enabled=true (or use classifier guidance)")
+        self.check_conditional()
         return self.attribute_rows(n, attrs)
+
+    def check_conditional(self) -> None:
+        """Attributes asked of an unconditional run (without a classifier to guide towards them) are refused."""
+        if not self.conditional:
+            raise ValueError(f"attrs (--attr, --grid-by): {UNCONDITIONAL}, so it cannot be asked for attributes; "
+                             f"guide it with a latent classifier (classifier=, --classifier), or train with "
+                             f"conditioning.enabled=true")
 
     def attribute_rows(self, n: int, attrs) -> torch.Tensor:
         """``attrs`` (a dict {name: value}, an (A,) or (n, A) LongTensor) → (n, A) value indices, −1 = free."""
@@ -117,31 +123,54 @@ class LatentDiffusion(nn.Module):
         The one place defaults are resolved, for the Python API and every command (sample.py, evaluate.py,
         visualize.py, bench/, the gallery), so the same call gives the same images everywhere:
             sampler: the run's ``sample.sampler``;
-            steps: the run's ``sample.steps`` when the sampler is the run's, else 50 for DDIM and all T for
-                DDPM; 50 for DPM-Solver++ too (pass ``steps=num_timesteps`` to ask for the full chain explicitly);
+            steps: the run's ``sample.steps`` when the sampler is the run's, else 50 (at most T) for DDIM and
+                DPM-Solver++, all T for DDPM (pass ``steps=num_timesteps`` to ask for the full chain explicitly);
             eta: the run's ``sample.eta`` for DDIM (0 for other samplers, which have no η);
             guidance_scale: the run's ``sample.guidance_scale`` (classifier-free w; unused without attributes);
             guidance_interval: the run's ``sample.guidance_interval`` ((lo, hi) fractions of T where guidance
                 acts, None: everywhere; pass ``(0, 1)`` to guide everywhere on a run that limits it);
             unasked: the run's ``sample.unasked``: "data" draws attributes not asked for from the training data
                 (``complete_attributes``), "model" leaves them to the network. Used by ``sample`` only.
+        A value this run cannot honour is refused with a one-line ValueError naming the argument and its
+        command-line flag, never clipped or ignored: ``steps`` outside 1..T, and on an unconditional run a
+        ``guidance_scale`` other than 1, any ``guidance_interval`` and ``unasked="data"`` (there is no condition
+        to guide, to limit or to complete). An unconditional run resolves to guidance_scale 1, no interval and
+        unasked "model", whatever its ``sample:`` section says.
         Returns {"sampler", "steps", "eta", "guidance_scale", "guidance_interval", "unasked"}.
         """
-        run = from_dict(SampleConfig, self.config.get("sample"), prefix="sample.")
-        sampler = sampler or run.sampler
-        if steps is None:
-            steps = run.steps if sampler == run.sampler else (None if sampler == "ddpm" else 50)
-        if steps is not None:
-            steps = min(int(steps), self.diffusion.num_timesteps)
-        if eta is None:
-            eta = run.eta if sampler == "ddim" else 0.0
-        guidance_scale = run.guidance_scale if guidance_scale is None else guidance_scale
-        interval = run.guidance_interval if guidance_interval is None else guidance_interval
-        unasked = unasked or run.unasked
-        if unasked not in ("model", "data"):
+        if unasked not in (None, "model", "data"):
             raise ValueError(f"unasked={unasked!r}: give 'model' (the network chooses) or 'data' (drawn from the "
                              f"training data's attribute combinations)")
-        return {"sampler": sampler, "steps": steps, "eta": float(eta), "guidance_scale": float(guidance_scale),
+        if not self.conditional:  # each of these would otherwise be silently ignored
+            if guidance_scale is not None and guidance_scale != 1:
+                raise ValueError(f"guidance_scale={guidance_scale:g} (--guidance): {UNCONDITIONAL}, so there is no "
+                                 f"condition to guide towards; leave it unset, or guide with a latent classifier "
+                                 f"(classifier=, --classifier)")
+            if guidance_interval is not None:
+                raise ValueError(f"guidance_interval={tuple(guidance_interval)} (--guidance-interval): "
+                                 f"{UNCONDITIONAL}, so there is no classifier-free guidance to limit; leave it unset")
+            if unasked == "data":
+                raise ValueError(f"unasked='data' (--unasked data): {UNCONDITIONAL}, so there are no attributes to "
+                                 f"draw; leave it unset")
+        run = from_dict(SampleConfig, self.config.get("sample"), prefix="sample.")
+        T = self.diffusion.num_timesteps
+        sampler = sampler or run.sampler
+        asked_steps = steps
+        if steps is None:
+            steps = run.steps if sampler == run.sampler else (None if sampler == "ddpm" else min(50, T))
+        if steps is not None and not 1 <= steps <= T:  # refused, never clipped: the user asked for these steps
+            what = f"steps={steps} (--steps)" if asked_steps is not None else f"the run's sample.steps={steps}"
+            raise ValueError(f"{what}: this run has T = {T} diffusion timesteps; give 1 to {T}")
+        if eta is None:
+            eta = run.eta if sampler == "ddim" else 0.0
+        if self.conditional:
+            guidance_scale = run.guidance_scale if guidance_scale is None else guidance_scale
+            interval = run.guidance_interval if guidance_interval is None else guidance_interval
+            unasked = unasked or run.unasked
+        else:  # the plain model: the sample: section's guidance has nothing to act on
+            guidance_scale, interval, unasked = 1.0, None, "model"
+        return {"sampler": sampler, "steps": None if steps is None else int(steps), "eta": float(eta),
+                "guidance_scale": float(guidance_scale),
                 "guidance_interval": None if interval is None else tuple(float(v) for v in interval),
                 "unasked": unasked}
 
@@ -276,13 +305,15 @@ class LatentDiffusion(nn.Module):
             raise ValueError(f"strength must be in [0, 1] (0: the reconstruction, 1: all noise), got {strength}")
         if mode not in ("sdedit", "invert"):
             raise ValueError(f"edit mode {mode!r}: use 'sdedit' or 'invert'")
-        z0 = self.encode(images)
-        if strength == 0.0:
-            return self.decode(z0)
         if mode == "invert":  # back along the inversion's own path: DDIM, deterministic (unless told otherwise)
             sampler = sampler or "ddim"  # DPM-Solver++ regenerating a DDIM inversion doubled the round-trip error
             eta = 0.0 if eta is None else eta
-        s = self.sampling_settings(sampler, steps, eta, guidance_scale)
+        s = self.sampling_settings(sampler, steps, eta, guidance_scale)  # refused before the images are encoded
+        if attrs is not None and classifier is None:
+            self.check_conditional()
+        z0 = self.encode(images)
+        if strength == 0.0:
+            return self.decode(z0)
         steps = s["steps"]
         T = self.diffusion.num_timesteps
         start_t = max(0, math.ceil(strength * T) - 1)
@@ -307,11 +338,15 @@ class LatentDiffusion(nn.Module):
         in the pixels that must be regenerated, so keeping it would copy part of what the user asked to replace
         (and the cell's receptive field in the encoder reaches wider still; paste-back restores the kept pixels
         exactly afterwards). Without an autoencoder the "latents" are the data, and the mask is used as given
-        (broadcastable to the data). Bad shapes or values raise ValueError (one line).
+        (broadcastable to the data). Bad shapes or values raise ValueError (one line), and so does a mask that is
+        1 everywhere (nothing to fill). A mask that is 0 everywhere is allowed: nothing is kept, so the fills are
+        plain samples (as from :meth:`sample` with the same attributes).
         """
         mask = torch.as_tensor(mask)
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError("the inpainting mask must hold only 0 (fill) and 1 (keep)")
+        if bool(mask.bool().all()):  # the whole call would give the input back
+            raise ValueError("the inpainting mask is all 1 (keep): nothing to fill; mark the part to fill with 0")
         if self.autoencoder is None:
             try:
                 torch.broadcast_shapes(mask.shape, tuple(images_shape))
@@ -350,6 +385,8 @@ class LatentDiffusion(nn.Module):
         (the decoder alone reproduces it only up to the autoencoder's reconstruction error).
         """
         settings = self.sampling_settings(sampler, steps, eta, guidance_scale)
+        if attrs is not None:
+            self.check_conditional()
         images = images.to(self.device)
         latent_mask = self.latent_mask(mask, tuple(images.shape)).to(self.device)
         z0 = self.encode(images)
