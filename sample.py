@@ -83,7 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--edit-mode", choices=["sdedit", "invert"], default=None,
                    help="--edit: add noise (SDEdit, default) or DDIM-invert to t = strength·T")
     p.add_argument("--inpaint", nargs="+", default=None, metavar="IMAGE", help="fill the masked part of these images")
-    p.add_argument("--mask", default=None, metavar="MASK.png", help="--inpaint: white (255) keep, black (0) fill, nothing else")
+    p.add_argument("--mask", default=None, metavar="MASK.png",
+                   help="--inpaint: white (255) keep, black (0) fill, nothing else")
     p.add_argument("--resample", type=int, default=None, help="--inpaint: RePaint jumps per step (default 1; "
                    "R > 1 needs --sampler ddpm or ddim with --eta > 0)")
     p.add_argument("--no-paste-back", action="store_true", help="--inpaint: keep the decoded pixels everywhere")

@@ -121,12 +121,12 @@ def test_api_refuses_guidance_interval_unasked_and_attributes_on_an_unconditiona
                       ({"guidance_interval": (0.0, 0.6)}, "guidance_interval=(0.0, 0.6) (--guidance-interval)"),
                       ({"unasked": "data"}, "unasked='data' (--unasked data)"),
                       ({"attrs": {"color": "red"}}, "attrs (--attr, --grid-by)")):
-        calls = [lambda: ldm.sample(2, **kw)]
+        calls = [(ldm.sample, (2,))]
         if "guidance_scale" in kw or "attrs" in kw:  # what edit and inpaint take
-            calls += [lambda: ldm.edit(images, **kw), lambda: ldm.inpaint(images, mask, **kw)]
-        for call in calls:
+            calls += [(ldm.edit, (images,)), (ldm.inpaint, (images, mask))]
+        for call, args in calls:
             with pytest.raises(ValueError) as err:
-                call()
+                call(*args, **kw)
             assert str(err.value).startswith(f"{words}: {UNCONDITIONAL}, so "), (kw, str(err.value))
     # the plain model is what an unconditional run gives: its own sample: section's guidance 3 is not used, and
     # asking for w = 1 or unasked="model" (what it does anyway) is not refused
@@ -281,5 +281,5 @@ def test_sample_py_checks_its_default_output_folder_before_loading(bundles, tmp_
     monkeypatch.setattr(LatentDiffusion, "from_pretrained", lambda *a, **k: pytest.fail("loaded before refusing"))
     refuse_writes_in(monkeypatch, tmp_path)
     line = in_process_error(capsys, "sample.py", "--run", bundles["uncond"], "--no-progress")
-    assert line == f"error: --out (default) 'samples/sample_0.png': cannot write in . (Permission denied)"
+    assert line == "error: --out (default) 'samples/sample_0.png': cannot write in . (Permission denied)"
     assert files_under(tmp_path) == set()
