@@ -345,15 +345,13 @@ class LatentDiffusion(nn.Module):
         mask = torch.as_tensor(mask)
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError("the inpainting mask must hold only 0 (fill) and 1 (keep)")
-        if bool(mask.bool().all()):  # the whole call would give the input back
-            raise ValueError("the inpainting mask is all 1 (keep): nothing to fill; mark the part to fill with 0")
         if self.autoencoder is None:
             try:
                 torch.broadcast_shapes(mask.shape, tuple(images_shape))
             except RuntimeError:
                 raise ValueError(f"the mask's shape {tuple(mask.shape)} does not broadcast to the data's "
                                  f"{tuple(images_shape)}") from None
-            return mask.float()
+            return check_fills_something(mask.float())
         B, _, H, W = images_shape
         if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, B) or tuple(mask.shape[2:]) != (H, W):
             raise ValueError(f"the mask must be (1 or {B}, 1, {H}, {W}) like the images (1 keep, 0 fill), got "
@@ -365,7 +363,7 @@ class LatentDiffusion(nn.Module):
         if H % h or W % w or H // h != W // w:
             raise ValueError(f"images {H}×{W} do not tile the {h}×{w} latent grid evenly")
         f = H // h
-        return mask.float().view(mask.shape[0], 1, h, f, w, f).amin(dim=(3, 5))
+        return check_fills_something(mask.float()).view(mask.shape[0], 1, h, f, w, f).amin(dim=(3, 5))
 
     @torch.no_grad()
     def inpaint(self, images: torch.Tensor, mask: torch.Tensor, attrs=None, guidance_scale: float | None = None,
@@ -448,6 +446,13 @@ class LatentDiffusion(nn.Module):
         autoencoder as ``autoencoder/{config.json,model.safetensors}``. The weights are the ones loaded
         (EMA by default). See ``latentdiff.loading`` for the format."""
         save_ldm_bundle(self, folder)
+
+
+def check_fills_something(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` (1 keep, 0 fill), refused when it is 1 everywhere: inpainting would give the input back."""
+    if bool(mask.bool().all()):
+        raise ValueError("the inpainting mask is all 1 (keep): nothing to fill; mark the part to fill with 0")
+    return mask
 
 
 def half_mask(height: int, width: int, half: str = "right") -> torch.Tensor:
