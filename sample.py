@@ -134,8 +134,6 @@ def main(argv=None):
         if args.edit is not None and args.grid_by is not None and ldm.schema and args.grid_by in ldm.schema.names:
             per_image = ldm.schema.num_values(ldm.schema.names.index(args.grid_by))  # one edit per value
         cond, nrow = condition_rows(ldm, per_image, parse_attrs(args.attr), args.grid_by)
-        if cond is not None and classifier is None:
-            ldm.check_conditional()  # --attr / --grid-by on an unconditional run: refused, not ignored
         num = cond.shape[0] if cond is not None else per_image
         generator = torch.Generator(device=device).manual_seed(args.seed)
         settings = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance)

@@ -112,7 +112,6 @@ def main(argv=None):
             names = ldm.schema.names if ldm.schema is not None else []
             values = ldm.schema.num_values(names.index(args.grid_by)) if args.grid_by in names else 1
             cond, _ = condition_rows(ldm, args.per_row * values, parse_attrs(args.attr), args.grid_by)
-            ldm.check_conditional()  # an unconditional run cannot be asked for attributes
             images = ldm.sample(len(cond), attrs=cond, guidance_scale=args.guidance, steps=args.steps, generator=g)
             save_png(image_grid(images, nrow=args.per_row), out)
         print(f"wrote {out}")
