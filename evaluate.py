@@ -50,10 +50,12 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=250, help="images per sampling / network batch")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver++"], default=None,
                    help="default: the run's sample.sampler")
-    p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the run's, else 50 / all T)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="reverse steps, 1 to the run's T (default: the run's, else 50 / all T)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the run's sample.eta)")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale of ldm_conditional (default: the run's)")
+                   help="classifier-free guidance scale of ldm_conditional (default: the run's; refused on an "
+                        "unconditional run)")
     p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="guide only where LO <= t/T <= HI, the plain conditional model elsewhere (default: the "
                         "run's sample.guidance_interval; 0 1 guides everywhere)")

@@ -54,8 +54,8 @@ def parse_args(argv=None):
                    help="default: the run's sample.sampler, ddim for --edit-mode invert (dpm_solver++: few-step ODE "
                         "solver, DPM-Solver++(2M))")
     p.add_argument("--steps", type=int, default=None,
-                   help="reverse steps (default: the run's sample.steps with its sampler, else 50 for ddim and "
-                        "dpm_solver++, all T for ddpm)")
+                   help="reverse steps, 1 to the run's T (default: the run's sample.steps with its sampler, else "
+                        "50 for ddim and dpm_solver++, all T for ddpm)")
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM stochasticity (0 deterministic, 1 ~ DDPM; default: the run's sample.eta, "
                         "0 for --edit-mode invert)")

@@ -39,7 +39,8 @@ def parse_args(argv=None):
     common.add_argument("--out", required=True, help="output .png (.gif for forward)")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--steps", type=int, default=None,
-                        help="reverse-process steps (default: the run's sample.steps, as sample.py; all T when none)")
+                        help="reverse-process steps, 1 to the run's T (default: the run's sample.steps, as "
+                             "sample.py; all T when none)")
     common.add_argument("--checkpoint", choices=["best", "last"], default="last")
     f = sub.add_parser("forward", parents=[common], help="the forward process as a GIF")
     f.add_argument("--frames", type=int, default=20)
