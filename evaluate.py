@@ -27,6 +27,10 @@ eval.json keys: run, stage ("autoencoder" | "diffusion"), dataset, autoencoder (
 (path, test_accuracy, test_size, feature_dim), reconstruction (mse, psnr, ssim, lpips), likelihood
 (latent_bpd, bpd, bpd_standard_prior, bpd_gmm_prior, terms, decoder_variance, examples, timesteps),
 samples {set: metrics}, notes (what was skipped and why). Absent figures are null.
+
+Refused in one line (exit 2) before any work: an --out (default <run>/eval.json) or a judge cache to be trained
+that cannot be written, --steps above the run's T, --guidance / --guidance-interval on an unconditional run, and
+the sampler flags on an autoencoder run.
 """
 
 import argparse
