@@ -171,7 +171,7 @@ def picture_and_masks(tmp_path):
     right_half = np.full((32, 32), 255, dtype=np.uint8)
     right_half[:, 16:] = 0
     Image.fromarray(right_half).save(tmp_path / "mask.png")
-    Image.fromarray(right_half[:16, :16]).save(tmp_path / "small.png")
+    Image.fromarray(right_half[:16, 8:24]).save(tmp_path / "small.png")  # black and white: only its size is wrong
     (tmp_path / "notes.png").write_text("hello")
     return tmp_path
 
