@@ -29,8 +29,7 @@ eval.json keys: run, stage ("autoencoder" | "diffusion"), dataset, autoencoder (
 samples {set: metrics}, notes (what was skipped and why). Absent figures are null.
 
 Refused in one line (exit 2) before any work: an --out (default <run>/eval.json) or a judge cache to be trained
-that cannot be written, --steps above the run's T, --guidance / --guidance-interval on an unconditional run, and
-the sampler flags on an autoencoder run.
+that cannot be written, --steps above the run's T, and --guidance / --guidance-interval on an unconditional run.
 """
 
 import argparse

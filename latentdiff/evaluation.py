@@ -109,18 +109,10 @@ def output_path(args: EvalOptions) -> Path:
     return Path(args.out) if args.out else Path(args.run) / "eval.json"
 
 
-SAMPLER_OPTIONS = ("sampler", "steps", "eta", "guidance", "guidance_interval")  # diffusion runs only
-
-
-def sampler_settings(args: EvalOptions, ldm: LatentDiffusion | None, run_dir: Path) -> dict | None:
+def sampler_settings(args: EvalOptions, ldm: LatentDiffusion | None) -> dict | None:
     """The settings the diffusion samples are drawn with (``LatentDiffusion.sampling_settings``, which refuses
-    --steps above T and guidance on an unconditional run), or None for an autoencoder run, which refuses the
-    sampler flags rather than ignore them."""
+    --steps above T and guidance on an unconditional run in one line), or None for an autoencoder run."""
     if ldm is None:
-        given = [name for name in SAMPLER_OPTIONS if getattr(args, name) is not None]
-        if given:
-            raise ValueError(f"--{given[0].replace('_', '-')}: {run_dir} is an autoencoder run, which draws no "
-                             f"diffusion samples; give a train_diffusion.py run, or leave the sampler flags out")
         return None
     s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance, args.guidance_interval)
     s.pop("unasked")  # each set below says how it treats attributes not asked for
@@ -357,7 +349,7 @@ def evaluate_run(args: EvalOptions, device="cpu") -> dict:
     progress = not args.no_progress and sys.stderr.isatty()
     run_dir = Path(args.run)
     stage, config, autoencoder, ldm = load_run(run_dir, args.checkpoint, device)
-    s = sampler_settings(args, ldm, run_dir)  # before any work: a bad flag is one line, not minutes later
+    s = sampler_settings(args, ldm)  # before any work: a bad flag is one line, not minutes later
     data_cfg = from_dict(DataConfig, config["data"])
     test_set = build_data(data_cfg, "test")
     schema = test_set.schema

@@ -167,14 +167,6 @@ def test_evaluate_and_visualize_refuse_them_too(bundles, tmp_path, capsys, no_wo
     assert files_under(tmp_path) == set()
 
 
-def test_evaluate_refuses_sampler_flags_on_an_autoencoder_run(tmp_path):
-    from latentdiff.evaluation import EvalOptions, sampler_settings
-
-    with pytest.raises(ValueError, match="^--steps: .* is an autoencoder run, which draws no diffusion samples"):
-        sampler_settings(EvalOptions(run=str(tmp_path), steps=10), None, tmp_path)
-    assert sampler_settings(EvalOptions(run=str(tmp_path)), None, tmp_path) is None
-
-
 def test_a_conditional_run_still_takes_them(bundles, tmp_path):
     ldm = LatentDiffusion.from_pretrained(bundles["cond"])
     s = ldm.sampling_settings(guidance_scale=2, guidance_interval=(0, 0.6), steps=T)
