@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from autoencoders.blocks import Decoder, Encoder
-from latentdiff.bundle import load_module_weights, read_config, read_tensors, write_bundle
+from latentdiff.bundle import bundle_files, load_module_weights, open_bundle, read_tensors, write_bundle
 from latentdiff.checkpoints import CheckpointError
 
 KINDS = ("vae", "rae", "ae")
@@ -148,19 +148,26 @@ class Autoencoder(nn.Module):
             return conv.parametrizations.weight.original
         return conv.weight
 
+    def bundle_files(self) -> dict[str, bytes]:
+        """This model as the files of a bundle: ``config.json`` (``self.config``), ``model.safetensors`` (the
+        current weights) and ``manifest.json`` (their sha256), see ``latentdiff.bundle``."""
+        return bundle_files("autoencoder", {"model": self.config}, {"model": self.state_dict()})
+
     def save_pretrained(self, folder: str | Path) -> None:
-        """Export to ``folder`` without pickle: ``config.json`` (``self.config``) + ``model.safetensors``.
+        """Export to ``folder`` without pickle (``bundle_files``), all at once: a failure leaves no folder.
 
         The weights are this module's current ones (load the EMA weights first to export those, as
         ``latentdiff.loading.load_autoencoder`` does).
         """
-        write_bundle(folder, "autoencoder", {"model": self.config}, {"model": self.state_dict()})
+        write_bundle(folder, self.bundle_files())
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device="cpu") -> Autoencoder:
-        """A frozen model (eval mode, no gradients) from a ``save_pretrained`` folder; never unpickles."""
+    def from_pretrained(cls, folder: str | Path, device="cpu", note_unsealed: bool = True) -> Autoencoder:
+        """A frozen model (eval mode, no gradients) from a ``save_pretrained`` folder, its manifest checked;
+        never unpickles. ``note_unsealed``: note a bundle from before the manifest (False where the caller
+        vouches for it: a diffusion bundle that noted it already, a run that checks the weights' hash)."""
         folder = Path(folder)
-        config = read_config(folder, "autoencoder")
+        config, _ = open_bundle(folder, "autoencoder", note_unsealed)
         try:
             model = build_autoencoder(**config["model"])
         except (KeyError, TypeError, ValueError) as e:

@@ -103,6 +103,9 @@ class TrainConfig:
     image_every: int = field(default=1000, metadata=check(min=1))  # steps between image grids
     checkpoint_every: int = field(default=1000, metadata=check(min=1))  # steps between last.pt writes
     max_minutes: float | None = field(default=None, metadata=check(min=0.0))  # wall-clock budget
+    stop_on_divergence: bool = field(default=False, metadata=check(help=(
+        "a loss over 100 times its running band's upper edge (finite, so no NaN stop) is a warning once; true "
+        "stops there instead, exit 2, last.pt put back to the last healthy checkpoint as after a NaN")))
 
 
 # ----------------------------------------------------------------------------- stage one
@@ -191,8 +194,9 @@ class DenoiserConfig:
 class AERefConfig:
     """The frozen stage-one autoencoder. ``run: null`` trains directly on the data (2-D toys)."""
 
-    run: str | None = field(default=None, metadata=check(
-        path="dir", help="train the autoencoder first (train_ae.py) or point ae.run at its run folder"))
+    run: str | None = field(default=None, metadata=check(help=(
+        "a train_ae.py run folder; a resumed run whose folder holds its autoencoder/ copy trains on that copy when "
+        "this folder is gone")))
     checkpoint: Literal["best", "last"] = "best"  # which stage-one checkpoint to freeze
     use_ema: bool = True  # its EMA weights where present
 
@@ -638,6 +642,18 @@ def _(r):
 def _(r):
     if r.denoiser.kind == "unet" and r.ae.run is None and r.data.name in POINT_DATASETS:
         return f"a unet needs C×H×W inputs; {r.data.name} gives 2-D points (use mlp or auto)"
+
+
+@constraint(LDMRunConfig, "ae.run", "an existing folder, unless <out_dir>/<name> holds the run to resume (last.pt) "
+            "and its autoencoder/ copy")
+def _(r):
+    if r.ae.run is None or Path(r.ae.run).expanduser().is_dir():
+        return None
+    run = Path(r.out_dir).expanduser() / r.name  # resumed on the run's own copy (stages.frozen_autoencoder)
+    if (run / "checkpoints" / "last.pt").is_file() and (run / "autoencoder" / "model.safetensors").is_file():
+        return None
+    return (f"folder {r.ae.run!r} does not exist; train the autoencoder first (train_ae.py) or point ae.run at its "
+            f"run folder")
 
 
 DEFAULT_IMAGE_SIZES = {"celeba": 64, "image_folder": 64}  # the others' default side is 32

@@ -118,6 +118,15 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def autoencoder_identity(ae_record: dict) -> str:
+    """What a latent cache of this autoencoder is keyed on: its checkpoint's hash and which of its weights encode.
+
+    The EMA weights (``ae.use_ema``, the default) are keyed by the hash alone, as every cache before this was;
+    the raw weights of the same checkpoint encode other latents, so they get a key of their own.
+    ``ae_record``: a stage-two checkpoint's ``task["ae"]`` ({"hash", "use_ema", ...})."""
+    return ae_record["hash"] if ae_record.get("use_ema", True) else f"{ae_record['hash']}+raw-weights"
+
+
 def cache_key(ae_hash: str, data_config: dict, split: str) -> str:
     """Key of one cache entry: the autoencoder's hash plus everything that decides the images."""
     relevant = {k: v for k, v in data_config.items() if k not in ("root", "download", "num_workers")}
@@ -375,9 +384,14 @@ def build_latent_cache(autoencoder, dataset, folder: str | Path, batch_size: int
     hit = (folder / "meta.json").exists()
     short = None
     if rank == 0 and not hit:  # the size is known: say so now rather than die half-way (or by SIGBUS)
+        from latentdiff.run_folder import unwritable
+
         needed = cache_bytes(autoencoder, n, attr_shape, stochastic) * (2 if world > 1 else 1)  # shards + joined
         free = _free_space(folder.parent)
-        if free < needed:
+        if problem := unwritable(folder.parent):
+            short = (f"latent cache {folder}: cannot be written ({problem}); point latents.cache_dir at a writable "
+                     f"folder or make that one writable")
+        elif free < needed:
             short = (f"latent cache {folder}: needs {_gb(needed)} but {folder.parent} has {_gb(free)} free; free "
                      f"some space or point latents.cache_dir at a larger disk")
     hit, tmp_name, short = _from_rank0((hit, tmp_name, short))

@@ -12,6 +12,11 @@ Two on-disk forms of a trained latent diffusion model:
                                       model.safetensors}
                    <dir>/attribute_prior.safetensors        conditional models: the training split's attribute
                                                             combinations and counts (``AttributePrior``)
+                   <dir>/manifest.json                      the sha256 of every other file (``latentdiff.bundle``)
+
+A bundle's config.json records the sha256 of the autoencoder weights the diffusion was trained on
+(``autoencoder_hash``, the run's ``copy_hash``), and its manifest covers config.json: so an autoencoder/
+folder swapped for another one is refused even when someone rewrote the manifests to match it.
 
 A run folder is self-contained: it loads from any working directory, after being moved or copied, and after
 the stage-one run is deleted. A bundle holds no pickle at all (``latentdiff.bundle``). Loading reads only the
@@ -22,7 +27,6 @@ Dependencies run one way: ``pipeline`` (LatentDiffusion) → ``loading`` → ``b
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -32,9 +36,11 @@ from torch import nn
 from autoencoders.models import Autoencoder
 from latentdiff.builders import build_autoencoder_from_config, build_denoiser, build_diffusion
 from latentdiff.bundle import (
+    bundle_files,
     load_module_weights,
-    read_config,
+    open_bundle,
     read_tensors,
+    sha256,
     tensor_bytes,
     write_bundle,
 )
@@ -61,19 +67,24 @@ def load_weights(module: nn.Module, state: dict, use_ema: bool, what: str) -> No
 
 def load_autoencoder(path: str | Path, use_ema: bool = True, device="cpu") -> Autoencoder:
     """A frozen autoencoder (EMA weights where present) from a stage-one checkpoint file."""
-    state = load_checkpoint(path, map_location="cpu")
+    return autoencoder_from_checkpoint(load_checkpoint(path, map_location="cpu"), use_ema, device, what=str(path))
+
+
+def autoencoder_from_checkpoint(state: dict, use_ema: bool = True, device="cpu", what: str = "this checkpoint"
+                                ) -> Autoencoder:
+    """A frozen autoencoder from a stage-one checkpoint dict (``what``: its file, for errors)."""
     task_state = state.get("task", {})
     if "sample_shape" not in task_state:
-        raise CheckpointError(f"{path} is not a stage-one (autoencoder) checkpoint")
+        raise CheckpointError(f"{what} is not a stage-one (autoencoder) checkpoint")
     model_cfg = from_dict(AEModelConfig, state["config"].get("model"), prefix="model.")
     model = build_autoencoder_from_config(model_cfg, tuple(task_state["sample_shape"]))
-    load_weights(model, state, use_ema, what=str(path))
+    load_weights(model, state, use_ema, what=what)
     return model.to(device).eval().requires_grad_(False)
 
 
 def autoencoder_copy_hash(autoencoder: Autoencoder) -> str:
     """sha256 of the ``model.safetensors`` that ``write_autoencoder_copy`` writes for ``autoencoder``."""
-    return hashlib.sha256(tensor_bytes(autoencoder.state_dict())).hexdigest()
+    return sha256(tensor_bytes(autoencoder.state_dict()))
 
 
 def write_autoencoder_copy(autoencoder: Autoencoder, run_dir: str | Path) -> str:
@@ -83,16 +94,22 @@ def write_autoencoder_copy(autoencoder: Autoencoder, run_dir: str | Path) -> str
     is kept when it holds the same weights, and is an error when it holds others (the run folder belongs
     to a run on another autoencoder).
     """
+    digest = check_autoencoder_copy(autoencoder, run_dir)
+    if not (Path(run_dir) / AE_COPY / "model.safetensors").is_file():
+        autoencoder.save_pretrained(Path(run_dir) / AE_COPY)
+    return digest
+
+
+def check_autoencoder_copy(autoencoder: Autoencoder, run_dir: str | Path) -> str:
+    """``autoencoder``'s copy hash, after checking that ``run_dir``'s copy (if any) holds the same weights: a run
+    continues on the stage one it was trained on. Cheap (no latent is encoded), so stage two calls it first."""
     folder = Path(run_dir) / AE_COPY
     digest = autoencoder_copy_hash(autoencoder)
     weights = folder / "model.safetensors"
-    if weights.is_file():
-        existing = file_hash(weights)
-        if existing != digest:
-            raise CheckpointError(f"{folder} holds another autoencoder (hash {existing[:12]}) than ae.run gives "
-                                  f"({digest[:12]}); use a new run name to train on this one")
-        return digest
-    autoencoder.save_pretrained(folder)
+    if weights.is_file() and (existing := file_hash(weights)) != digest:
+        raise CheckpointError(f"{folder} holds the autoencoder this run was trained on (hash {existing[:12]}), "
+                              f"ae.run gives another ({digest[:12]}); point ae.run at the stage-one run it was "
+                              f"trained on, or pick a new name=... to train on this one")
     return digest
 
 
@@ -131,7 +148,7 @@ def autoencoder_checkpoint(run: str | Path, checkpoint: str = "best") -> Path:
     return path
 
 
-def _autoencoder_of_run(ae: dict, run_dir: Path | None, device) -> Autoencoder:
+def autoencoder_of_run(ae: dict, run_dir: Path | None, device) -> Autoencoder:
     """The stage one a diffusion checkpoint names: its copy in the run folder, or (older runs) its path."""
     if ae.get("copy") and run_dir is not None:
         folder = run_dir / ae["copy"]
@@ -143,7 +160,7 @@ def _autoencoder_of_run(ae: dict, run_dir: Path | None, device) -> Autoencoder:
         if actual != ae["copy_hash"]:
             raise CheckpointError(f"{weights} changed since this diffusion run was trained (hash {actual[:12]} "
                                   f"!= {ae['copy_hash'][:12]}); restore the run's own autoencoder/ folder")
-        return Autoencoder.from_pretrained(folder, device=device)
+        return Autoencoder.from_pretrained(folder, device=device, note_unsealed=False)  # weights checked above
     path = Path(ae["path"])
     check_autoencoder_identity(path, ae["hash"])
     print(f"note: this run points at its autoencoder by absolute path ({path}); make it portable with "
@@ -207,7 +224,7 @@ def ldm_parts_from_checkpoint(state: dict, run_dir: Path | None = None, use_ema:
     config = state["config"]
     num_values = task_state.get("num_values") if config.get("conditioning", {}).get("enabled") else None
     ae = task_state.get("ae")
-    autoencoder = _autoencoder_of_run(ae, run_dir, device) if ae else None
+    autoencoder = autoencoder_of_run(ae, run_dir, device) if ae else None
     return _assemble(config, tuple(task_state["latent_shape"]), num_values, task_state.get("schema"),
                      LatentNormaliser.from_state(task_state["normaliser"]),
                      lambda module: load_weights(module, state, use_ema, what="the denoiser checkpoint"),
@@ -215,19 +232,27 @@ def ldm_parts_from_checkpoint(state: dict, run_dir: Path | None = None, use_ema:
 
 
 def ldm_parts_from_bundle(folder: str | Path, device="cpu") -> dict:
-    """``LatentDiffusion`` constructor arguments from a ``save_pretrained`` folder; never unpickles."""
+    """``LatentDiffusion`` constructor arguments from a ``save_pretrained`` folder, its manifest and its
+    autoencoder's identity checked; never unpickles."""
     folder = Path(folder)
-    config = read_config(folder, LDM_KIND)
+    config, hashes = open_bundle(folder, LDM_KIND)
     try:
         latent_shape = tuple(int(n) for n in config["latent_shape"])
         num_values, schema_state, ae_folder = config["num_values"], config["schema"], config["autoencoder"]
+        trained_on = config["autoencoder_hash"] if hashes is not None and ae_folder else None  # sealed bundles
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{folder / 'config.json'} lacks or garbles {e}; re-export the model") from None
+    ae_weights = f"{ae_folder}/model.safetensors"
+    if trained_on is not None and hashes.get(ae_weights) != trained_on:
+        raise CheckpointError(f"{folder / ae_weights} is not the autoencoder this diffusion model was trained on "
+                              f"(sha256 {str(hashes.get(ae_weights))[:12]} != {str(trained_on)[:12]} in "
+                              f"config.json); export the model again from its run")
     norm = read_tensors(folder / "normaliser.safetensors")
     if set(norm) != {"shift", "scale"}:
         raise CheckpointError(f"{folder / 'normaliser.safetensors'} must hold exactly 'shift' and 'scale', "
                               f"it holds {sorted(norm)}")
-    autoencoder = Autoencoder.from_pretrained(folder / ae_folder, device=device) if ae_folder else None
+    autoencoder = (Autoencoder.from_pretrained(folder / ae_folder, device=device, note_unsealed=False)
+                   if ae_folder else None)  # an unsealed bundle was noted above, once
     weights_path = folder / "denoiser.safetensors"
     weights = read_tensors(weights_path)
     prior_file = config.get("attribute_prior")  # absent in bundles exported before the prior existed
@@ -253,10 +278,10 @@ def save_ldm_bundle(ldm, folder: str | Path) -> None:
                   schema=ldm.schema.to_dict() if ldm.schema is not None else None,
                   autoencoder=AE_COPY if ldm.autoencoder is not None else None,
                   attribute_prior=PRIOR_FILE if ldm.attribute_prior is not None else None)
-    if ldm.autoencoder is not None:
-        ldm.autoencoder.save_pretrained(folder / AE_COPY)
+    nested = {AE_COPY: ldm.autoencoder.bundle_files()} if ldm.autoencoder is not None else {}
+    config["autoencoder_hash"] = sha256(nested[AE_COPY]["model.safetensors"]) if nested else None
     normaliser = {k: torch.as_tensor(v) for k, v in ldm.normaliser.state().items()}
     tensors = {"denoiser": ldm.denoiser.state_dict(), "normaliser": normaliser}
     if ldm.attribute_prior is not None:
         tensors[PRIOR_FILE] = ldm.attribute_prior.state()
-    write_bundle(folder, LDM_KIND, config, tensors)
+    write_bundle(folder, bundle_files(LDM_KIND, config, tensors, nested))

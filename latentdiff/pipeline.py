@@ -437,14 +437,19 @@ class LatentDiffusion(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> LatentDiffusion:
-        """Load a ``save_pretrained`` folder (config.json + safetensors); never unpickles anything."""
+        """Load a ``save_pretrained`` folder (config.json + safetensors); never unpickles anything.
+
+        Its ``manifest.json`` is checked first: a file changed, missing or added since the export, or an
+        autoencoder other than the one the diffusion was trained on, is one ``CheckpointError`` line naming
+        the file. A bundle from before manifests loads with a one-line note."""
         return cls(**ldm_parts_from_bundle(folder, device))
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Export to ``folder``: ``config.json`` (diffusion, denoiser, latent shape, attribute schema, sampling
         defaults, the training data section), ``denoiser.safetensors``, ``normaliser.safetensors`` and the
-        autoencoder as ``autoencoder/{config.json,model.safetensors}``. The weights are the ones loaded
-        (EMA by default). See ``latentdiff.loading`` for the format."""
+        autoencoder as ``autoencoder/{config.json,model.safetensors,manifest.json}``, and ``manifest.json`` with
+        the sha256 of every file. The folder appears all at once (a failure leaves none); an earlier bundle
+        there is replaced. The weights are the ones loaded (EMA by default). See ``latentdiff.loading``."""
         save_ldm_bundle(self, folder)
 
 

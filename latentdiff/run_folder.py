@@ -20,7 +20,8 @@ from latentdiff.runtime import TrainingError, any_rank, is_main_process
 
 # Keys that may change when a run is continued: they do not alter what has been trained so far
 # (train.lr and train.grad_clip so that a run stopped by a NaN loss can go on more gently).
-RESUMABLE_KEYS = ("train.steps", "train.max_minutes", "train.lr", "train.grad_clip", "train.log_every",
+RESUMABLE_KEYS = ("train.steps", "train.max_minutes", "train.lr", "train.grad_clip", "train.stop_on_divergence",
+                  "train.log_every",
                   "train.eval_every",
                   "train.image_every", "train.checkpoint_every", "train.device", "data.num_workers",
                   "data.root", "data.download", "latents.cache_dir", "latents.encode_batch_size",
@@ -82,6 +83,39 @@ def check_run_dir(run_dir: str | Path, config_dict: dict, resume: bool, overwrit
             raise ConfigError(f"{run_dir} is not empty ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}) "
                               f"and holds no run config; pick another name=... or out_dir=..., or --overwrite")
     return False
+
+
+def unwritable(folder: str | Path) -> str | None:
+    """Why this process cannot create ``folder`` or write into it (it need not exist yet), or None.
+
+    The first folder on its path that exists decides: a file there, or no write permission for this process
+    (``os.access``: the real user's permission bits, which root passes as the kernel lets it, and a filesystem
+    mounted read-only, which stops root too).
+    """
+    p = Path(folder).expanduser()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is a file, not a folder"
+    if os.access(p, os.W_OK | os.X_OK):
+        return None
+    if hasattr(os, "statvfs") and os.statvfs(p).f_flag & os.ST_RDONLY:
+        return f"{p} is on a read-only filesystem"
+    return f"{p} is read-only for this user"
+
+
+def preflight_run_dir(run_dir: str | Path, config_dict: dict, resume: bool, overwrite: bool = False) -> bool:
+    """What is checked of ``run_dir`` before any work (reading data, encoding the latent cache): that it can be
+    written, that no folder sits where its lock goes, and ``check_run_dir``. Returns whether an earlier run
+    continues; ``train`` checks again under the lock."""
+    from latentdiff.config import ConfigError
+
+    problem = unwritable(run_dir)
+    if problem:
+        raise ConfigError(f"out_dir: cannot write the run folder {run_dir}: {problem}; pick a writable "
+                          f"out_dir=... or make that folder writable")
+    RunLock(run_dir).check_path()
+    return check_run_dir(run_dir, config_dict, resume, overwrite)
 
 
 def clear_run_outputs(run_dir: str | Path) -> None:
@@ -152,6 +186,12 @@ class RunLock:
         return TrainingError(f"run folder {self.run_dir} is in use by process {pid} on host {host} (lock file "
                              f"{self.path}); wait for it or stop it, or pick another name=...")
 
+    def check_path(self) -> None:
+        """One line when a folder sits where the lock file goes (the run would fail to open it)."""
+        if self.path.is_dir():
+            raise TrainingError(f"{self.path} is a folder, where the run folder's lock file goes; remove it "
+                                f"(it is not part of a run) and rerun")
+
     def acquire(self) -> RunLock:
         try:
             import fcntl
@@ -160,6 +200,7 @@ class RunLock:
         self.created_dir = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
+            self.check_path()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 if fcntl is not None:

@@ -22,19 +22,29 @@ import torch
 
 from autoencoders import AutoencoderObjective
 from latentdiff.builders import build_autoencoder_from_config, build_data, build_denoiser, build_diffusion
-from latentdiff.checkpoints import load_checkpoint
+from latentdiff.checkpoints import CheckpointError, load_checkpoint
 from latentdiff.conditioning import AttributePrior
 from latentdiff.config import AERunConfig, ClassifierRunConfig, LDMRunConfig, from_dict, to_dict
 from latentdiff.latent_classifier import ClassifierTask, NoisyAttributeClassifier
-from latentdiff.latents import build_latent_cache, cache_key, file_hash, fit_normaliser, sample_latents
+from latentdiff.latents import (
+    autoencoder_identity,
+    build_latent_cache,
+    cache_key,
+    file_hash,
+    fit_normaliser,
+    sample_latents,
+)
 from latentdiff.loading import (
     AE_COPY,
     autoencoder_checkpoint,
     autoencoder_copy_hash,
+    autoencoder_of_run,
+    check_autoencoder_copy,
     ldm_parts_from_checkpoint,
     load_autoencoder,
 )
 from latentdiff.pipeline import LatentDiffusion
+from latentdiff.run_folder import preflight_run_dir
 from latentdiff.runtime import distributed_init, is_main_process, pick_device, seed_everything
 from latentdiff.tasks import AutoencoderTask, DiffusionTask, toy_render
 from latentdiff.training import train
@@ -45,13 +55,16 @@ def _argv(argv):
     return argv if argv is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]
 
 
-def _begin(cfg, argv):
-    """What both stages do first: join a torchrun group, seed, pick the device, build the two splits.
-    Returns (argv for the resume hint, device, train set, test set)."""
+def _begin(cfg, argv, resume: bool, overwrite: bool):
+    """What both stages do first: join a torchrun group, seed, pick the device, check the run folder before any
+    work (``preflight_run_dir``), build the two splits. Returns (argv for the resume hint, device, run folder,
+    whether an earlier run continues, train set, test set)."""
     distributed_init()
     seed_everything(cfg.train.seed)
     device = pick_device(cfg.train.device)
-    return _argv(argv), device, build_data(cfg.data, "train"), build_data(cfg.data, "test")
+    run_dir = Path(cfg.out_dir) / cfg.name
+    resuming = preflight_run_dir(run_dir, to_dict(cfg), resume, overwrite)
+    return _argv(argv), device, run_dir, resuming, build_data(cfg.data, "train"), build_data(cfg.data, "test")
 
 
 # ----------------------------------------------------------------------------- stage one
@@ -63,7 +76,7 @@ def first_images(dataset, n: int) -> torch.Tensor:
 def train_autoencoder(cfg: AERunConfig, resume: bool = False, argv: list[str] | None = None,
                       overwrite: bool = False):
     """Stage one: the autoencoder of ``cfg`` trained into ``<out_dir>/<name>`` (continued if it exists)."""
-    argv, device, train_set, test_set = _begin(cfg, argv)
+    argv, device, run_dir, _, train_set, test_set = _begin(cfg, argv, resume, overwrite)
     shape = tuple(train_set.sample_shape)
     if len(shape) != 3:
         raise ValueError(f"data.name: {cfg.data.name!r} yields {shape} points, not images; "
@@ -75,7 +88,6 @@ def train_autoencoder(cfg: AERunConfig, resume: bool = False, argv: list[str] | 
     data_root = getattr(train_set, "resolved_root", None)  # where MNIST-like files were actually read
     task.state = lambda: {"sample_shape": list(shape), "schema": train_set.schema.to_dict(),
                           **({"data_root": str(data_root)} if data_root else {})}
-    run_dir = Path(cfg.out_dir) / cfg.name
     n_params = sum(p.numel() for p in model.parameters())
     if is_main_process():
         print(f"{cfg.model.kind} autoencoder: {n_params / 1e6:.2f} M parameters, latents "
@@ -86,8 +98,10 @@ def train_autoencoder(cfg: AERunConfig, resume: bool = False, argv: list[str] | 
 
 # ----------------------------------------------------------------------------- stage two
 
-def encode_split(cfg, autoencoder, ae_hash, dataset, split, device):
-    """The latent cache of one split, reused when it exists; under torchrun every rank encodes a shard."""
+def encode_split(cfg, autoencoder, ae_record, dataset, split, device):
+    """The latent cache of one split, reused when it exists; under torchrun every rank encodes a shard.
+    ``ae_record``: the autoencoder's {"hash", "use_ema", ...} (the cache is keyed on both)."""
+    ae_hash = autoencoder_identity(ae_record)
     root = Path(cfg.latents.cache_dir or Path(cfg.out_dir) / "latent_cache")
     folder = root / cache_key(ae_hash, to_dict(cfg.data), split)
     meta = {"ae_hash": ae_hash, "split": split, "data": to_dict(cfg.data)}
@@ -95,6 +109,33 @@ def encode_split(cfg, autoencoder, ae_hash, dataset, split, device):
         print(f"latent cache hit: {folder}", flush=True)
     return build_latent_cache(autoencoder, dataset, folder, cfg.latents.encode_batch_size, device,
                               progress=sys.stderr.isatty(), meta=meta)
+
+
+def frozen_autoencoder(cfg, run_dir: Path, resuming: bool, overwrite: bool, device):
+    """The stage one of a diffusion run and its record for the checkpoints (path, file hash, copy hash), checked
+    against the run folder's own copy before any latent is encoded.
+
+    It is ``ae.run``'s checkpoint; when a run is resumed and ``ae.run`` holds none (the stage-one run was moved or
+    deleted, or the run folder was copied elsewhere), it is the run's own copy, checked against the hash its
+    last.pt records: the weights it was trained on, so the latent cache's key is the same too.
+    """
+    try:
+        ae_path = autoencoder_checkpoint(cfg.ae.run, cfg.ae.checkpoint)
+    except CheckpointError:
+        last = run_dir / "checkpoints" / "last.pt"
+        saved = load_checkpoint(last).get("task", {}).get("ae") if resuming and not overwrite else None
+        if not (saved and saved.get("copy")):
+            raise
+        autoencoder = autoencoder_of_run(saved, run_dir, device)
+        if is_main_process():
+            print(f"note: ae.run {cfg.ae.run} holds no autoencoder checkpoint; resuming on this run's own copy "
+                  f"{run_dir / saved['copy']} (hash-checked: the weights it was trained on)", file=sys.stderr,
+                  flush=True)
+        return autoencoder, {k: saved[k] for k in ("path", "hash", "use_ema", "copy", "copy_hash")}
+    autoencoder = load_autoencoder(ae_path, cfg.ae.use_ema, device)
+    copy_hash = autoencoder_copy_hash(autoencoder) if overwrite else check_autoencoder_copy(autoencoder, run_dir)
+    return autoencoder, {"path": str(ae_path.resolve()), "hash": file_hash(ae_path), "use_ema": cfg.ae.use_ema,
+                         "copy": AE_COPY, "copy_hash": copy_hash}
 
 
 def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, conditional, run_dir, prior=None):
@@ -141,22 +182,19 @@ def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, 
 def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[str] | None = None,
                            overwrite: bool = False):
     """Stage two: a DDPM on the latent codes of ``cfg.ae.run`` (or on the data when it is null)."""
-    argv, device, train_set, test_set = _begin(cfg, argv)
-    run_dir = Path(cfg.out_dir) / cfg.name
+    argv, device, run_dir, resuming, train_set, test_set = _begin(cfg, argv, resume, overwrite)
     schema = train_set.schema
     extra_state = {"schema": schema.to_dict()}
     if getattr(train_set, "resolved_root", None):  # where MNIST-like files were actually read
         extra_state["data_root"] = str(train_set.resolved_root)
     if cfg.ae.run is not None:
-        ae_path = autoencoder_checkpoint(cfg.ae.run, cfg.ae.checkpoint)
-        autoencoder = load_autoencoder(ae_path, cfg.ae.use_ema, device)
-        ae_hash = file_hash(ae_path)
+        autoencoder, ae_record = frozen_autoencoder(cfg, run_dir, resuming, overwrite, device)
         expected = autoencoder.sample_shape
         if tuple(train_set.sample_shape) != expected:
             raise ValueError(f"data: the autoencoder in {cfg.ae.run} was trained on images {expected}, "
                              f"this data config gives {tuple(train_set.sample_shape)}")
-        train_cache = encode_split(cfg, autoencoder, ae_hash, train_set, "train", device)
-        test_cache = encode_split(cfg, autoencoder, ae_hash, test_set, "test", device)
+        train_cache = encode_split(cfg, autoencoder, ae_record, train_set, "train", device)
+        test_cache = encode_split(cfg, autoencoder, ae_record, test_set, "test", device)
         normaliser = fit_normaliser(train_cache.mean, train_cache.logvar, cfg.latents.normalisation)
         k = min(cfg.bound_examples, len(test_cache))
         g = torch.Generator().manual_seed(0)
@@ -165,10 +203,9 @@ def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[s
                        else torch.empty(0))
         heldout = normaliser.normalise(sample_latents(held_mean, held_logvar, generator=g))
         latent_shape, train_data, from_cache = train_cache.latent_shape, train_cache, True
-        # The run carries the exact stage one it trains on, so it samples without ae.run (moved, deleted).
-        copy_hash = autoencoder_copy_hash(autoencoder)  # the task writes the copy once the folder is checked
-        extra_state["ae"] = {"path": str(ae_path.resolve()), "hash": ae_hash, "use_ema": cfg.ae.use_ema,
-                             "stochastic": train_cache.stochastic, "copy": AE_COPY, "copy_hash": copy_hash}
+        # The run carries the exact stage one it trains on, so it samples without ae.run (moved, deleted);
+        # the task writes the copy once the folder is checked.
+        extra_state["ae"] = {**ae_record, "stochastic": train_cache.stochastic}
     else:
         autoencoder = None
         points = torch.stack([train_set[i][0] for i in range(len(train_set))])
@@ -216,7 +253,7 @@ def classifier_data(run: Path, state: dict, ldm, eval_examples: int):
     ae = state["task"].get("ae")
     g = torch.Generator().manual_seed(0)
     if ae:
-        caches = [encode_split(run_cfg, ldm.autoencoder, ae["hash"], data, split, ldm.device)
+        caches = [encode_split(run_cfg, ldm.autoencoder, ae, data, split, ldm.device)
                   for data, split in ((train_set, "train"), (test_set, "test"))]
         k = min(eval_examples, len(caches[1]))
         mean, logvar, attrs = (torch.stack(column) for column in zip(*(caches[1][i] for i in range(k))))
@@ -235,6 +272,7 @@ def train_latent_classifier(cfg: ClassifierRunConfig, run: str | Path, resume: b
     if not (run / "checkpoints" / "last.pt").exists():
         raise FileNotFoundError(f"--run {run}: no diffusion checkpoint ({run / 'checkpoints' / 'last.pt'} "
                                 f"is missing); train one with train_diffusion.py first")
+    preflight_run_dir(run / cfg.name, to_dict(cfg), resume, overwrite)  # before its latent cache is encoded
     seed_everything(cfg.train.seed)
     device = pick_device(cfg.train.device)
     state = load_checkpoint(run / "checkpoints" / "last.pt")

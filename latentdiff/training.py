@@ -59,6 +59,15 @@ from latentdiff.runtime import TrainingError, any_rank, flush_denormals, is_main
 
 
 
+# A loss over FAR_ABOVE times its band's upper edge is a divergence that stayed finite (no NaN stop): a warning, or
+# the stop of train.stop_on_divergence. For a positive loss the edge is at least 3 times its average, so this is a
+# loss over 300 times its average, where healthy spikes (a hard batch, a loss term joining) are a few times it.
+# Measured on the tests' tiny runs: healthy losses never passed 0.4 times the edge (swissroll 400 steps, shapes
+# autoencoder and diffusion 150 steps each), while train.lr=300 jumped to 2800 times it (swissroll, under its warm-up)
+# and 8e10 times it (conftest's ToyTask): 100 sits between, over two orders of margin on the healthy side.
+FAR_ABOVE = 100
+
+
 class RunningBand:
     """Whether a value (loss, gradient norm) stays in its running band: a few float operations per step.
 
@@ -88,6 +97,12 @@ class RunningBand:
             self.mean += self.rate * (value - self.mean)
         self.n += 1
         return inside
+
+    def far_above(self, value: float, factor: float = FAR_ABOVE) -> bool:
+        """Whether ``value`` is over ``factor`` times the band's upper edge (never negative: m + 2|m| ≥ |m|).
+        Call before ``update``; see ``FAR_ABOVE``."""
+        limit = self.limit()
+        return math.isfinite(value) and 0 < limit < math.inf and value > factor * limit
 
     def state(self) -> dict:
         return {"mean": self.mean, "dev": self.dev, "n": self.n}
@@ -135,6 +150,7 @@ class Trainer:
         self.candidate_step = None  # the step of a last.pt waiting for that confirmation
         self.healthy_step = None  # the step of checkpoints/healthy.pt when this process knows it
         self.left_band_at = None  # the first step whose loss or gradient norm left its band, if any
+        self.far_above_at = None  # the first step whose loss jumped far above its band (RunningBand.far_above)
         self.last_metrics: dict = {}  # the latest evaluation, e.g. for benchmarks
         self.train_seconds = 0.0  # wall time inside fit(), this process
 
@@ -259,7 +275,14 @@ class Trainer:
 
     # -- health ----------------------------------------------------------------------------------
     def _check_health(self, values: dict[str, float]) -> None:
-        """Feed the step's loss and gradient norms to their bands; promote a confirmed last.pt."""
+        """Feed the step's loss and gradient norms to their bands; promote a confirmed last.pt. A loss far above its
+        band (divergence that stays finite) is a warning once, or the stop of ``train.stop_on_divergence``."""
+        loss_band = self.bands.get("loss")
+        jump = None
+        if self.far_above_at is None and loss_band is not None and loss_band.far_above(values["loss"]):
+            self.far_above_at = self.step
+            jump = (f"loss jumped to {values['loss']:.4g} at step {self.step}, over {FAR_ABOVE} times its running "
+                    f"band's upper edge ({loss_band.limit():.4g})")
         inside = True
         for name, value in values.items():
             band = self.bands.get(name)
@@ -274,6 +297,11 @@ class Trainer:
             if inside and self.candidate_step == self.step:
                 self._promote_to_healthy()
             self.candidate_step = None
+        if jump and self.cfg.stop_on_divergence:  # no step is taken, as after a NaN
+            raise TrainingError(f"{jump}; train.stop_on_divergence: {self._diverged()}")
+        if jump and self.main:
+            print(f"warning: {jump}: training has likely diverged; {self._healthy_note()}; set "
+                  f"train.stop_on_divergence=true to stop at such a jump", file=sys.stderr, flush=True)
 
     def _promote_to_healthy(self) -> None:
         """healthy.pt := last.pt, as a hard link (no copy, no write); a copy where links are not possible."""
@@ -294,18 +322,34 @@ class Trainer:
                 return
         self.healthy_step = self.step
 
+    def _healthy_checkpoint_step(self) -> int | None:
+        """The step of checkpoints/healthy.pt (rank 0), None when there is none or it does not read."""
+        healthy = self.ckpt_dir / HEALTHY
+        if not (self.main and healthy.exists()):
+            return None
+        if self.healthy_step is not None:
+            return self.healthy_step
+        try:  # written by an earlier process
+            return int(torch.load(healthy, map_location="cpu", weights_only=True, mmap=True)["step"])
+        except Exception:
+            return None
+
+    def _healthy_note(self) -> str:
+        """Where a diverging run's last healthy weights are, for a warning (nothing is moved)."""
+        step = self._healthy_checkpoint_step()
+        if step is None:
+            return "no healthy checkpoint was confirmed yet"
+        return (f"the last healthy checkpoint is {self.ckpt_dir / HEALTHY} (step {step}): to continue from it, cp it "
+                f"to {self.ckpt_dir / 'last.pt'} and rerun with a lower train.lr")
+
     def _diverged(self) -> str:
-        """After a non-finite loss or gradient: put the last healthy checkpoint back as last.pt; say what is kept."""
+        """After a non-finite loss or gradient, or a loss far above its band with train.stop_on_divergence: put the
+        last healthy checkpoint back as last.pt; say what is kept."""
         last, healthy = self.ckpt_dir / "last.pt", self.ckpt_dir / HEALTHY
         left = (f"; the loss or gradient norm left its running band at step {self.left_band_at}"
                 if self.left_band_at is not None else "")
         if self.main and healthy.exists():
-            step = self.healthy_step
-            if step is None:  # written by an earlier process
-                try:
-                    step = int(torch.load(healthy, map_location="cpu", weights_only=True, mmap=True)["step"])
-                except Exception:
-                    step = None
+            step = self._healthy_checkpoint_step()
             if step is not None and step != self.saved_step:
                 tmp = last.with_name(f".last.pt.tmp{os.getpid()}")
                 try:

@@ -61,6 +61,8 @@ VIOLATIONS = [
     ("train_diffusion.py", [f"ae.run={AE_RUN}", "denoiser.attention_resolutions=[2]"],
      "denoiser.attention_resolutions"),
     ("train_diffusion.py", [f"ae.run={AE_RUN}", "denoiser.channel_mults=[1,1,1,1,1]"], "denoiser.channel_mults"),
+    # a stage-one run that does not exist (and no run folder to resume on its own copy)
+    ("train_diffusion.py", [f"ae.run={AE_RUN / 'missing'}", f"out_dir={AE_RUN}"], "ae.run"),
     # stage one
     ("train_ae.py", ["model.channel_mults=[1,2,2,2,2]"], "model.channel_mults"),
     ("train_ae.py", ["model.channel_mults=[1,0]"], "model.channel_mults"),

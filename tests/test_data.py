@@ -218,17 +218,25 @@ def test_missing_idx_files_name_every_place_searched(tmp_path, no_system_copies)
     with pytest.raises(FileNotFoundError) as err:
         build_dataset("fashion_mnist", "train", root=str(tmp_path))
     msg = str(err.value)
-    assert "\n" not in msg
+    assert "\n" not in msg and msg.startswith(f"data.root: {tmp_path} holds none of the 4 fashion_mnist")
     for place in (tmp_path, tmp_path / "FashionMNIST" / "raw", tmp_path / "nowhere"):
-        assert str(place) in msg
+        assert str(place) in msg  # the folders searched, and the system copy data.root: null would read
+    assert "download" in msg
+    with pytest.raises(FileNotFoundError) as err:
+        build_dataset("fashion_mnist", "train")
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "nowhere") in msg and str(tmp_path) + "," not in msg
     assert "dataset-fashion-mnist" in msg and "download" in msg
 
 
-def test_system_location_is_searched_after_root(tmp_path, monkeypatch):
+def test_the_system_copy_is_read_only_when_data_root_is_unset(tmp_path, monkeypatch):
     images, _ = idx_fixture(tmp_path / "system", n=3)
     monkeypatch.setitem(mnist_module.FLAVOURS["fashion_mnist"], "system", [str(tmp_path / "system")])
-    data = build_dataset("fashion_mnist", "train", root=str(tmp_path / "empty"))
+    data = build_dataset("fashion_mnist", "train", root=None)
     assert torch.equal(data.images[:, 0, 2:30, 2:30], torch.from_numpy(images))
+    (tmp_path / "empty").mkdir()  # a data.root without the files is refused, not replaced by the system copy
+    with pytest.raises(FileNotFoundError, match=f"data.root: {tmp_path / 'empty'} holds none of the 4 "):
+        build_dataset("fashion_mnist", "train", root=str(tmp_path / "empty"))
 
 
 def test_download_uses_torchvision_into_root(tmp_path, monkeypatch, no_system_copies):
@@ -369,6 +377,17 @@ def test_image_folder_error_mode_greyscale_and_missing_csv_rows(tmp_path):
     (tmp_path / "labels.csv").write_text("filename,kind\na.png,dog\n")
     with pytest.raises(ValueError, match="has no row"):
         build_dataset("image_folder", "train", root=str(tmp_path), attributes_csv="labels.csv")
+
+
+@pytest.mark.parametrize("row, cells", [("b.png", 1), ("b.png,2,extra", 3)])
+def test_image_folder_csv_row_of_another_length_than_the_header_names_file_and_line(tmp_path, row, cells):
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "labels.csv").write_text(f'filename,age\n"a\n.png",10\n{row}\n')  # a quoted newline: line 4
+    with pytest.raises(ValueError) as err:
+        build_dataset("image_folder", "train", root=str(tmp_path), attributes_csv="labels.csv")
+    assert str(err.value) == (f"{tmp_path / 'labels.csv'}:4: {cells} cells where the header has 2; give every row "
+                              f"one cell per column (an empty cell is unspecified)")
 
 
 def test_image_folder_csv_numeric_categories_sort_by_value_and_header_only_csv_is_empty(tmp_path):

@@ -127,10 +127,15 @@ def test_4_after_divergence_the_kept_checkpoint_trains_on_with_a_lower_lr(tmp_pa
     ldm = ["train_diffusion.py", "--config", "configs/shapes/ldm_kl.yaml", f"out_dir={out}",
            f"ae.run={out / 'shapes_ae_kl'}", *LDM_TINY, "train.steps=30", "train.checkpoint_every=2",
            "train.log_every=1", "train.eval_every=1000"]
-    line = one_line_error(cli(*ldm, "train.lr=1.0e+3"))
+    r = cli(*ldm, "train.lr=1.0e+3")
+    # the loss first jumps far above its band, still finite: one warning (issue 29), then the NaN stop, one line
+    warning, line = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and line.startswith("error: ") and "Traceback" not in r.stderr, r.stderr
     m = re.search(r"loss is (nan|inf) at step (\d+) .*last.pt now holds the last healthy checkpoint \(step (\d+); "
                   r"the loss or gradient norm left its running band at step (\d+)\)", line)
     assert m and int(m[3]) < int(m[4]) <= int(m[2]), line
+    assert re.match(rf"warning: loss jumped to \S+ at step {m[4]}, over 100 times its running band's upper edge .*"
+                    rf"healthy.pt \(step {m[3]}\)", warning), warning
     ckpts = out / "shapes_ldm_kl" / "checkpoints"
     kept = load_checkpoint(ckpts / "last.pt")
     assert kept["step"] == int(m[3]) and all(torch.isfinite(v).all() for v in kept["model"].values())
@@ -342,9 +347,13 @@ def test_6_a_partial_mnist_root_is_refused_and_the_folder_used_is_printed(tmp_pa
     line = in_process_error(capsys, *ae, f"data.root={partial}")
     assert f"data.root: {partial} holds only 2 of the 4 fashion_mnist files (missing t10k-images" in line, line
     assert hashes(tmp_path) == before and not (tmp_path / "runs").exists()
-    # an empty root falls back to the system copy, and says so
+    # an empty root is refused too (issue 29), naming it: the system copy is read only when data.root is unset
     (tmp_path / "empty").mkdir()
-    in_process(*ae, f"data.root={tmp_path / 'empty'}")
+    line = in_process_error(capsys, *ae, f"data.root={tmp_path / 'empty'}")
+    assert line.startswith(f"error: data.root: {tmp_path / 'empty'} holds none of the 4 fashion_mnist IDX files "
+                           f"(looked in {tmp_path / 'empty'}, ") and f"read the system copy ({system})" in line, line
+    assert hashes(tmp_path) == before and not (tmp_path / "runs").exists()
+    in_process(*ae)
     assert f"fashion_mnist: reading both splits from {system}" in capsys.readouterr().out
     state = load_checkpoint(tmp_path / "runs" / "shapes_ae_kl" / "checkpoints" / "last.pt")
     assert state["task"]["data_root"] == str(system)  # recorded where the data came from, not only data.root
@@ -379,3 +388,187 @@ def test_10_an_image_over_the_decompression_limit_is_skipped_and_counted_or_one_
     line = in_process_error(capsys, "sample.py", "--run", tmp_path / "no_such_run", "--edit", folder / "bomb.png",
                             "--no-progress")
     assert "--edit" in line and "bomb.png" in line and "exceeds limit" in line, line
+
+
+# ============================================================================= issue 29: refused before any work
+#
+# Each case: exit status 2 and one line (or a note and a run that works), before the data is read or a latent is
+# encoded, and nothing new left on disk.
+
+
+@pytest.fixture(scope="module")
+def two_stage_ones(tmp_path_factory):
+    """Two tiny autoencoders (other seeds, so other weights) and a diffusion run on the first, trained in-process."""
+    out = tmp_path_factory.mktemp("issue29")
+    for name, seed in (("shapes_ae_kl", 0), ("ae_other", 1)):
+        in_process("train_ae.py", "--config", ROOT / "configs/shapes/ae_kl.yaml", f"out_dir={out}", f"name={name}",
+                   f"train.seed={seed}", *AE_TINY)
+    in_process("train_diffusion.py", "--config", ROOT / "configs/shapes/ldm_kl.yaml", f"out_dir={out}",
+               f"ae.run={out / 'shapes_ae_kl'}", *LDM_TINY)
+    return out
+
+
+def ldm_command(out, ae_run, *extra):
+    """train_diffusion.py on the tiny shapes setting, one step past the fixture's run (a resume when it is there)."""
+    return ["train_diffusion.py", "--config", ROOT / "configs/shapes/ldm_kl.yaml", f"out_dir={out}", f"ae.run={ae_run}",
+            *LDM_TINY, "train.steps=3", *extra]
+
+
+def test_29_1_resuming_on_another_autoencoder_is_refused_before_a_latent_is_encoded(two_stage_ones, tmp_path, capsys):
+    run = tmp_path / "shapes_ldm_kl"
+    shutil.copytree(two_stage_ones / "shapes_ldm_kl", run)
+    before = hashes(run)
+    line = in_process_error(capsys, *ldm_command(tmp_path, two_stage_ones / "ae_other"))
+    assert re.fullmatch(rf"error: {run / 'autoencoder'} holds the autoencoder this run was trained on \(hash "
+                        r"[0-9a-f]{12}\), ae.run gives another \([0-9a-f]{12}\); point ae.run at the stage-one run it "
+                        r"was trained on, or pick a new name=\.\.\. to train on this one", line), line
+    assert hashes(run) == before and sorted(tmp_path.iterdir()) == [run]  # no latent cache encoded or left
+
+
+def test_29_2_a_copied_run_whose_stage_one_is_gone_resumes_on_its_own_hash_checked_copy(two_stage_ones, tmp_path,
+                                                                                         capsys):
+    run = tmp_path / "shapes_ldm_kl"
+    shutil.copytree(two_stage_ones / "shapes_ldm_kl", run)
+    gone = tmp_path / "shapes_ae_kl"  # the stage-one run: moved away or deleted
+    recorded = load_checkpoint(run / "checkpoints" / "last.pt")["task"]["ae"]
+    weights = run / "autoencoder" / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one bit of the copy flipped: refused, naming it
+    line = in_process_error(capsys, *ldm_command(tmp_path, gone))
+    assert f"{weights} changed since this diffusion run was trained" in line, line
+    assert sorted(tmp_path.iterdir()) == [run]
+    weights.write_bytes(good)
+    in_process(*ldm_command(tmp_path, gone))
+    assert (f"note: ae.run {gone} holds no autoencoder checkpoint; resuming on this run's own copy "
+            f"{run / 'autoencoder'} (hash-checked") in capsys.readouterr().err
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["step"] == 3 and state["task"]["ae"] == recorded  # the same stage one, recorded as before
+    # the same weights give the same latents: the cache it encoded is the original's, key and bytes
+    assert hashes(tmp_path / "latent_cache") == hashes(two_stage_ones / "latent_cache")
+    # a new run (no last.pt to resume) without its stage one is still sent to train it
+    line = in_process_error(capsys, *ldm_command(tmp_path, gone), "name=fresh")
+    assert f"ae.run: folder '{gone}' does not exist; train the autoencoder first" in line, line
+    assert not (tmp_path / "fresh").exists()
+
+
+def without_roots_override(monkeypatch):
+    """Root writes through any permission bits (the kernel lets it, so a 0o555 folder stops nothing and refusing it
+    would be wrong); under root, ``os.access`` is made to answer from the owner's write bit, as the kernel answers
+    any other user. The folder, its mode and the code path are real; only root's exemption is taken away."""
+    if os.geteuid() == 0:
+        real = os.access
+
+        def access(path, mode, **kw):
+            return real(path, mode, **kw) and not (mode & os.W_OK and not os.stat(path).st_mode & 0o200)
+
+        monkeypatch.setattr(os, "access", access)
+
+
+def test_29_3_a_read_only_out_dir_or_cache_dir_is_one_line_before_any_work(two_stage_ones, tmp_path, capsys,
+                                                                           monkeypatch):
+    ro = tmp_path / "read_only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    without_roots_override(monkeypatch)
+    line = in_process_error(capsys, *toy(ro, "train.steps=1"))
+    assert line == (f"error: out_dir: cannot write the run folder {ro / 'toy_swissroll'}: {ro} is read-only for this "
+                    f"user; pick a writable out_dir=... or make that folder writable"), line
+    runs = tmp_path / "runs"
+    line = in_process_error(capsys, *ldm_command(runs, two_stage_ones / "shapes_ae_kl"), f"latents.cache_dir={ro}")
+    assert re.fullmatch(rf"error: latent cache {ro}/[0-9a-f]{{16}}: cannot be written \({ro} is read-only for this "
+                        r"user\); point latents.cache_dir at a writable folder or make that one writable", line), line
+    assert not any(ro.iterdir()) and not runs.exists()  # nothing encoded, no run folder made
+    monkeypatch.undo()
+    # a file where the run folder goes: the kernel refuses root as well (ENOTDIR), nothing is simulated
+    (tmp_path / "toy_swissroll").write_text("not a run folder")
+    line = in_process_error(capsys, *toy(tmp_path, "train.steps=1"))
+    assert line == (f"error: out_dir: cannot write the run folder {tmp_path / 'toy_swissroll'}: "
+                    f"{tmp_path / 'toy_swissroll'} is a file, not a folder; pick a writable out_dir=... or make that "
+                    f"folder writable"), line
+    assert (tmp_path / "toy_swissroll").read_text() == "not a run folder"
+
+
+def test_29_4_a_folder_where_the_lock_file_goes_is_one_line_naming_it(two_stage_ones, tmp_path, capsys):
+    from conftest import ToyTask, toy_dataset
+
+    from latentdiff.config import TrainConfig
+    from latentdiff.runtime import TrainingError
+    from latentdiff.training import train
+
+    run = tmp_path / "shapes_ldm_kl"
+    shutil.copytree(two_stage_ones / "shapes_ldm_kl", run)
+    (run / ".lock").mkdir()
+    before = hashes(run)
+    message = (f"{run / '.lock'} is a folder, where the run folder's lock file goes; remove it (it is not part of a "
+               f"run) and rerun")
+    line = in_process_error(capsys, *ldm_command(tmp_path, two_stage_ones / "shapes_ae_kl"))
+    assert line == f"error: {message}", line
+    assert hashes(run) == before and sorted(tmp_path.iterdir()) == [run]  # refused before encoding the cache
+    # train_classifier.py into <run>/classifier: the same, before it encodes the run's latent cache
+    (run / ".lock").rmdir()
+    (run / "classifier" / ".lock").mkdir(parents=True)
+    line = in_process_error(capsys, "train_classifier.py", "--run", run, "train.steps=1", "train.batch_size=8")
+    assert line == f"error: {message.replace(str(run), str(run / 'classifier'))}", line
+    assert sorted(tmp_path.iterdir()) == [run] and sorted(p.name for p in (run / "classifier").iterdir()) == [".lock"]
+    (run / ".lock").mkdir()
+    # the training loop's own lock (library callers of latentdiff.training.train) says the same
+    with pytest.raises(TrainingError) as e:
+        train(ToyTask(), toy_dataset(), TrainConfig(steps=1), run, {}, "cpu", resume=False)
+    assert str(e.value) == message and hashes(run) == before
+
+
+class JumpTask:
+    """conftest.ToyTask whose loss is ×30 at step 3 (out of its band, not far) and ×1e6 from step 6 on: finite."""
+
+    def __init__(self):
+        from conftest import ToyTask
+
+        self.toy = ToyTask()
+        self.model, self.extra_modules, self.best_metric = self.toy.model, {}, None
+
+    def losses(self, batch, step):
+        loss = self.toy.losses(batch, step)[0]["model"] * (30.0 if step == 3 else 1e6 if step >= 6 else 1.0)
+        return {"model": loss}, {"loss": loss.detach()}
+
+
+def test_29_5_a_finite_divergence_warns_once_naming_healthy_pt_or_stops_there(tmp_path, capsys):
+    from conftest import ToyTask, toy_dataset
+
+    from latentdiff.config import TrainConfig
+    from latentdiff.runtime import TrainingError
+    from latentdiff.training import Trainer
+
+    def config(**kw):
+        return TrainConfig(**{"steps": 12, "batch_size": 16, "log_every": 100, "eval_every": 100,
+                              "image_every": 100, "checkpoint_every": 2, **kw})
+
+    Trainer(ToyTask(), toy_dataset(), config(lr=3e-3), tmp_path / "healthy", {}, "cpu").fit()
+    assert "warning" not in capsys.readouterr().err  # a healthy run says nothing
+    # lr=300: the loss jumps by ~11 orders of magnitude at step 1 and stays finite; before, silence to the end
+    ckpts = tmp_path / "lr300" / "checkpoints"
+    trainer = Trainer(ToyTask(), toy_dataset(), config(lr=300.0), tmp_path / "lr300", {}, "cpu")
+    trainer.fit()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert trainer.step == 12 and len(warnings) == 1, warnings
+    assert re.fullmatch(rf"warning: loss jumped to [\d.e+]+ at step 1, over 100 times its running band's upper edge "
+                        rf"\([\d.]+\): training has likely diverged; the last healthy checkpoint is "
+                        rf"{ckpts / 'healthy.pt'} \(step 0\): to continue from it, cp it to {ckpts / 'last.pt'} and "
+                        rf"rerun with a lower train.lr; set train.stop_on_divergence=true to stop at such a jump",
+                        warnings[0]), warnings[0]
+    assert load_checkpoint(ckpts / "healthy.pt")["step"] == 0
+    # train.stop_on_divergence: the jump at step 6 stops the run, and last.pt is put back to healthy.pt (step 2:
+    # the save at step 4 followed step 3's spike, so it was never confirmed) as after a NaN
+    ckpts = tmp_path / "stop" / "checkpoints"
+    trainer = Trainer(JumpTask(), toy_dataset(), config(stop_on_divergence=True), tmp_path / "stop", {}, "cpu")
+    with pytest.raises(TrainingError) as e:
+        trainer.fit()
+    assert re.fullmatch(rf"loss jumped to [\d.e+]+ at step 6, over 100 times its running band's upper edge "
+                        rf"\([\d.]+\); train.stop_on_divergence: last.pt now holds the last healthy checkpoint \(step "
+                        rf"2; the loss or gradient norm left its running band at step 3\), kept also as "
+                        rf"{ckpts / 'healthy.pt'}; rerun with a lower train.lr to continue from it",
+                        str(e.value)), e.value
+    assert load_checkpoint(ckpts / "last.pt")["step"] == 2 and os.path.samefile(ckpts / "last.pt", ckpts / "healthy.pt")
+    # the command: exit 2, one line
+    line = in_process_error(capsys, *toy(tmp_path, "train.steps=30", "train.lr=300", "train.stop_on_divergence=true"))
+    assert re.search(r"^error: loss jumped to \S+ at step \d+, .*; train.stop_on_divergence: last.pt now holds the "
+                     r"last healthy checkpoint \(step 0", line), line

@@ -9,6 +9,7 @@ from latentdiff.latents import (
     LatentNormaliser,
     NpyRows,
     build_latent_cache,
+    autoencoder_identity,
     cache_key,
     fit_normaliser,
     sample_latents,
@@ -61,6 +62,15 @@ def test_deterministic_encoder_stores_z_only(tmp_path):
     mean, logvar, _ = cache[0]
     assert not cache.stochastic and logvar.numel() == 0
     assert torch.equal(sample_latents(mean, logvar), mean)
+
+
+def test_the_raw_weights_of_an_autoencoder_get_a_cache_of_their_own_and_its_ema_keeps_the_old_key():
+    """ae.use_ema=false encodes with other weights than the (default) EMA of the same checkpoint: sharing their
+    cache would train the second run on the first one's latents. The EMA's key is the checkpoint hash, as before."""
+    data = {"name": "shapes", "image_size": 32, "seed": 0}
+    ema, raw = {"hash": "aaa", "use_ema": True}, {"hash": "aaa", "use_ema": False}
+    assert autoencoder_identity(ema) == "aaa" == autoencoder_identity({"hash": "aaa"})
+    assert cache_key(autoencoder_identity(raw), data, "train") != cache_key(autoencoder_identity(ema), data, "train")
 
 
 def test_cache_key_changes_with_autoencoder_and_data_but_not_with_where_data_lives():

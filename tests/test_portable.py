@@ -6,6 +6,8 @@ own working directory, as a user types the README's commands; then moved, stripp
 exported, and loaded back from other folders and in a fresh process that cannot unpickle anything.
 """
 
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -130,8 +132,12 @@ def test_exported_bundle_loads_without_pickle_or_runs_and_samples_identically(pr
     export = tmp_path / "exported"
     cli("export.py", "--run", project / "runs" / "shapes_ldm_kl", "--out", export, cwd=tmp_path)
     files = sorted(p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file())
-    assert files == ["attribute_prior.safetensors", "autoencoder/config.json", "autoencoder/model.safetensors",
-                     "config.json", "denoiser.safetensors", "normaliser.safetensors"]
+    assert files == ["attribute_prior.safetensors", "autoencoder/config.json", "autoencoder/manifest.json",
+                     "autoencoder/model.safetensors", "config.json", "denoiser.safetensors", "manifest.json",
+                     "normaliser.safetensors"]
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and sorted(manifest["sha256"]) == [f for f in files if f != "manifest.json"]
+    assert all(hashlib.sha256((export / f).read_bytes()).hexdigest() == h for f, h in manifest["sha256"].items())
     hidden = project.parent / "hidden_runs"
     shutil.move(project / "runs", hidden)  # no runs folder anywhere the loader could look
     try:
@@ -213,12 +219,18 @@ def test_autoencoder_exports_alone_and_decodes_identically(project, tmp_path):
     from autoencoders.models import Autoencoder
     from latentdiff.loading import load_autoencoder
 
-    cli("export.py", "--run", project / "runs" / "shapes_ae_kl", "--out", tmp_path / "ae", cwd=tmp_path)
-    original = load_autoencoder(project / "runs" / "shapes_ae_kl" / "checkpoints" / "best.pt")
+    r = cli("export.py", "--run", project / "runs" / "shapes_ae_kl", "--out", tmp_path / "ae", cwd=tmp_path)
+    best = project / "runs" / "shapes_ae_kl" / "checkpoints" / "best.pt"
+    assert f"at step {torch.load(best, weights_only=True)['step']}, from {best}" in r.stdout
+    assert sorted(os.listdir(tmp_path / "ae")) == ["config.json", "manifest.json", "model.safetensors"]
+    original = load_autoencoder(best)
     loaded = Autoencoder.from_pretrained(tmp_path / "ae")
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert torch.equal(loaded.encode(x).mode(), original.encode(x).mode())
     assert loaded.sample_shape == (3, 32, 32) and not loaded.training
+    (tmp_path / "ae" / "config.json").write_text((tmp_path / "ae" / "config.json").read_text().replace("vae", "ae"))
+    with pytest.raises(CheckpointError, match=r"ae/config.json changed since the bundle was exported"):
+        Autoencoder.from_pretrained(tmp_path / "ae")
 
 
 @pytest.fixture()
@@ -236,6 +248,31 @@ def rewrite(path, change):
     save_file(tensors, path)
 
 
+def reseal(bundle):
+    """What a hand edit of the manifests can do: list every file with its present sha256, nested ones first."""
+    for manifest in sorted(bundle.rglob("manifest.json"), key=lambda p: -len(p.parts)):
+        folder, data = manifest.parent, json.loads(manifest.read_text())
+        data["sha256"] = {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                          for p in sorted(folder.rglob("*")) if p.is_file() and p != manifest}
+        manifest.write_text(json.dumps(data))
+
+
+def refused(bundle, *names, command_in=None):
+    """The one line loading ``bundle`` is refused with, naming ``bundle`` (and ``names``). With ``command_in`` (a
+    folder): also sample.py there, which exits 2 with that line and writes no images."""
+    with pytest.raises(CheckpointError) as error:
+        LatentDiffusion.from_run(bundle)
+    line = str(error.value)
+    assert len(line.splitlines()) == 1 and str(bundle) in line and all(name in line for name in names), line
+    if command_in is not None:
+        r = cli("sample.py", "--run", bundle, "--num", 2, "--no-progress", "--out", command_in / "x.png",
+                cwd=command_in, check=False)
+        assert r.returncode == 2 and r.stderr == f"error: {line}\n", r.stderr
+        assert not (command_in / "x.png").exists()
+    return line
+
+
+# Damage the manifest does not see once it is re-sealed by hand: the checks behind it still name the file.
 @pytest.mark.parametrize("damage, expected", [
     (lambda b: rewrite(b / "denoiser.safetensors", lambda t: t.pop(sorted(t)[0])), "tensors missing"),
     (lambda b: rewrite(b / "denoiser.safetensors", lambda t: t.update(stray=torch.zeros(1))), "unexpected tensors"),
@@ -246,16 +283,161 @@ def rewrite(path, change):
     (lambda b: (b / "normaliser.safetensors").unlink(), "missing from the bundle"),
     (lambda b: (b / "config.json").write_text(json.dumps({**json.loads((b / "config.json").read_text()),
                                                           "format_version": 99})), "newer than this latentdiff"),
-    (lambda b: rewrite(b / "autoencoder" / "model.safetensors", lambda t: t.pop(sorted(t)[-1])), "tensors missing"),
+    (lambda b: rewrite(b / "autoencoder" / "model.safetensors", lambda t: t.pop(sorted(t)[-1])),
+     "is not the autoencoder this diffusion model was trained on"),
 ])
-def test_a_damaged_bundle_is_one_line_naming_the_file_exit_2(bundle, tmp_path, damage, expected):
+def test_a_damaged_resealed_bundle_is_one_line_naming_the_file(bundle, damage, expected):
     damage(bundle)
-    r = cli("sample.py", "--run", bundle, "--num", 2, "--no-progress", cwd=tmp_path, check=False)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert expected in lines[0] and str(bundle) in lines[0], lines[0]
-    with pytest.raises(CheckpointError, match="bundle|safetensors|config.json"):
-        LatentDiffusion.from_pretrained(bundle)
+    reseal(bundle)
+    assert expected in refused(bundle)
+
+
+def test_an_edited_config_is_refused_naming_it_where_before_it_sampled(bundle, tmp_path):
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["diffusion"]["prediction"] == "eps"
+    config["diffusion"]["prediction"] = "v"  # a valid config: without the manifest this loads and samples
+    (bundle / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    line = refused(bundle, "changed since the bundle was exported", command_in=tmp_path)
+    assert line.startswith(str(bundle / "config.json"))
+    reseal(bundle)  # the edit plus a re-sealed manifest: accepted, so the manifest is what refused it
+    assert LatentDiffusion.from_pretrained(bundle).diffusion.prediction == "v"
+
+
+@pytest.mark.parametrize("damage, file, expected", [
+    (lambda b: (b / "denoiser.safetensors").unlink(), "denoiser.safetensors", "missing from the bundle"),
+    (lambda b: (b / "manifest.json").unlink(), "manifest.json", "is missing, so the bundle's files cannot be checked"),
+    (lambda b: (b / "notes.txt").write_text("added"), "notes.txt", "is not part of the bundle"),
+    (lambda b: (b / "autoencoder" / "extra.safetensors").write_bytes(b""), "autoencoder/extra.safetensors",
+     "is not part of the bundle"),
+    (lambda b: (b / "denoiser.safetensors").write_bytes((b / "denoiser.safetensors").read_bytes()[:-100]),
+     "denoiser.safetensors", "changed since the bundle was exported"),  # truncated
+])
+def test_a_missing_added_or_truncated_file_is_refused_naming_it(bundle, damage, file, expected):
+    damage(bundle)
+    line = refused(bundle, expected)
+    assert line.startswith(str(bundle / file)), line
+
+
+def test_another_autoencoder_in_the_bundle_is_refused_with_both_hashes_even_resealed(bundle, tmp_path):
+    from autoencoders.models import Autoencoder
+
+    other = Autoencoder.from_pretrained(bundle / "autoencoder")  # the same architecture, other weights
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.01)
+    other.save_pretrained(tmp_path / "other_ae")  # a genuine, sealed autoencoder bundle
+    trained_on = json.loads((bundle / "config.json").read_text())["autoencoder_hash"]
+    assert trained_on == hashlib.sha256((bundle / "autoencoder" / "model.safetensors").read_bytes()).hexdigest()
+    swapped = hashlib.sha256((tmp_path / "other_ae" / "model.safetensors").read_bytes()).hexdigest()
+    shutil.rmtree(bundle / "autoencoder")
+    shutil.copytree(tmp_path / "other_ae", bundle / "autoencoder")
+    line = refused(bundle, "changed since", swapped[:12], trained_on[:12])
+    assert line.startswith(str(bundle / "autoencoder" / "model.safetensors")), line
+    reseal(bundle)  # the manifests rewritten by hand to match: config.json still names the autoencoder
+    line = refused(bundle, "is not the autoencoder this diffusion model was trained on", swapped[:12],
+                   trained_on[:12], command_in=tmp_path)
+    assert line.startswith(str(bundle / "autoencoder" / "model.safetensors")), line
+
+
+def make_legacy(bundle):
+    """A bundle as export.py wrote it before manifests: format_version 1, no manifest, no autoencoder_hash."""
+    for config_path in bundle.rglob("config.json"):
+        config = json.loads(config_path.read_text())
+        config.pop("autoencoder_hash", None)
+        config_path.write_text(json.dumps({**config, "format_version": 1}, indent=2))
+    for manifest in bundle.rglob("manifest.json"):
+        manifest.unlink()
+
+
+def export_module():
+    """export.py's code, to run in-process (its body may live in latentdiff/commands/, its wrapper at the root)."""
+    import importlib.util
+
+    try:
+        from latentdiff.commands import export
+        return export
+    except ImportError:
+        pass
+    spec = importlib.util.spec_from_file_location("export_script", ROOT / "export.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_bundle_from_before_the_manifest_loads_with_a_note_and_exports_sealed(project, bundle, tmp_path, capsys):
+    before = np.load(project / "before.npz")
+    make_legacy(bundle)
+    ldm = LatentDiffusion.from_pretrained(bundle)
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and note[0].startswith(f"note: {bundle} has no manifest.json"), note  # once, not per part
+    assert "export again to seal it" in note[0]
+    images = ldm.sample(6, attrs={"color": "red"}, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(images, torch.from_numpy(before["images"]))
+    sealed = tmp_path / "sealed"
+    export_module().main(["--run", str(bundle), "--out", str(sealed)])
+    capsys.readouterr()
+    assert json.loads((sealed / "manifest.json").read_text())["format_version"] == 2
+    LatentDiffusion.from_pretrained(sealed)
+    assert capsys.readouterr().err == ""
+    (bundle / "config.json").write_text((bundle / "config.json").read_text().replace('"eps"', '"v"'))
+    LatentDiffusion.from_pretrained(bundle)  # unsealed: nothing to check an edit against, which the note says
+
+
+def test_a_failed_export_leaves_nothing_and_a_retry_works(project, tmp_path, monkeypatch, capsys):
+    export = export_module()
+    out = tmp_path / "new" / "bundle"
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / ".bundle.tmp99999").mkdir()  # what an export killed mid-way leaves
+    (tmp_path / "new" / ".bundle.tmp99999" / "config.json").write_text("{}")
+    real_fsync, calls = os.fsync, []
+
+    def full_disk(fd):
+        calls.append(fd)
+        if len(calls) == 3:  # the third file of the bundle
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["--run", str(project / "runs" / "shapes_ldm_kl"), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: could not write {out / 'attribute_prior.safetensors'}: No space left"), err[0]
+    assert len(calls) == 3 and os.listdir(tmp_path / "new") == []  # no bundle, no partial folder
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    export.main(["--run", str(project / "runs" / "shapes_ldm_kl"), "--out", str(out)])
+    assert os.listdir(tmp_path / "new") == ["bundle"]
+    LatentDiffusion.from_pretrained(out)
+
+
+def test_exporting_a_run_still_training_names_the_step_and_the_lock(project, tmp_path, capsys):
+    import socket
+
+    from latentdiff.run_folder import RunLock
+
+    export, run = export_module(), project / "runs" / "shapes_ldm_kl"
+    step = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert step == 12
+    lock = RunLock(run).acquire()  # this process trains there, as far as export.py can tell
+    try:
+        export.main(["--run", str(run), "--out", str(tmp_path / "live")])
+    finally:
+        lock.release()
+    out, err = capsys.readouterr()
+    note = err.strip().splitlines()
+    assert len(note) == 1 and "still training" in note[0] and f"exported step {step}," in note[0], note
+    assert f"process {os.getpid()} on {socket.gethostname()}" in note[0] and str(run / ".lock") in note[0]
+    assert f"at step {step}," in out
+    LatentDiffusion.from_pretrained(tmp_path / "live")
+    gone = subprocess.Popen(["true"])  # a lock file left by a process that died: no note, the step printed
+    gone.wait()
+    (run / ".lock").write_text(f"{gone.pid} {socket.gethostname()}\n")
+    try:
+        export.main(["--run", str(run), "--out", str(tmp_path / "stale")])
+    finally:
+        (run / ".lock").unlink()
+    out, err = capsys.readouterr()
+    assert f"at step {step}," in out and err == ""
 
 
 def test_a_changed_autoencoder_copy_is_refused(project, tmp_path):

@@ -249,7 +249,7 @@ def test_resuming_a_diffusion_run_on_an_autoencoder_with_other_latents_is_one_li
                                                tmp_path / "shapes_ldm_kl" / "checkpoints" / "last.pt"]}
     line = one_line_error(cli("train_diffusion.py", "--config", "configs/shapes/ldm_kl.yaml", f"out_dir={tmp_path}",
                               f"ae.run={tmp_path / 'ae_2ch'}", *LDM_TINY))
-    assert "does not fit this run's model" in line
+    assert "holds the autoencoder this run was trained on" in line, line  # refused before encoding (issue 29)
     after = {p.name: p.read_bytes() for p in [tmp_path / "shapes_ldm_kl" / "config.yaml",
                                               tmp_path / "shapes_ldm_kl" / "checkpoints" / "last.pt"]}
     assert after == before

@@ -7,7 +7,7 @@ warning) or an error, by ``on_bad_file``.
 CSV: a header row, one column naming the file (path relative to the folder, or a bare file name)
 and one column per attribute. A column whose values are all 0/1 becomes a binary attribute; any
 other column is categorical with its distinct values, sorted (numbers by value), as value names.
-Empty cells are "unspecified" (-1).
+Empty cells are "unspecified" (-1); a row with more or fewer cells than the header is an error naming its line.
 """
 
 from __future__ import annotations
@@ -41,7 +41,13 @@ def read_attribute_csv(path: Path, filename_column: str) -> tuple[AttributeSchem
     """(schema, {file key: label row}) from a CSV as the module docstring describes."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        rows, columns = list(reader), list(reader.fieldnames or [])
+        rows, columns = [], list(reader.fieldnames or [])
+        for r in reader:  # a row of another length than the header would shift or drop attributes
+            if None in r or None in r.values():
+                cells = len(columns) + len(r.get(None, [])) - sum(v is None for v in r.values())
+                raise ValueError(f"{path}:{reader.line_num}: {cells} cells where the header has {len(columns)}; "
+                                 f"give every row one cell per column (an empty cell is unspecified)")
+            rows.append(r)
     if filename_column not in columns:
         raise ValueError(f"{path}: no {filename_column!r} column (columns: {', '.join(columns) or 'none'}); "
                          f"set the image_folder option filename_column")

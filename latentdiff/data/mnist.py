@@ -2,9 +2,10 @@
 
 Files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
 ``t10k-labels-idx1-ubyte``, each raw or ``.gz``) are looked for in ``root`` and its usual
-sub-folders (torchvision's ``<root>/FashionMNIST/raw``), then in system locations (Debian's
-``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist/*.gz``), then fetched with
-torchvision when ``download=True``. The 28×28 digits are padded with black to 32×32 by default.
+sub-folders (torchvision's ``<root>/FashionMNIST/raw``) when ``root`` is set, else in system locations
+(Debian's ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist/*.gz``), then fetched
+with torchvision (into ``root``) when ``download=True``. The 28×28 digits are padded with black to 32×32
+by default.
 
 IDX format (LeCun et al., http://yann.lecun.com/exdb/mnist/): big-endian magic ``0x00 0x00 <dtype>
 <ndim>``, then ``ndim`` big-endian uint32 dimensions, then the data.
@@ -77,10 +78,12 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def candidate_folders(flavour: str, root: str | None) -> list[Path]:
-    """Folders searched, in order: ``root`` and its usual sub-folders, then system locations."""
+    """Folders searched, in order: ``root`` and its usual sub-folders when it is set, else the system locations
+    (a ``data.root`` without the files is an error, never silently replaced by another copy)."""
     spec = FLAVOURS[flavour]
-    folders = [Path(root).expanduser() / sub for sub in spec["subdirs"]] if root else []
-    return folders + [Path(p) for p in spec["system"]]
+    if root:
+        return [Path(root).expanduser() / sub for sub in spec["subdirs"]]
+    return [Path(p) for p in spec["system"]]
 
 
 def find_file(folder: Path, stem: str) -> Path | None:
@@ -121,9 +124,8 @@ def locate(flavour: str, split: str, root: str | None, download: bool) -> tuple[
     """The (images, labels) files of ``split``, searched as the module docstring says."""
     stems = FILES[split]
     folders = candidate_folders(flavour, root)
-    n_user = len(folders) - len(FLAVOURS[flavour]["system"])
-    for i, folder in enumerate(folders):
-        if found := _complete(folder, flavour, split, user_folder=i < n_user):
+    for folder in folders:
+        if found := _complete(folder, flavour, split, user_folder=bool(root)):
             return found
     if download:
         target = Path(root).expanduser() if root else default_download_root()
@@ -132,6 +134,11 @@ def locate(flavour: str, split: str, root: str | None, download: bool) -> tuple[
         if found := _complete(folder, flavour, split, user_folder=True):
             return found
         folders.append(folder)
+    if root:
+        system = ", ".join(FLAVOURS[flavour]["system"])
+        raise FileNotFoundError(f"data.root: {Path(root).expanduser()} holds none of the 4 {flavour} IDX files "
+                                f"(looked in {', '.join(map(str, folders))}); put them there, set data.download: "
+                                f"true to fetch them there, or data.root: null to read the system copy ({system})")
     debian = FLAVOURS[flavour]["debian"]
     fixes = (f"install Debian's {debian} package, " if debian else "") + \
         "set data.root to the folder holding them, or set data.download: true"
