@@ -123,16 +123,16 @@ class LatentDiffusion(nn.Module):
         The one place defaults are resolved, for the Python API and every command (sample.py, evaluate.py,
         visualize.py, bench/, the gallery), so the same call gives the same images everywhere:
             sampler: the run's ``sample.sampler``;
-            steps: the run's ``sample.steps`` when the sampler is the run's, else 50 (at most T) for DDIM and
-                DPM-Solver++, all T for DDPM (pass ``steps=num_timesteps`` to ask for the full chain explicitly);
+            steps: the run's ``sample.steps`` when the sampler is the run's, else 50 for DDIM and DPM-Solver++,
+                all T for DDPM, each at most T (pass ``steps=num_timesteps`` to ask for the full chain explicitly);
             eta: the run's ``sample.eta`` for DDIM (0 for other samplers, which have no η);
             guidance_scale: the run's ``sample.guidance_scale`` (classifier-free w; unused without attributes);
             guidance_interval: the run's ``sample.guidance_interval`` ((lo, hi) fractions of T where guidance
                 acts, None: everywhere; pass ``(0, 1)`` to guide everywhere on a run that limits it);
             unasked: the run's ``sample.unasked``: "data" draws attributes not asked for from the training data
                 (``complete_attributes``), "model" leaves them to the network. Used by ``sample`` only.
-        A value this run cannot honour is refused with a one-line ValueError naming the argument and its
-        command-line flag, never clipped or ignored: ``steps`` outside 1..T, and on an unconditional run a
+        A value given that this run cannot honour is refused with a one-line ValueError naming the argument and
+        its command-line flag, never clipped or ignored: ``steps`` outside 1..T, and on an unconditional run a
         ``guidance_scale`` other than 1, any ``guidance_interval`` and ``unasked="data"`` (there is no condition
         to guide, to limit or to complete). An unconditional run resolves to guidance_scale 1, no interval and
         unasked "model", whatever its ``sample:`` section says.
@@ -155,12 +155,11 @@ class LatentDiffusion(nn.Module):
         run = from_dict(SampleConfig, self.config.get("sample"), prefix="sample.")
         T = self.diffusion.num_timesteps
         sampler = sampler or run.sampler
-        asked_steps = steps
-        if steps is None:
-            steps = run.steps if sampler == run.sampler else (None if sampler == "ddpm" else min(50, T))
-        if steps is not None and not 1 <= steps <= T:  # refused, never clipped: the user asked for these steps
-            what = f"steps={steps} (--steps)" if asked_steps is not None else f"the run's sample.steps={steps}"
-            raise ValueError(f"{what}: this run has T = {T} diffusion timesteps; give 1 to {T}")
+        if steps is None:  # not asked for: the run's own or the sampler's default, fitted to the chain
+            steps = run.steps if sampler == run.sampler else (None if sampler == "ddpm" else 50)
+            steps = None if steps is None else min(steps, T)
+        elif not 1 <= steps <= T:  # asked for: refused, never clipped
+            raise ValueError(f"steps={steps} (--steps): this run has T = {T} diffusion timesteps; give 1 to {T}")
         if eta is None:
             eta = run.eta if sampler == "ddim" else 0.0
         if self.conditional:
