@@ -178,6 +178,38 @@ def check_image_header(flag: str, path) -> None:
                              f"JPEG") from None
 
 
+def read_mask(path):
+    """``sample.py --mask``: a black (fill) and white (keep) image as a (H, W) bool array, True = keep.
+
+    Refused in one line naming the file: a file that is not an image, any pixel other than pure black (0) or
+    white (255) once read as greyscale (a grey or anti-aliased edge has no agreed side; the mask must say
+    which pixels to fill), and a mask with no black pixel (nothing to fill). All black is allowed: nothing
+    is kept, so the fills are plain samples.
+    """
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--mask {path}: the mask does not exist")
+    try:
+        with Image.open(path) as picture:
+            grey = np.asarray(picture.convert("L"))
+    except OSError as e:
+        raise ValueError(f"--mask {path}: cannot read it as an image ({type(e).__name__}); give a PNG") from None
+    between = (grey != 0) & (grey != 255)
+    if between.any():
+        y, x = (int(i[0]) for i in np.nonzero(between))
+        raise ValueError(f"--mask {path}: {int(between.sum())} of {grey.size} pixels are neither black (0) nor white "
+                         f"(255), e.g. {int(grey[y, x])} at x={x}, y={y}; draw it in pure black (fill) and white "
+                         f"(keep), without anti-aliasing or JPEG")
+    if grey.all():
+        raise ValueError(f"--mask {path} is all white (keep): nothing to fill; paint the part to fill black")
+    return grey == 255
+
+
 def check_sample_args(args) -> None:
     """sample.py's flags, checked before the model is loaded: each problem is one line naming the flag."""
     import math
@@ -193,8 +225,9 @@ def check_sample_args(args) -> None:
         raise ValueError(f"--eta {args.eta}: must be 0 (deterministic) or more")
     if args.strength is not None and not 0.0 <= args.strength <= 1.0:
         raise ValueError(f"--strength {args.strength}: must be between 0 and 1")
-    for path in args.edit or []:  # the header only: a decompression bomb is refused before it is decoded
-        check_image_header("--edit", path)
+    for flag, paths in (("--edit", args.edit), ("--inpaint", args.inpaint)):
+        for path in paths or []:  # the header only: a decompression bomb is refused before it is decoded
+            check_image_header(flag, path)
     if args.out is not None:
         check_output_path("--out", args.out)
     if args.npz is not None:

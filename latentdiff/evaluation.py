@@ -25,6 +25,7 @@ from latentdiff.baselines import GaussianMixturePrior, sklearn_available
 from latentdiff.builders import build_data
 from latentdiff.bundle import is_bundle
 from latentdiff.checkpoints import load_checkpoint
+from latentdiff.cli import check_output_path
 from latentdiff.config import DataConfig, from_dict
 from latentdiff.diffusion import check_guidance_interval
 from latentdiff.latents import LatentNormaliser
@@ -32,6 +33,7 @@ from latentdiff.loading import ldm_parts_from_checkpoint, load_autoencoder
 from latentdiff.metrics.classifier import (
     attribute_accuracy,
     diversity_by_value,
+    judge_path,
     load_or_train_classifier,
     normalised_entropy,
 )
@@ -86,6 +88,7 @@ def check_options(args: EvalOptions) -> list[str]:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     if args.guidance_interval is not None:
         check_guidance_interval(args.guidance_interval)
+    check_output_path("--out", output_path(args), (".json",))  # a read-only run folder: said now, not at the end
     for item in args.samples:  # before any work: a typo here should not cost a whole evaluation
         path = item.rpartition("=")[2]
         if not Path(path).is_file():
@@ -99,6 +102,21 @@ def check_options(args: EvalOptions) -> list[str]:
     if "gmm" in chosen and not sklearn_available():
         raise ValueError("--baselines gmm needs scikit-learn: pip install 'scikit-learn>=1.3' (or leave gmm out)")
     return chosen
+
+
+def output_path(args: EvalOptions) -> Path:
+    """Where the result goes: ``--out``, else <run>/eval.json."""
+    return Path(args.out) if args.out else Path(args.run) / "eval.json"
+
+
+def sampler_settings(args: EvalOptions, ldm: LatentDiffusion | None) -> dict | None:
+    """The settings the diffusion samples are drawn with (``LatentDiffusion.sampling_settings``, which refuses
+    --steps above T and guidance on an unconditional run in one line), or None for an autoencoder run."""
+    if ldm is None:
+        return None
+    s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance, args.guidance_interval)
+    s.pop("unasked")  # each set below says how it treats attributes not asked for
+    return s
 
 
 def load_run(run_dir: Path, checkpoint: str | None, device):
@@ -331,6 +349,7 @@ def evaluate_run(args: EvalOptions, device="cpu") -> dict:
     progress = not args.no_progress and sys.stderr.isatty()
     run_dir = Path(args.run)
     stage, config, autoencoder, ldm = load_run(run_dir, args.checkpoint, device)
+    s = sampler_settings(args, ldm)  # before any work: a bad flag is one line, not minutes later
     data_cfg = from_dict(DataConfig, config["data"])
     test_set = build_data(data_cfg, "test")
     schema = test_set.schema
@@ -353,6 +372,9 @@ def evaluate_run(args: EvalOptions, device="cpu") -> dict:
     if is_image and schema.names:
         folder = Path(args.classifier_dir) if args.classifier_dir else run_dir.resolve().parent / "classifiers"
         settings = {"steps": args.classifier_steps} if args.classifier_steps else {}
+        cached, _ = judge_path(config["data"], folder, **settings)
+        if not cached.exists():  # trained now and saved there: a folder it cannot be saved in is said first
+            check_output_path("--classifier-dir", cached, (".pt",))
         judge, record, path = load_or_train_classifier(config["data"], folder, device, progress, **settings)
         result["judge"] = {"path": str(path), "test_accuracy": record["test_accuracy"],
                            "test_size": record["test_size"], "feature_dim": judge.arch["feature_dim"]}
@@ -376,9 +398,6 @@ def evaluate_run(args: EvalOptions, device="cpu") -> dict:
         result["samples"]["reconstructions"] = score(recon, targets)
 
     if ldm is not None:
-        s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance,  # the run's, as sample.py
-                                  args.guidance_interval)
-        s.pop("unasked")  # each set below says how it treats attributes not asked for
         result["settings"].update(s)
 
         def draw(attrs, seed, unasked="model"):
@@ -416,7 +435,7 @@ def evaluate_run(args: EvalOptions, device="cpu") -> dict:
         print("likelihood bounds", flush=True)
         result["likelihood"] = likelihood(args, autoencoder, ldm, test_set, gmm, gmm_space, device)
 
-    out = Path(args.out) if args.out else run_dir / "eval.json"
+    out = output_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(finite(result), indent=1, allow_nan=False) + "\n")
     print(table(result))

@@ -29,6 +29,7 @@ from latentdiff.latents import LatentNormaliser
 from latentdiff.loading import ldm_parts_from_bundle, ldm_parts_from_run, save_ldm_bundle
 
 DEFAULT_BATCH_SIZE = 256  # latents per reverse-process batch; the same in sample.py, so results match
+UNCONDITIONAL = "this run is unconditional (trained without attributes)"  # why attribute settings are refused
 
 
 class LatentDiffusion(nn.Module):
@@ -93,10 +94,15 @@ class LatentDiffusion(nn.Module):
         """``attrs``: None, a dict {name: value}, or a (n, A) LongTensor → (n, A) indices or None."""
         if attrs is None:
             return None
-        if not self.conditional:
-            raise ValueError("this run was trained without attribute conditioning; sample without attrs, "
-                             "or train with conditioning.enabled=true (or use classifier guidance)")
+        self.check_conditional()
         return self.attribute_rows(n, attrs)
+
+    def check_conditional(self) -> None:
+        """Attributes asked of an unconditional run (without a classifier to guide towards them) are refused."""
+        if not self.conditional:
+            raise ValueError(f"attrs (--attr, --grid-by): {UNCONDITIONAL}, so it cannot be asked for attributes; "
+                             f"guide it with a latent classifier (classifier=, --classifier), or train with "
+                             f"conditioning.enabled=true")
 
     def attribute_rows(self, n: int, attrs) -> torch.Tensor:
         """``attrs`` (a dict {name: value}, an (A,) or (n, A) LongTensor) → (n, A) value indices, −1 = free."""
@@ -117,31 +123,53 @@ class LatentDiffusion(nn.Module):
         The one place defaults are resolved, for the Python API and every command (sample.py, evaluate.py,
         visualize.py, bench/, the gallery), so the same call gives the same images everywhere:
             sampler: the run's ``sample.sampler``;
-            steps: the run's ``sample.steps`` when the sampler is the run's, else 50 for DDIM and all T for
-                DDPM; 50 for DPM-Solver++ too (pass ``steps=num_timesteps`` to ask for the full chain explicitly);
+            steps: the run's ``sample.steps`` when the sampler is the run's, else 50 for DDIM and DPM-Solver++,
+                all T for DDPM, each at most T (pass ``steps=num_timesteps`` to ask for the full chain explicitly);
             eta: the run's ``sample.eta`` for DDIM (0 for other samplers, which have no η);
             guidance_scale: the run's ``sample.guidance_scale`` (classifier-free w; unused without attributes);
             guidance_interval: the run's ``sample.guidance_interval`` ((lo, hi) fractions of T where guidance
                 acts, None: everywhere; pass ``(0, 1)`` to guide everywhere on a run that limits it);
             unasked: the run's ``sample.unasked``: "data" draws attributes not asked for from the training data
                 (``complete_attributes``), "model" leaves them to the network. Used by ``sample`` only.
+        A value given that this run cannot honour is refused with a one-line ValueError naming the argument and
+        its command-line flag, never clipped or ignored: ``steps`` outside 1..T, and on an unconditional run a
+        ``guidance_scale`` other than 1, any ``guidance_interval`` and ``unasked="data"`` (there is no condition
+        to guide, to limit or to complete). An unconditional run resolves to guidance_scale 1, no interval and
+        unasked "model", whatever its ``sample:`` section says.
         Returns {"sampler", "steps", "eta", "guidance_scale", "guidance_interval", "unasked"}.
         """
-        run = from_dict(SampleConfig, self.config.get("sample"), prefix="sample.")
-        sampler = sampler or run.sampler
-        if steps is None:
-            steps = run.steps if sampler == run.sampler else (None if sampler == "ddpm" else 50)
-        if steps is not None:
-            steps = min(int(steps), self.diffusion.num_timesteps)
-        if eta is None:
-            eta = run.eta if sampler == "ddim" else 0.0
-        guidance_scale = run.guidance_scale if guidance_scale is None else guidance_scale
-        interval = run.guidance_interval if guidance_interval is None else guidance_interval
-        unasked = unasked or run.unasked
-        if unasked not in ("model", "data"):
+        if unasked not in (None, "model", "data"):
             raise ValueError(f"unasked={unasked!r}: give 'model' (the network chooses) or 'data' (drawn from the "
                              f"training data's attribute combinations)")
-        return {"sampler": sampler, "steps": steps, "eta": float(eta), "guidance_scale": float(guidance_scale),
+        if not self.conditional:  # each of these would otherwise be silently ignored
+            if guidance_scale is not None and guidance_scale != 1:
+                raise ValueError(f"guidance_scale={guidance_scale:g} (--guidance): {UNCONDITIONAL}, so there is no "
+                                 f"condition to guide towards; leave it unset, or guide with a latent classifier "
+                                 f"(classifier=, --classifier)")
+            if guidance_interval is not None:
+                raise ValueError(f"guidance_interval={tuple(guidance_interval)} (--guidance-interval): "
+                                 f"{UNCONDITIONAL}, so there is no classifier-free guidance to limit; leave it unset")
+            if unasked == "data":
+                raise ValueError(f"unasked='data' (--unasked data): {UNCONDITIONAL}, so there are no attributes to "
+                                 f"draw; leave it unset")
+        run = from_dict(SampleConfig, self.config.get("sample"), prefix="sample.")
+        T = self.diffusion.num_timesteps
+        sampler = sampler or run.sampler
+        if steps is None:  # not asked for: the run's own or the sampler's default, fitted to the chain
+            steps = run.steps if sampler == run.sampler else (None if sampler == "ddpm" else 50)
+            steps = None if steps is None else min(steps, T)
+        elif not 1 <= steps <= T:  # asked for: refused, never clipped
+            raise ValueError(f"steps={steps} (--steps): this run has T = {T} diffusion timesteps; give 1 to {T}")
+        if eta is None:
+            eta = run.eta if sampler == "ddim" else 0.0
+        if self.conditional:
+            guidance_scale = run.guidance_scale if guidance_scale is None else guidance_scale
+            interval = run.guidance_interval if guidance_interval is None else guidance_interval
+            unasked = unasked or run.unasked
+        else:  # the plain model: the sample: section's guidance has nothing to act on
+            guidance_scale, interval, unasked = 1.0, None, "model"
+        return {"sampler": sampler, "steps": None if steps is None else int(steps), "eta": float(eta),
+                "guidance_scale": float(guidance_scale),
                 "guidance_interval": None if interval is None else tuple(float(v) for v in interval),
                 "unasked": unasked}
 
@@ -276,13 +304,15 @@ class LatentDiffusion(nn.Module):
             raise ValueError(f"strength must be in [0, 1] (0: the reconstruction, 1: all noise), got {strength}")
         if mode not in ("sdedit", "invert"):
             raise ValueError(f"edit mode {mode!r}: use 'sdedit' or 'invert'")
-        z0 = self.encode(images)
-        if strength == 0.0:
-            return self.decode(z0)
         if mode == "invert":  # back along the inversion's own path: DDIM, deterministic (unless told otherwise)
             sampler = sampler or "ddim"  # DPM-Solver++ regenerating a DDIM inversion doubled the round-trip error
             eta = 0.0 if eta is None else eta
-        s = self.sampling_settings(sampler, steps, eta, guidance_scale)
+        s = self.sampling_settings(sampler, steps, eta, guidance_scale)  # refused before the images are encoded
+        if attrs is not None and classifier is None:
+            self.check_conditional()
+        z0 = self.encode(images)
+        if strength == 0.0:
+            return self.decode(z0)
         steps = s["steps"]
         T = self.diffusion.num_timesteps
         start_t = max(0, math.ceil(strength * T) - 1)
@@ -307,7 +337,9 @@ class LatentDiffusion(nn.Module):
         in the pixels that must be regenerated, so keeping it would copy part of what the user asked to replace
         (and the cell's receptive field in the encoder reaches wider still; paste-back restores the kept pixels
         exactly afterwards). Without an autoencoder the "latents" are the data, and the mask is used as given
-        (broadcastable to the data). Bad shapes or values raise ValueError (one line).
+        (broadcastable to the data). Bad shapes or values raise ValueError (one line), and so does a mask that is
+        1 everywhere (nothing to fill). A mask that is 0 everywhere is allowed: nothing is kept, so the fills are
+        plain samples (as from :meth:`sample` with the same attributes).
         """
         mask = torch.as_tensor(mask)
         if not bool(((mask == 0) | (mask == 1)).all()):
@@ -318,7 +350,7 @@ class LatentDiffusion(nn.Module):
             except RuntimeError:
                 raise ValueError(f"the mask's shape {tuple(mask.shape)} does not broadcast to the data's "
                                  f"{tuple(images_shape)}") from None
-            return mask.float()
+            return check_fills_something(mask.float())
         B, _, H, W = images_shape
         if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, B) or tuple(mask.shape[2:]) != (H, W):
             raise ValueError(f"the mask must be (1 or {B}, 1, {H}, {W}) like the images (1 keep, 0 fill), got "
@@ -330,7 +362,7 @@ class LatentDiffusion(nn.Module):
         if H % h or W % w or H // h != W // w:
             raise ValueError(f"images {H}×{W} do not tile the {h}×{w} latent grid evenly")
         f = H // h
-        return mask.float().view(mask.shape[0], 1, h, f, w, f).amin(dim=(3, 5))
+        return check_fills_something(mask.float()).view(mask.shape[0], 1, h, f, w, f).amin(dim=(3, 5))
 
     @torch.no_grad()
     def inpaint(self, images: torch.Tensor, mask: torch.Tensor, attrs=None, guidance_scale: float | None = None,
@@ -350,6 +382,8 @@ class LatentDiffusion(nn.Module):
         (the decoder alone reproduces it only up to the autoencoder's reconstruction error).
         """
         settings = self.sampling_settings(sampler, steps, eta, guidance_scale)
+        if attrs is not None:
+            self.check_conditional()
         images = images.to(self.device)
         latent_mask = self.latent_mask(mask, tuple(images.shape)).to(self.device)
         z0 = self.encode(images)
@@ -416,6 +450,13 @@ class LatentDiffusion(nn.Module):
         the sha256 of every file. The folder appears all at once (a failure leaves none); an earlier bundle
         there is replaced. The weights are the ones loaded (EMA by default). See ``latentdiff.loading``."""
         save_ldm_bundle(self, folder)
+
+
+def check_fills_something(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` (1 keep, 0 fill), refused when it is 1 everywhere: inpainting would give the input back."""
+    if bool(mask.bool().all()):
+        raise ValueError("the inpainting mask is all 1 (keep): nothing to fill; mark the part to fill with 0")
+    return mask
 
 
 def half_mask(height: int, width: int, half: str = "right") -> torch.Tensor:

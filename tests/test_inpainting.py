@@ -146,6 +146,7 @@ def test_bad_inpainting_input_is_one_clear_line():
     ldm = image_ldm()
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     good = torch.ones(1, 1, 16, 16)
+    good[..., 8:] = 0  # something to fill: an all-1 mask is refused (test_refusals.py)
     for kw, words in (({"mask": torch.ones(1, 1, 8, 8)}, "mask must be"),
                       ({"mask": torch.ones(3, 1, 16, 16)}, "mask must be"),
                       ({"mask": torch.full((1, 1, 16, 16), 0.5)}, "only 0"),
@@ -170,7 +171,7 @@ def picture_and_masks(tmp_path):
     right_half = np.full((32, 32), 255, dtype=np.uint8)
     right_half[:, 16:] = 0
     Image.fromarray(right_half).save(tmp_path / "mask.png")
-    Image.fromarray(right_half[:16, :16]).save(tmp_path / "small.png")
+    Image.fromarray(right_half[:16, 8:24]).save(tmp_path / "small.png")  # black and white: only its size is wrong
     (tmp_path / "notes.png").write_text("hello")
     return tmp_path
 

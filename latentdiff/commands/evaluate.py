@@ -27,6 +27,9 @@ eval.json keys: run, stage ("autoencoder" | "diffusion"), dataset, autoencoder (
 (path, test_accuracy, test_size, feature_dim), reconstruction (mse, psnr, ssim, lpips), likelihood
 (latent_bpd, bpd, bpd_standard_prior, bpd_gmm_prior, terms, decoder_variance, examples, timesteps),
 samples {set: metrics}, notes (what was skipped and why). Absent figures are null.
+
+Refused in one line (exit 2) before any work: an --out (default <run>/eval.json) or a judge cache to be trained
+that cannot be written, --steps above the run's T, and --guidance / --guidance-interval on an unconditional run.
 """
 
 import argparse
@@ -50,10 +53,12 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=250, help="images per sampling / network batch")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver++"], default=None,
                    help="default: the run's sample.sampler")
-    p.add_argument("--steps", type=int, default=None, help="reverse steps (default: the run's, else 50 / all T)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="reverse steps, 1 to the run's T (default: the run's, else 50 / all T)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the run's sample.eta)")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale of ldm_conditional (default: the run's)")
+                   help="classifier-free guidance scale of ldm_conditional (default: the run's; refused on an "
+                        "unconditional run)")
     p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="guide only where LO <= t/T <= HI, the plain conditional model elsewhere (default: the "
                         "run's sample.guidance_interval; 0 1 guides everywhere)")

@@ -12,8 +12,13 @@
 --classifier guides with the noise-conditional classifier of train_classifier.py (default folder <run>/classifier),
 also on unconditional runs. --edit encodes an image, noises it to t = strength·T (or DDIM-inverts it there) and
 regenerates it with the asked attributes; the PNG shows each original followed by its edits. --inpaint fills the
-part of each image where the --mask PNG (the run's image size, greyscale: > 0.5 keep, else fill) is black, RePaint
-style; the PNG shows each original, the kept part, and the fills.
+part of each image where the --mask PNG (the run's image size, pure black and white, nothing in between) is black,
+RePaint style; the PNG shows each original, the kept part, and the fills. An all-black mask keeps nothing (the fills
+are plain samples); an all-white one, or grey pixels, are refused.
+
+A setting the run cannot honour is refused in one line (exit 2) before anything is sampled, never clipped or
+ignored: --steps above the run's T, and on an unconditional run --guidance (other than 1), --guidance-interval,
+--unasked data, and --attr / --grid-by without --classifier.
 """
 
 import argparse
@@ -26,7 +31,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from latentdiff.bundle import is_bundle  # noqa: E402
-from latentdiff.cli import check_sample_args, condition_rows, parse_attrs, user_errors  # noqa: E402
+from latentdiff.cli import (  # noqa: E402
+    check_output_path,
+    check_sample_args,
+    condition_rows,
+    parse_attrs,
+    read_mask,
+    user_errors,
+)
 from latentdiff.diffusion import check_guidance_interval  # noqa: E402
 from latentdiff.pipeline import LatentDiffusion  # noqa: E402
 from latentdiff.runtime import flush_denormals, pick_device  # noqa: E402
@@ -42,8 +54,8 @@ def parse_args(argv=None):
                    help="default: the run's sample.sampler, ddim for --edit-mode invert (dpm_solver++: few-step ODE "
                         "solver, DPM-Solver++(2M))")
     p.add_argument("--steps", type=int, default=None,
-                   help="reverse steps (default: the run's sample.steps with its sampler, else 50 for ddim and "
-                        "dpm_solver++, all T for ddpm)")
+                   help="reverse steps, 1 to the run's T (default: the run's sample.steps with its sampler, else "
+                        "50 for ddim and dpm_solver++, all T for ddpm)")
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM stochasticity (0 deterministic, 1 ~ DDPM; default: the run's sample.eta, "
                         "0 for --edit-mode invert)")
@@ -71,7 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--edit-mode", choices=["sdedit", "invert"], default=None,
                    help="--edit: add noise (SDEdit, default) or DDIM-invert to t = strength·T")
     p.add_argument("--inpaint", nargs="+", default=None, metavar="IMAGE", help="fill the masked part of these images")
-    p.add_argument("--mask", default=None, metavar="MASK.png", help="--inpaint: white (> 0.5) keep, black fill")
+    p.add_argument("--mask", default=None, metavar="MASK.png",
+                   help="--inpaint: white (255) keep, black (0) fill, nothing else")
     p.add_argument("--resample", type=int, default=None, help="--inpaint: RePaint jumps per step (default 1; "
                    "R > 1 needs --sampler ddpm or ddim with --eta > 0)")
     p.add_argument("--no-paste-back", action="store_true", help="--inpaint: keep the decoded pixels everywhere")
@@ -100,6 +113,10 @@ def main(argv=None):
             raise ValueError("--inpaint needs --mask MASK.png, and goes without --edit and --classifier")
         if args.classifier is None and args.classifier_scale is not None:
             raise ValueError("--classifier-scale needs --classifier (the folder train_classifier.py wrote)")
+        keep = read_mask(args.mask) if args.inpaint is not None else None  # grey or all-white: refused here
+        out = Path(args.out) if args.out else default_out(args)
+        if args.out is None:  # the default path is checked as --out is: a read-only run folder costs nothing
+            check_output_path("--out (default)", out)
         flush_denormals()
         device = pick_device(args.device)
         ldm = LatentDiffusion.from_run(args.run, checkpoint=args.checkpoint, use_ema=not args.no_ema,
@@ -122,11 +139,12 @@ def main(argv=None):
         settings = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance)
         if args.guidance_interval is not None:
             settings["guidance_interval"] = check_guidance_interval(args.guidance_interval)
+        ldm.sampling_settings(**settings, unasked=args.unasked)  # steps > T, guidance on an unconditional run: refused
         if args.inpaint is not None:
-            inpaint(ldm, args, cond, num, settings, generator)
+            inpaint(ldm, args, keep, cond, num, settings, generator, out)
             return
         if args.edit is not None:
-            edit(ldm, args, cond, num, settings, generator, guided)
+            edit(ldm, args, cond, num, settings, generator, guided, out)
             return
         # Unset settings are the run's (LatentDiffusion.sampling_settings): the same call as the Python API's.
         images, latents, cond = ldm.sample(num, attrs=cond, generator=generator, progress=not args.no_progress,
@@ -138,14 +156,13 @@ def main(argv=None):
             picture = scatter_image(images)
         else:
             picture = image_grid(images, nrow=nrow)
-        out = Path(args.out) if args.out else samples_folder(args.run) / f"sample_{args.seed}.png"
         save_png(picture, out)
         print(f"wrote {out}")
         if args.npz:
             write_npz(args.npz, ldm, cond, images=images, latents=latents)
 
 
-def edit(ldm, args, cond, per_image, settings, generator, guided):
+def edit(ldm, args, cond, per_image, settings, generator, guided, out):
     """--edit: one PNG row per input image, the original and then its ``per_image`` edits."""
     originals = torch.stack([ldm.read_image(path) for path in args.edit]).to(ldm.device)
     n = len(args.edit)
@@ -155,31 +172,21 @@ def edit(ldm, args, cond, per_image, settings, generator, guided):
     edits = ldm.edit(images, attrs=attrs, generator=generator, progress=not args.no_progress, **settings, **given,
                      **guided)
     rows = torch.cat([originals.unsqueeze(1), edits.view(n, per_image, *edits.shape[1:])], dim=1)
-    out = Path(args.out) if args.out else samples_folder(args.run) / f"edit_{Path(args.edit[0]).stem}_{args.seed}.png"
     save_png(image_grid(rows.flatten(0, 1), nrow=per_image + 1), out)
     print(f"wrote {out}")
     if args.npz:
         write_npz(args.npz, ldm, attrs, originals=originals, images=edits)
 
 
-def inpaint(ldm, args, cond, per_image, settings, generator):
-    """--inpaint: one PNG row per input image: the original, its kept part (the rest black), ``per_image`` fills."""
-    from PIL import Image
-
+def inpaint(ldm, args, keep, cond, per_image, settings, generator, out):
+    """--inpaint: one PNG row per input image: the original, its kept part (the rest black), ``per_image`` fills.
+    ``keep``: the --mask as read by ``read_mask`` ((H, W), True = keep)."""
     originals = torch.stack([ldm.read_image(path) for path in args.inpaint]).to(ldm.device)
-    path = Path(args.mask)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask {path} does not exist")
-    try:
-        with Image.open(path) as picture:
-            grey = np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
-    except OSError as e:
-        raise ValueError(f"cannot read the mask {path} as an image ({type(e).__name__}); give a PNG") from None
     height, width = originals.shape[-2:]
-    if grey.shape != (height, width):
-        raise ValueError(f"the mask {path} is {grey.shape[1]}×{grey.shape[0]} pixels; this run's images are "
+    if keep.shape != (height, width):
+        raise ValueError(f"the mask {args.mask} is {keep.shape[1]}×{keep.shape[0]} pixels; this run's images are "
                          f"{width}×{height}")
-    mask = torch.from_numpy(grey > 0.5).float().view(1, 1, height, width).to(ldm.device)
+    mask = torch.from_numpy(keep).float().view(1, 1, height, width).to(ldm.device)
     n = len(args.inpaint)
     attrs = cond.repeat(n, 1) if cond is not None else None
     fills = ldm.inpaint(originals.repeat_interleave(per_image, dim=0), mask, attrs=attrs, **settings,
@@ -187,18 +194,22 @@ def inpaint(ldm, args, cond, per_image, settings, generator):
                         generator=generator, progress=not args.no_progress)
     kept = originals * mask + (mask - 1)  # the filled region black (−1)
     rows = torch.cat([originals.unsqueeze(1), kept.unsqueeze(1), fills.view(n, per_image, *fills.shape[1:])], dim=1)
-    stem = Path(args.inpaint[0]).stem
-    out = Path(args.out) if args.out else samples_folder(args.run) / f"inpaint_{stem}_{args.seed}.png"
     save_png(image_grid(rows.flatten(0, 1), nrow=per_image + 2), out)
     print(f"wrote {out}")
     if args.npz:
         write_npz(args.npz, ldm, attrs, originals=originals, mask=mask, images=fills)
 
 
-def samples_folder(run: str) -> Path:
-    """Where pictures go without --out: the run's samples/ folder; for an exported model ./samples (an export
-    is a model to hand on, not a place to collect outputs)."""
-    return Path("samples") if is_bundle(run) else Path(run) / "samples"
+def default_out(args) -> Path:
+    """The PNG path without --out: ``sample_<seed>.png``, ``edit_<first image>_<seed>.png`` or
+    ``inpaint_<first image>_<seed>.png`` in the run's samples/ folder; for an exported model in ./samples (an
+    export is a model to hand on, not a place to collect outputs)."""
+    folder = Path("samples") if is_bundle(args.run) else Path(args.run) / "samples"
+    if args.edit is not None:
+        return folder / f"edit_{Path(args.edit[0]).stem}_{args.seed}.png"
+    if args.inpaint is not None:
+        return folder / f"inpaint_{Path(args.inpaint[0]).stem}_{args.seed}.png"
+    return folder / f"sample_{args.seed}.png"
 
 
 def write_npz(path, ldm, attrs, **tensors):

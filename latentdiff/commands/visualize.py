@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder
 
 import torch  # noqa: E402
 
-from latentdiff.cli import condition_rows, parse_attrs, user_errors  # noqa: E402
+from latentdiff.cli import check_output_path, condition_rows, parse_attrs, user_errors  # noqa: E402
 from latentdiff.pipeline import LatentDiffusion  # noqa: E402
 from latentdiff.runtime import flush_denormals  # noqa: E402
 from latentdiff.viz import (  # noqa: E402
@@ -39,7 +39,8 @@ def parse_args(argv=None):
     common.add_argument("--out", required=True, help="output .png (.gif for forward)")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--steps", type=int, default=None,
-                        help="reverse-process steps (default: the run's sample.steps, as sample.py; all T when none)")
+                        help="reverse-process steps, 1 to the run's T (default: the run's sample.steps, as "
+                             "sample.py; all T when none)")
     common.add_argument("--checkpoint", choices=["best", "last"], default="last")
     f = sub.add_parser("forward", parents=[common], help="the forward process as a GIF")
     f.add_argument("--frames", type=int, default=20)
@@ -71,16 +72,19 @@ def test_examples(ldm: LatentDiffusion, n: int) -> torch.Tensor:
 def main(argv=None):
     args = parse_args(argv)
     with user_errors():
+        out = Path(args.out)
+        if args.picture == "forward" and out.suffix.lower() != ".gif":
+            raise ValueError(f"--out {out}: the forward process is an animation; name it .gif")
+        check_output_path("--out", out, (".gif",) if args.picture == "forward" else None)  # before any work
         flush_denormals()
         ldm = LatentDiffusion.from_run(args.run, checkpoint=args.checkpoint)
-        # The run's sampler settings (LatentDiffusion.sampling_settings), as sample.py uses them.
-        args.steps = ldm.sampling_settings(steps=args.steps)["steps"] or ldm.diffusion.num_timesteps
+        # The run's sampler settings (LatentDiffusion.sampling_settings), as sample.py uses them; --steps above
+        # the run's T, or --guidance on an unconditional run, is refused there in one line.
+        resolved = ldm.sampling_settings(steps=args.steps, guidance_scale=getattr(args, "guidance", None))
+        args.steps = resolved["steps"] or ldm.diffusion.num_timesteps
         points = ldm.autoencoder is None and len(ldm.latent_shape) == 1
         g = torch.Generator().manual_seed(args.seed)
-        out = Path(args.out)
         if args.picture == "forward":
-            if out.suffix.lower() != ".gif":
-                raise ValueError(f"--out {out}: the forward process is an animation; name it .gif")
             x0 = ldm.encode(test_examples(ldm, 2000 if points else args.num))
             if points:  # a fixed view of ±4 in normalised units, so the spread of N(0, I) is visible
                 frames = forward_process_frames(ldm.diffusion, x0, lambda x: scatter_image(x, extent=4.0),

@@ -182,6 +182,19 @@ def classifier_key(data_config: dict, settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def judge_path(data_config: dict, folder: str | Path, **settings) -> tuple[Path, dict]:
+    """Where the judge of ``data_config`` trained with ``settings`` (over ``JUDGE_SETTINGS``) is cached, and the
+    full settings."""
+    from latentdiff.config import DataConfig, from_dict
+
+    unknown = set(settings) - set(JUDGE_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown judge settings {sorted(unknown)}; valid: {', '.join(JUDGE_SETTINGS)}")
+    settings = {**JUDGE_SETTINGS, **settings}
+    name = from_dict(DataConfig, data_config).name
+    return Path(folder) / f"{name}_{classifier_key(data_config, settings)}.pt", settings
+
+
 def load_or_train_classifier(data_config: dict, folder: str | Path, device="cpu", progress: bool = True,
                              **settings) -> tuple[DomainClassifier, dict, Path]:
     """The judge for the dataset ``data_config`` describes (a run's ``data`` section as a dict), from
@@ -192,12 +205,8 @@ def load_or_train_classifier(data_config: dict, folder: str | Path, device="cpu"
     from latentdiff.checkpoints import load_checkpoint, save_checkpoint
     from latentdiff.config import DataConfig, from_dict
 
-    unknown = set(settings) - set(JUDGE_SETTINGS)
-    if unknown:
-        raise ValueError(f"unknown judge settings {sorted(unknown)}; valid: {', '.join(JUDGE_SETTINGS)}")
-    settings = {**JUDGE_SETTINGS, **settings}
+    path, settings = judge_path(data_config, folder, **settings)
     cfg = from_dict(DataConfig, data_config)
-    path = Path(folder) / f"{cfg.name}_{classifier_key(data_config, settings)}.pt"
     if path.exists():
         state = load_checkpoint(path)
     else:
