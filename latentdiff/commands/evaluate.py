@@ -30,10 +30,6 @@ samples {set: metrics}, notes (what was skipped and why). Absent figures are nul
 """
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
 
 from latentdiff.cli import user_errors  # noqa: E402
 from latentdiff.evaluation import EvalOptions, check_options, evaluate_run  # noqa: E402

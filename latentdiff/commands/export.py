@@ -11,10 +11,7 @@ unpickles anything (safetensors + JSON), so a downloaded model cannot run code.
 """
 
 import argparse
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
 
 from latentdiff.checkpoints import load_checkpoint  # noqa: E402
 from latentdiff.cli import user_errors  # noqa: E402

@@ -10,17 +10,21 @@ Rerunning continues or reuses what is already trained. ``--tiny`` runs a few ste
 """
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+import latentdiff
 
 
-def run(script: str, *args: str) -> None:
-    cmd = [sys.executable, str(HERE / script), *args]
-    print("\n$ " + " ".join(cmd[1:]), flush=True)
-    result = subprocess.run(cmd)
+def run(command: str, *args: str) -> None:
+    """One command in its own process, as ``python -m latentdiff.commands.<command>`` (installed or not)."""
+    cmd = [sys.executable, "-m", f"latentdiff.commands.{command}", *args]
+    here = str(Path(latentdiff.__file__).resolve().parents[1])  # the folder that holds the package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH"))))}
+    print("\n$ python " + " ".join(cmd[1:]), flush=True)
+    result = subprocess.run(cmd, env=env)
     if result.returncode != 0:
         sys.exit(result.returncode)
 
@@ -38,11 +42,11 @@ def main(argv=None):
                 "bound_examples=32",
                 "train.eval_every=10", "train.image_every=10", "bound_every=10", "sample.num=12",
                 "sample.steps=5"] if args.tiny else []
-    run("train_ae.py", "--config", str(HERE / "configs/shapes/ae_kl.yaml"), f"out_dir={out}", *tiny_ae)
-    run("train_diffusion.py", "--config", str(HERE / "configs/shapes/ldm_kl.yaml"), f"out_dir={out}",
+    run("train_ae", "--config", "shapes/ae_kl", f"out_dir={out}", *tiny_ae)
+    run("train_diffusion", "--config", "shapes/ldm_kl", f"out_dir={out}",
         f"ae.run={out / 'shapes_ae_kl'}", *tiny_ldm)
     grid = out / "shapes_ldm_kl" / "samples" / "triangles_by_color.png"
-    run("sample.py", "--run", str(out / "shapes_ldm_kl"), "--grid-by", "color", "--attr", "shape=triangle",
+    run("sample", "--run", str(out / "shapes_ldm_kl"), "--grid-by", "color", "--attr", "shape=triangle",
         "--num", "48", "--guidance", "3", *(["--steps", "5"] if args.tiny else []),  # else the recipe's sampler
         "--out", str(grid), "--npz", str(grid.with_suffix(".npz")), "--no-progress")
     print(f"\nsample grid (one row per colour, all triangles): {grid}")

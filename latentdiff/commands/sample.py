@@ -17,10 +17,7 @@ style; the PNG shows each original, the kept part, and the fills.
 """
 
 import argparse
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -10,10 +10,7 @@
 """
 
 import argparse
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
 
 import torch  # noqa: E402
 
