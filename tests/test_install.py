@@ -102,3 +102,11 @@ def test_an_unknown_config_name_is_one_line_listing_the_recipes(capsys):
         parse_cli(LDMRunConfig, ["--config", "configs/fashion_mnist/ldm_k1.yaml"])
     assert e.value.code == 2
     assert capsys.readouterr().err == "error: config file 'configs/fashion_mnist/ldm_k1.yaml' does not exist\n"
+
+
+def test_no_library_module_or_bench_script_imports_a_command():
+    files = [p for p in [*(ROOT / "latentdiff").rglob("*.py"), *(ROOT / "autoencoders").rglob("*.py"),
+                         *(ROOT / "bench").rglob("*.py")] if "commands" not in p.relative_to(ROOT).parts]
+    importing = [p.relative_to(ROOT).as_posix() for p in files
+                 if "latentdiff.commands" in (text := p.read_text(encoding="utf-8")) or "import commands" in text]
+    assert files and importing == []
