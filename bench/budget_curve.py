@@ -532,9 +532,11 @@ def main(argv=None):
 def with_earlier_points(path: Path, out_dir: Path, points: list[dict]) -> list[dict]:
     """This sweep's points and those that earlier sweeps of the same run folder wrote to ``path`` for other
     (kind, budget) pairs, in budget then kind order: a sweep run in pieces (a budget or a kind at a time, or
-    several at once on several cores) keeps one JSON and one plot. Each point names the command that scored it."""
+    several at once on several cores) keeps one JSON and one plot. Each point names the command that scored it.
+    The JSON names the folder relative to the checkout (write_results), older ones absolutely: both resolve."""
     earlier = json.loads(path.read_text()) if path.exists() else {}
-    if earlier.get("settings", {}).get("out_dir") != str(out_dir):
+    earlier_dir = earlier.get("settings", {}).get("out_dir")
+    if earlier_dir is None or (ROOT / earlier_dir).resolve() != out_dir:
         return points  # another sweep's folder (or none): its points are not this sweep's runs
     done = {(p["kind"], p["budget_min"]) for p in points}
     kept = [p for p in earlier.get("points", []) if (p["kind"], p["budget_min"]) not in done]

@@ -1,7 +1,8 @@
 """Shared helpers for bench/ scripts: markdown tables, JSON results with where and how they were made.
 
 Every result file carries its provenance (``provenance()``: date, machine, torch version, git commit and the
-exact command), so a README figure can be traced to the run that produced it and reproduced.
+exact command), so a figure in the docs (README, docs/results.md) can be traced to the run that produced it and
+reproduced.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -63,14 +65,31 @@ def results_path(name: str) -> Path:
     return Path(os.environ.get("LATENTDIFF_BENCH_RESULTS", ROOT / "bench" / "results")) / f"{name}.json"
 
 
+def relative_to_checkout(value, root: Path = ROOT):
+    """``value`` (a JSON-able dict, list or string, walked through) with every absolute path under the checkout
+    ``root`` written relative to it: ``<root>/runs/a`` -> ``runs/a``, ``ae.run=<root>/runs/a`` -> ``ae.run=runs/a``,
+    ``<root>`` alone -> ``.``. A committed record then names no machine's folders; bench scripts that read a path
+    back resolve it against ROOT. Paths outside the checkout are left as they are."""
+    if isinstance(value, dict):
+        return {k: relative_to_checkout(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [relative_to_checkout(v, root) for v in value]
+    if not isinstance(value, str):
+        return value
+    # the checkout's path where it starts a path (not inside a longer one) and ends at "/" or the path's end
+    under = re.compile(r"(?<![\w./-])" + re.escape(str(root)) + r"(/|(?![\w.-]))")
+    return under.sub(lambda m: "" if m.group(1) == "/" else ".", value)
+
+
 def write_results(name: str, rows: list[dict], columns: list[str], extra: dict | None = None) -> Path:
     """Print the table and write bench/results/<name>.json with its ``provenance()`` (the folder can be moved
-    with LATENTDIFF_BENCH_RESULTS, as the smoke tests do, so they never touch the committed results)."""
+    with LATENTDIFF_BENCH_RESULTS, as the smoke tests do, so they never touch the committed results); every
+    path under the checkout is written relative to it (``relative_to_checkout``)."""
     meta = provenance()
     print(f"\n{name} — {meta['date']} — {meta['machine']} — {meta['git_commit'][:12]}\n")
     print(markdown_table(rows, columns))
     out = results_path(name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**meta, "rows": rows, **(extra or {})}, indent=1))
+    out.write_text(json.dumps(relative_to_checkout({**meta, "rows": rows, **(extra or {})}), indent=1))
     print(f"\nwrote {out}")
     return out

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from latentdiff.guidance import apply_classifier_guidance, classifier_free_guidance, repeat_condition
+from latentdiff.guidance import apply_classifier_guidance, guided_output, repeat_condition
 from latentdiff.samplers import SAMPLERS, ddim_invert_loop, sample_loop
 from latentdiff.schedules import make_beta_schedule, posterior_coefficients, spaced_timesteps
 
@@ -191,8 +191,8 @@ class GaussianDiffusion:
     # -- reverse process -------------------------------------------------------------------------------
     def predict(self, model, x_t: torch.Tensor, t: torch.Tensor, cond=None, guidance_scale: float = 1.0,
                 uncond=None, classifier_guidance=None, clip_denoised: bool = False,
-                guidance_interval: tuple[float, float] | None = None):
-        """(ε̂, x̂0) at (x_t, t) after classifier-free guidance, classifier guidance and optional clipping.
+                guidance_interval: tuple[float, float] | None = None, autoguidance=None):
+        """(ε̂, x̂0) at (x_t, t) after classifier-free guidance, autoguidance, classifier guidance and clipping.
 
         Args:
             model: ``model(x_t, t, cond)`` → tensor like x_t (ε, x0 or v per ``prediction``).
@@ -201,15 +201,22 @@ class GaussianDiffusion:
             classifier_guidance: None or ``(grad_log_prob, scale)``, see
                 :func:`latentdiff.guidance.apply_classifier_guidance`.
             clip_denoised: clamp x̂0 to [−1, 1] and recompute ε̂ from it (for data known to lie there).
-            guidance_interval: None (guide at every level), or (lo, hi) with 0 ≤ lo < hi ≤ 1: guide (both kinds)
+            autoguidance: None or ``(guide, scale)``: a weaker version of ``model`` with the same signature and
+                prediction, and w_a; see :func:`latentdiff.guidance.guided_output`.
+            guidance_interval: None (guide at every level), or (lo, hi) with 0 ≤ lo < hi ≤ 1: guide (every kind)
                 only where lo ≤ (t+1)/T ≤ hi, and use the plain conditional model elsewhere (Kynkäänniemi et
                 al. 2024, "Applying guidance in a limited interval"). Guidance at the noisiest levels is where
                 the layout (size, shape) is chosen; there a high w sharpens every attribute towards the ones
                 its implicit classifier finds easiest, not only the asked one.
         """
         if guidance_interval is not None and not self.in_guidance_interval(t, guidance_interval):
-            guidance_scale, classifier_guidance = 1.0, None
-        out = classifier_free_guidance(model, x_t, t, cond, uncond, guidance_scale)
+            guidance_scale, classifier_guidance, autoguidance = 1.0, None, None
+        guide, autoguidance_scale = None, 1.0
+        if autoguidance is not None:
+            if not (isinstance(autoguidance, tuple | list) and len(autoguidance) == 2):
+                raise ValueError("autoguidance must be a pair (guide model, scale)")
+            guide, autoguidance_scale = autoguidance
+        out = guided_output(model, x_t, t, cond, uncond, guidance_scale, guide, autoguidance_scale)
         if out.shape != x_t.shape:
             raise ValueError(f"the model returned shape {tuple(out.shape)} for inputs {tuple(x_t.shape)}; "
                              f"it must return a tensor shaped like x_t")
@@ -297,7 +304,7 @@ class GaussianDiffusion:
                progress: bool = False, clip_denoised: bool = False, timestep_spacing: str | None = None,
                noise: torch.Tensor | None = None, return_trajectory: bool = False, trajectory_every: int = 1,
                classifier_guidance=None, device=None, start_t: int | None = None, known=None, resample: int = 1,
-               guidance_interval: tuple[float, float] | None = None):
+               guidance_interval: tuple[float, float] | None = None, autoguidance=None):
         """Draw x0 ~ p_θ by running the reverse process from x_T ~ N(0, I) (or from x_{start_t}).
 
         Args:
@@ -312,6 +319,8 @@ class GaussianDiffusion:
             eta: DDIM's η (0: deterministic; 1: the ancestral sampler with σ² = β̃). DDIM only.
             cond, guidance_scale, uncond: classifier-free guidance (``uncond`` needed when w != 1).
             guidance_interval: None, or (lo, hi) fractions of T: guide only there (see ``predict``).
+            autoguidance: None or ``(guide, w_a)``: guide with a weaker version of the model (Karras et al. 2024;
+                see ``predict``), alone or on top of classifier-free guidance.
             generator: makes x_T and every step's noise reproducible.
             progress: show a tqdm bar.
             clip_denoised: clamp x̂0 to [−1, 1] at every step (off: latents are unbounded).
@@ -372,7 +381,7 @@ class GaussianDiffusion:
                            trajectory_every=trajectory_every if return_trajectory else None,
                            cond=cond, guidance_scale=guidance_scale, uncond=uncond,
                            classifier_guidance=classifier_guidance, clip_denoised=clip_denoised,
-                           guidance_interval=guidance_interval)
+                           guidance_interval=guidance_interval, autoguidance=autoguidance)
 
     @staticmethod
     def _check_inpainting(known, resample, shape, sampler: str, eta: float):
@@ -403,7 +412,7 @@ class GaussianDiffusion:
     @torch.no_grad()
     def ddim_invert(self, model, x0: torch.Tensor, steps: int | None = None, cond=None,
                     guidance_scale: float = 1.0, uncond=None, timestep_spacing: str = "linspace",
-                    progress: bool = False, start_t: int | None = None) -> torch.Tensor:
+                    progress: bool = False, start_t: int | None = None, autoguidance=None) -> torch.Tensor:
         """x_T from x0 by running deterministic DDIM (η = 0) forwards (Song et al. 2021, §4.3, ODE Eq. 14).
 
         The inverse of ``sample(sampler="ddim", eta=0, steps=steps, noise=x_T)`` up to the discretisation
@@ -412,7 +421,7 @@ class GaussianDiffusion:
         """
         timesteps = self.spaced_timesteps(steps, timestep_spacing, start_t)
         return ddim_invert_loop(self, model, x0, timesteps, progress=progress, cond=cond,
-                                guidance_scale=guidance_scale, uncond=uncond)
+                                guidance_scale=guidance_scale, uncond=uncond, autoguidance=autoguidance)
 
     def spaced_timesteps(self, steps: int | None, spacing: str = "linspace", start_t: int | None = None):
         """The ascending (S,) int64 indices a (partial, up to ``start_t``) chain visits; see

@@ -1,4 +1,5 @@
-"""Guidance: classifier-free (Ho & Salimans 2022) and classifier (Dhariwal & Nichol 2021).
+"""Guidance: classifier-free (Ho & Salimans 2022), autoguidance (Karras et al. 2024) and classifier
+(Dhariwal & Nichol 2021).
 
 A condition ``cond`` is whatever the denoiser takes as its third argument: None, a tensor with the
 batch along dim 0, or a dict of such tensors. The helpers here stack conditions along the batch so
@@ -40,7 +41,7 @@ def classifier_free_guidance(model, x_t: torch.Tensor, t: torch.Tensor, cond, un
     w = 1 is the conditional model, w = 0 the unconditional one, w > 1 extrapolates away from the
     unconditional prediction. Both predictions come from one forward pass over the batch doubled.
     The combination is affine with weights summing to one, so it commutes with the (affine) maps
-    between ε, x0 and v predictions: ``model`` may output any of them.
+    between ε, x0 and v predictions: ``model`` may output any of them. :func:`guided_output` without a guide.
 
     Args:
         model: ``model(x_t, t, cond)`` → tensor shaped like x_t.
@@ -48,13 +49,44 @@ def classifier_free_guidance(model, x_t: torch.Tensor, t: torch.Tensor, cond, un
         cond, uncond: conditional and unconditional conditions (same structure).
         guidance_scale: w.
     """
+    return guided_output(model, x_t, t, cond, uncond, guidance_scale)
+
+
+def guided_output(model, x_t: torch.Tensor, t: torch.Tensor, cond, uncond, guidance_scale: float,
+                  guide=None, autoguidance_scale: float = 1.0) -> torch.Tensor:
+    """Classifier-free guidance and autoguidance in one affine combination of network outputs:
+
+        D = D_c + (w − 1)(D_c − D_u) + (w_a − 1)(D_c − G_c)
+
+    D_c, D_u: the model with ``cond`` and ``uncond``; G_c: the guide, a weaker version of the same model (fewer
+    steps, smaller, its own EMA), with ``cond``. Without autoguidance (w_a = 1) it is classifier-free guidance
+    D_u + w (D_c − D_u) (Ho & Salimans 2022, Eq. 6 with w = 1 + their w); without CFG (w = 1) it is autoguidance
+    G_c + w_a (D_c − G_c) (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself", Eq. 2):
+    extrapolating away from the guide's errors, which lie where the model is still uncertain, sharpens the
+    samples without pulling them towards a class's few easiest modes as CFG does. Both together add the two
+    guidance directions. The weights sum to one, so the combination commutes with the affine maps between ε,
+    x0 and v outputs (model and guide must make the same kind of prediction). w = 1 and w_a = 1 call the model
+    once and return D_c itself; w_a = 1 never calls the guide.
+
+    Args:
+        model, guide: ``f(x_t, t, cond)`` → tensor shaped like x_t; guide may be None (no autoguidance).
+        x_t: (B, ...) noisy inputs; t: (B,) int64 timestep indices.
+        cond, uncond: conditional and unconditional conditions (same structure; uncond only for w != 1).
+        guidance_scale: w, classifier-free. autoguidance_scale: w_a.
+    """
     if guidance_scale == 1.0:
-        return model(x_t, t, cond)
-    if cond is None or uncond is None:
-        raise ValueError("guidance_scale != 1 needs both cond and uncond (the unconditional condition)")
-    out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), concat_conditions(cond, uncond))
-    out_cond, out_uncond = out.chunk(2)
-    return out_uncond + guidance_scale * (out_cond - out_uncond)
+        out = out_cond = model(x_t, t, cond)
+    else:
+        if cond is None or uncond is None:
+            raise ValueError("guidance_scale != 1 needs both cond and uncond (the unconditional condition)")
+        both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), concat_conditions(cond, uncond))
+        out_cond, out_uncond = both.chunk(2)
+        out = out_uncond + guidance_scale * (out_cond - out_uncond)
+    if autoguidance_scale == 1.0:
+        return out
+    if guide is None:
+        raise ValueError("autoguidance_scale != 1 needs a guide model")
+    return out + (autoguidance_scale - 1.0) * (out_cond - guide(x_t, t, cond))
 
 
 def apply_classifier_guidance(eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,

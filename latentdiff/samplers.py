@@ -137,7 +137,8 @@ def sample_loop(diffusion, model, x_T: torch.Tensor, timesteps: torch.Tensor, sa
         resample: RePaint's R (Lugmayr et al. 2022, Algorithm 1): each step but the last is redone R times,
             jumping back up by :func:`forward_jump` between tries. Needs a stochastic step (checked by
             ``GaussianDiffusion.sample``).
-        predict_kwargs: cond, guidance_scale, uncond, classifier_guidance, clip_denoised, guidance_interval.
+        predict_kwargs: cond, guidance_scale, uncond, classifier_guidance, clip_denoised, guidance_interval,
+            autoguidance.
     Returns:
         x0 (B, ...), or (x0, {"t": (K,), "x_t": (K, B, ...), "x0_pred": (K, B, ...)}).
     """

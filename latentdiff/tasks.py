@@ -159,7 +159,10 @@ class DiffusionTask:
         metrics = {"val_loss": float(val)}
         if step % self.bound_every == 0 or step == 0:
             bound = self.diffusion.nll_bound(model, z, mc_timesteps=self.bound_timesteps)
-            metrics["bpd"] = float(torch.as_tensor(bound["bpd"]).mean())
+            # The diffusion's bound on the *normalised latents*, in bits per latent dimension (evaluate.py's
+            # latent_bpd): a continuous density, so it can be negative; not bits per image dimension, which
+            # needs the autoencoder's terms too (evaluate.py's bpd).
+            metrics["latent_bpd"] = float(torch.as_tensor(bound["bpd"]).mean())
         model.train(was_training)
         return metrics
 

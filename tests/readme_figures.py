@@ -1,9 +1,11 @@
-"""Where each figure of the README's "Results" section comes from: a JSON file under bench/results/.
+"""Where each results figure of the docs comes from: a JSON file under bench/results/.
 
-``FIGURES`` is a list of ``Figure(text, values)``: ``text`` is a piece of the README with ``{}`` where each
-figure stands, ``values`` says for each ``{}`` which JSON file, which value in it, and how the README rounds
-it. ``tests/test_readme_figures.py`` formats every value, fills ``text`` and requires it in the Results
-section (whitespace-insensitive), so a README figure that differs from its record fails CI.
+Figures live in two documents (``DOCS``): the README's "Results" overview (a handful of headline figures) and
+docs/results.md (every block, with its command and record). ``FIGURES`` is a list of ``Figure(text, values,
+doc)``: ``text`` is a piece of the document ``doc`` (docs/results.md unless said) with ``{}`` where each figure
+stands, ``values`` says for each ``{}`` which JSON file, which value in it, and how the document rounds it.
+``tests/test_readme_figures.py`` formats every value, fills ``text`` and requires it in that document's results
+section (whitespace-insensitive), so a figure that differs from its record fails CI.
 
 To add a figure: write the benchmark's JSON with ``bench/common.write_results``, commit it, then add a
 ``Figure`` here, e.g. for "FD 3.07 (DDIM 50)"::
@@ -11,9 +13,9 @@ To add a figure: write the benchmark's JSON with ``bench/common.write_results``,
     Figure("FD {} (DDIM 50)", [V("quality_vs_steps_x.json", "rows", {"sampler": "ddim", "steps": 50}, "fd")])
 
 A path step that is a dict picks the first list item whose keys have those values. ``fmt`` turns the value
-into the README's text (default: 2 decimals); ``fn`` computes a derived figure from the value at the path
-(the whole JSON when the path is empty). A number in the Results section that no figure produces must be a
-setting listed in ``SETTINGS`` (sizes, seeds, guidance scales...), never a result.
+into the document's text (default: 2 decimals); ``fn`` computes a derived figure from the value at the path
+(the whole JSON when the path is empty). A number in a results section that no figure of that document
+produces must be a setting listed in ``SETTINGS`` (sizes, seeds, guidance scales...), never a result.
 """
 
 from __future__ import annotations
@@ -63,10 +65,15 @@ class V:
         self.file, self.path, self.fmt, self.fn = file, path, fmt, fn
 
 
+README, RESULTS_DOC = "README.md", "docs/results.md"
+DOCS = (README, RESULTS_DOC)  # the documents with results sections, relative to the checkout
+
+
 @dataclass
 class Figure:
     text: str
     values: list[V] = field(default_factory=list)
+    doc: str = RESULTS_DOC  # the document the figure lives in (one of DOCS)
 
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
@@ -261,6 +268,14 @@ def fd(file, sampler, steps):
     return V(file, *row(sampler=sampler, steps=steps), "fd")
 
 
+def few_step_gap() -> V:
+    """How far (in %) DPM-Solver++ at 10 steps is from DDIM at 50 in FD, shapes."""
+    def gap(result):
+        at = {(r["sampler"], r["steps"]): r["fd"] for r in result["rows"]}
+        return 100 * (at[("dpm_solver++", 10)] / at[("ddim", 50)] - 1)
+    return V(FEW, fmt=f0, fn=gap)
+
+
 FIGURES += [
     interval_row("at every level", "everywhere"),
     interval_row("t/T ≤ 0.6", "interval0to60"),
@@ -273,11 +288,7 @@ FIGURES += [
            [fd(FEW, "dpm_solver++", 5), fd(FEW, "dpm_solver++", 10), fd(FEW, "dpm_solver++", 20)]),
     Figure("| DPM-Solver++(2M), logsnr spacing | – | {} | {} | – |",
            [fd(FEW_LOGSNR, "dpm_solver++", 10), fd(FEW_LOGSNR, "dpm_solver++", 20)]),
-    Figure("DPM-Solver++ at 10 steps is within {} % of DDIM at 50",
-           [V(FEW, fmt=f0, fn=lambda r: 100 * (next(x["fd"] for x in r["rows"] if x["sampler"] == "dpm_solver++"
-                                                     and x["steps"] == 10)
-                                                / next(x["fd"] for x in r["rows"] if x["sampler"] == "ddim"
-                                                       and x["steps"] == 50) - 1))]),
+    Figure("DPM-Solver++ at 10 steps is within {} % of DDIM at 50", [few_step_gap()]),
     Figure("filled, RePaint without resampling", []),
     Figure("| the image's own attributes | {} / {} dB | {} % / {} % / {} % | {} % | **{} %** |",
            [V(INPAINT, *row(request="own"), k, fmt=f2) for k in ("psnr kept", "psnr kept recon")]
@@ -598,4 +609,26 @@ FIGURES += [
     Figure("[0.2, 0.7] gives {}, and w = 2.5 on [0.1, 0.6] {}.",
            [interval_lo("2 in [0.2, 0.7]"), interval_lo("2.5 in [0.1, 0.6]")]),
     Figure("[0.1, 0.6] gives the {} FD", [V(INTERVAL_LO, fn=same_as_from_0, fmt=str)]),
+]
+
+# -- the README's results overview: the headline figures, each from a record that docs/results.md names
+FIGURES += [
+    Figure("| Fashion-MNIST at 20 CPU minutes of both stages: unconditional FD × the ex-post GMM's, VAE / RAE | {}× / "
+           "{}× |", [budget_ratio("dedicated_uncond", "gmm", k, 20.0) for k in ("vae", "rae")], doc=README),
+    Figure("| the same, class-conditional with w = 2 below 0.6 T: FD × the reconstructions', VAE / RAE | {}× / {}× |",
+           [budget_ratio("cond_model_cfg", "reconstructions", k, 20.0) for k in ("vae", "rae")], doc=README),
+    Figure("| Fashion-MNIST VAE / RAE (4×8×8 latents), test PSNR | {} / {} dB |",
+           [first_row(AE_KL, "test_psnr_db"), first_row(AE_RAE, "test_psnr_db")], doc=README),
+    Figure("| shapes, all three attributes asked (w = {}): all three judged right | {} % |",
+           [V(ATTR, "guidance", fmt=g), V(ATTR, *row(asked="all"), "joint", fmt=pct)], doc=README),
+    Figure("| few-step sampling, shapes: DPM-Solver++(2M) at 10 steps against DDIM at 50, FD | within {} % |",
+           [few_step_gap()], doc=README),
+    Figure("| inpainting, Fashion-MNIST, lower half filled asking for the image's own class: judged that class | {} % "
+           "(real test images: {} %) |",
+           [V(FM_INPAINT, *row(request="own"), "judge class", fmt=pct),
+            V(FM_INPAINT, "judge_test_accuracy", "class", fmt=pct)], doc=README),
+    Figure("| sampling incl. decoding, DDIM 10 / 50 steps, batch {}: latent (ours) against a pixel-space peer | {}× / "
+           "{}× the images per second |",
+           [speed(SAMPLING, {"batch": 256}, "batch", f0),
+            *(speed(SAMPLING, {"batch": 256, "ddim_steps": s}, "latent/pixel", f1) for s in (10, 50))], doc=README),
 ]

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from test_end_to_end import ROOT, runs  # noqa: F401  (the tiny shapes runs fixture)
 
@@ -30,6 +31,31 @@ def test_attribute_sampling_with_edits_writes_every_row(runs, tmp_path):  # noqa
     asked = [row["asked"] for row in result["rows"]]
     assert asked == ["all", "color", "size", "shape", "none", "edit color sdedit s=0.3", "edit color invert s=0.3"]
     assert 0 <= result["rows"][0]["joint"] <= 1 and "kept shape" in result["rows"][-1]
+
+
+def test_quickstart_bench_runs_the_quick_start_and_judges_its_grid_against_what_was_asked(tmp_path):
+    """bench/quickstart.py --tiny: the whole quick start (both stages, the guided grid: one row per colour, all
+    triangles), its steps read back from the runs, and the accuracies recomputed here from the judge it cached."""
+    import torch
+
+    from latentdiff.metrics.classifier import load_or_train_classifier
+
+    out = tmp_path / "qs"
+    stdout = bench("quickstart.py", "--tiny", "--out-dir", out, results=tmp_path)
+    assert "TensorBoard" in stdout
+    npz = np.load(out / "shapes_ldm_kl" / "samples" / "triangles_by_color.npz")
+    asked = torch.from_numpy(npz["attributes"]).long()
+    names = list(npz["attribute_names"])
+    assert npz["images"].shape[0] == 48 and set(asked[:, names.index("shape")].tolist()) == {2}  # all triangles
+    assert sorted(set(asked[:, names.index("color")].tolist())) == list(range(6))  # one row per colour
+    row = json.loads((tmp_path / "quickstart_tiny.json").read_text())["rows"][0]
+    assert (row["ae steps"], row["ldm steps"], row["n"]) == (20, 20, 48)
+    state = torch.load(out / "shapes_ldm_kl" / "checkpoints" / "last.pt", weights_only=True, mmap=True)
+    judge, _, _ = load_or_train_classifier(state["config"]["data"], out / "classifiers", steps=20)  # the cached one
+    right = judge.judge(torch.from_numpy(npz["images"]))[1] == asked
+    for a, name in enumerate(names):
+        assert row[f"acc {name}"] == pytest.approx(right[:, a].double().mean().item())
+    assert row["joint"] == pytest.approx(right.all(1).double().mean().item())
 
 
 def test_quality_vs_steps_scores_each_setting(runs, tmp_path):  # noqa: F811

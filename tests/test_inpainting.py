@@ -207,3 +207,79 @@ def test_sample_inpaint_bad_input_is_one_clear_line(runs, picture_and_masks):  #
         assert r.returncode == 2 and len(lines) == 1 and words in lines[0], (args, r.stderr)
     r = cli("sample.py", "--run", run, "--resample", 2, "--no-progress", "--out", d / "x.png", check=False)
     assert r.returncode == 2 and "--inpaint" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the RePaint loop, value by value
+
+
+class RecordingZero:
+    """ε̂ = 0, recording the timestep and a copy of the state of every call."""
+
+    def __init__(self):
+        self.t, self.x = [], []
+
+    def __call__(self, x, t, cond=None):
+        self.t.append(int(t[0]))
+        self.x.append(x.clone())
+        return torch.zeros_like(x)
+
+
+def test_the_known_cells_are_replaced_already_at_x_T():
+    """Before the first step the known cells are q(x_{T−1} | x0_known) = √ᾱ x0 + √(1 − ᾱ) z, z the generator's first
+    draw (Lugmayr et al. 2022, Algorithm 1 line 5 at t = T); the unknown cells are the given x_T untouched."""
+    diffusion = GaussianDiffusion(10)  # ᾱ_{T−1} ≈ 0.9: the known data shows in x_T
+    g = torch.Generator().manual_seed(4)
+    x0, noise = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    mask = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    model = RecordingZero()
+    _, traj = diffusion.sample(model, (3, 4), sampler="ddim", steps=5, noise=noise, known=(x0, mask),
+                               return_trajectory=True, generator=torch.Generator().manual_seed(5))
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(5))
+    expected = diffusion.q_sample(x0, torch.full((3,), 9), z)
+    assert int(traj["t"][0]) == 9 and model.t[0] == 9
+    for first in (traj["x_t"][0], model.x[0]):  # what the trajectory records and what the network saw
+        assert torch.allclose(first[:, [0, 2]], expected[:, [0, 2]], rtol=0, atol=1e-6), (first, expected)
+        assert torch.equal(first[:, [1, 3]], noise[:, [1, 3]])
+
+
+def test_the_resample_jump_is_the_forward_step_from_s_to_t():
+    """x_t = √(ᾱ_t/ᾱ_s) x_s + √(1 − ᾱ_t/ᾱ_s) z (Ho et al. Eq. 2 over the respaced step), z the generator's draw."""
+    from latentdiff.samplers import forward_jump
+
+    x_s = torch.randn(2000, 4, generator=torch.Generator().manual_seed(0))
+    abar_s, abar_t = 0.9, 0.6
+    out = forward_jump(x_s, abar_s, abar_t, torch.Generator().manual_seed(1))
+    z = torch.randn(2000, 4, generator=torch.Generator().manual_seed(1))
+    ratio = abar_t / abar_s
+    assert torch.allclose(out, ratio**0.5 * x_s + (1 - ratio) ** 0.5 * z, rtol=0, atol=1e-6)
+    # x_s ~ N(0, 1): x_t ~ N(0, ratio + 1 − ratio) = N(0, 1); √(1 − ᾱ_t) would give 1.07 (standard error 0.016)
+    assert float(out.var()) == pytest.approx(1.0, abs=0.05)
+
+
+def test_with_everything_known_every_state_the_network_sees_is_the_forward_marginal_jumps_included():
+    """All cells known, x0 = 0: after every step the state is q(x_s | 0) = N(0, (1 − ᾱ_s) I) and a jump back gives
+    N(0, ᾱ_t/ᾱ_s (1 − ᾱ_s) + 1 − ᾱ_t/ᾱ_s) = N(0, 1 − ᾱ_t): every call of the network sees variance 1 − ᾱ_t.
+    (A jump with √(1 − ᾱ_t) would add ᾱ_t/ᾱ_s (1 − ᾱ_s): about 1.8× the variance at the first steps of T = 10.)"""
+    diffusion = GaussianDiffusion(10)
+    x0 = torch.zeros(4000, 4)
+    model = RecordingZero()
+    diffusion.sample(model, x0.shape, sampler="ddpm", known=(x0, torch.ones(1, 4)), resample=2,
+                     generator=torch.Generator().manual_seed(6))
+    assert model.t == [t for t in range(9, 0, -1) for _ in range(2)] + [0]
+    abar = diffusion.alphas_cumprod
+    for t, x in zip(model.t, model.x):
+        assert float(x.var()) == pytest.approx(1 - float(abar[t]), rel=0.05), t  # standard error 1.1 %
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 1.0)])
+def test_resampling_redoes_every_step_but_the_last_exactly_R_times(sampler, eta):
+    """S steps with R tries: (S − 1) R network calls, then one for the last step (it lands on x0_known)."""
+    diffusion = GaussianDiffusion(20)
+    x0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    visited = diffusion.spaced_timesteps(5).flip(0).tolist()
+    for resample in (1, 3):
+        model = RecordingZero()
+        diffusion.sample(model, x0.shape, sampler=sampler, eta=eta, steps=5, known=(x0, torch.tensor([[1.0, 0, 0]])),
+                         resample=resample, generator=torch.Generator().manual_seed(1))
+        assert model.t == [t for t in visited[:-1] for _ in range(resample)] + [visited[-1]], (resample, model.t)
+        assert len(model.t) == 4 * resample + 1

@@ -1,11 +1,12 @@
-"""Every figure in the README's Results section equals its record under bench/results/ (see readme_figures.py)."""
+"""Every results figure of the docs equals its record under bench/results/ (see readme_figures.py): the README's
+results overview and docs/results.md, each figure checked in the document it lives in."""
 
 import json
 import re
 from pathlib import Path
 
 import pytest
-from readme_figures import FIGURES, RESULTS, SETTINGS, V
+from readme_figures import DOCS, FIGURES, README, RESULTS, RESULTS_DOC, SETTINGS, V
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -15,10 +16,13 @@ def squash(text: str) -> str:
     return " ".join(text.split())
 
 
-def results_section() -> str:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("## Results\n")
-    return readme[start:readme.index("\n## ", start + 1)]
+def results_section(doc: str) -> str:
+    """The README's "## Results" section (to the next "## " heading), or the whole of docs/results.md."""
+    text = (ROOT / doc).read_text()
+    if doc != README:
+        return text
+    start = text.index("## Results\n")
+    return text[start:text.index("\n## ", start + 1)]
 
 
 def resolve(value: V):
@@ -38,27 +42,31 @@ def filled(figure) -> str:
     return figure.text.format(*(v.fmt(resolve(v)) for v in figure.values))
 
 
-@pytest.mark.parametrize("figure", FIGURES, ids=[f.text[:60] for f in FIGURES])
-def test_each_readme_figure_equals_its_json_record(figure):
+@pytest.mark.parametrize("figure", FIGURES, ids=[f"{f.doc}: {f.text[:60]}" for f in FIGURES])
+def test_each_figure_equals_its_json_record_in_its_document(figure):
+    assert figure.doc in DOCS, f"{figure.doc} is not one of the documents checked: {DOCS}"
     text = squash(filled(figure))
-    assert text in squash(results_section()), f"README differs from its record; expected:\n{text}"
+    assert text in squash(results_section(figure.doc)), f"{figure.doc} differs from its record; expected:\n{text}"
 
 
-def test_every_record_is_committed_named_in_the_readme_and_says_where_it_was_made():
-    section = results_section()
+def test_every_record_is_committed_named_in_the_results_document_and_says_where_it_was_made():
+    named_in = results_section(RESULTS_DOC)  # the full record: every JSON a figure of any document comes from
     for file in sorted({v.file for f in FIGURES for v in f.values}):
         data = json.loads((RESULTS / file).read_text())
         assert re.match(r"2026-(11-2[89]|12-01) ", data["date"]), (file, data["date"])  # the section's dates
         assert "2 cores" in data["machine"] and "torch 2.14.1" in data["machine"] and "no GPU" in data["machine"]
         stem = file.removesuffix(".json")
-        named = file in section or re.sub(r"seed\d", "seed{0,1,2}", stem) + ".json" in section
-        assert named, f"the README does not name the record {file}"
+        named = file in named_in or re.sub(r"seed\d", "seed{0,1,2}", stem) + ".json" in named_in
+        assert named, f"{RESULTS_DOC} does not name the record {file}"
 
 
-def test_every_number_in_the_results_section_is_a_recorded_figure_or_a_setting():
-    covered = {n for f in FIGURES for n in NUMBER.findall(filled(f))}
-    section = results_section()
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_number_in_a_results_section_is_a_recorded_figure_of_it_or_a_setting(doc):
+    figures = [f for f in FIGURES if f.doc == doc]
+    assert figures, f"no figure lives in {doc}"
+    covered = {n for f in figures for n in NUMBER.findall(filled(f))}
+    section = re.sub(r"\]\([^)]*\)", "]", results_section(doc))  # link and image targets: file names
     for command in re.findall(r"`[^`]*`", section):  # commands and file names hold settings, not results
         section = section.replace(command, " ")
     unknown = sorted({n for n in NUMBER.findall(section)} - covered - SETTINGS, key=float)
-    assert not unknown, f"numbers in README Results with no JSON record (add a Figure) nor a setting: {unknown}"
+    assert not unknown, f"numbers in {doc}'s results with no JSON record (add a Figure) nor a setting: {unknown}"

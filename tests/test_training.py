@@ -102,3 +102,55 @@ def test_tensorboard_scalars_can_be_read_back(tmp_path):
         assert tag in tags, tags
     assert [e.step for e in acc.Scalars("train/loss")] == [4, 8]
     assert "config" in " ".join(acc.Tags()["tensors"])
+
+
+# ----------------------------------------------------------------------------- the power EMA from the config, and
+# which step healthy.pt holds when the loss leaves its band
+
+
+def test_train_ema_sigma_rel_makes_the_trainers_ema_the_power_function_average(tmp_path):
+    """With train.ema_sigma_rel the EMA after n steps is Σ_i w_i θ_i, w_i = (i^(γ+1) − (i−1)^(γ+1)) / n^(γ+1)
+    (Karras et al. 2024, Eq. 3), θ_i the weights after step i; two widths give two different averages."""
+    from latentdiff.optim import power_ema_gamma
+
+    emas = {}
+    for sigma_rel in (0.05, 0.2):
+        trainer = Trainer(ToyTask(), toy_dataset(), cfg(ema_sigma_rel=sigma_rel), tmp_path / str(sigma_rel), {}, "cpu")
+        thetas = []
+        for _ in range(8):
+            trainer.train_step()
+            thetas.append(params(trainer).double())
+        g1 = power_ema_gamma(sigma_rel) + 1
+        i = torch.arange(1, 9, dtype=torch.float64)
+        weights = (i**g1 - (i - 1) ** g1) / 8**g1
+        expected = (weights[:, None] * torch.stack(thetas)).sum(0)
+        emas[sigma_rel] = torch.cat([p.flatten() for p in trainer.ema.module.parameters()]).double()
+        assert torch.allclose(emas[sigma_rel], expected, rtol=1e-5, atol=1e-6), sigma_rel
+    assert not torch.allclose(emas[0.05], emas[0.2], rtol=1e-3, atol=1e-4)
+
+
+class LeavesTheBandAt(ToyTask):
+    """Adds 1e6 to the loss at step ``at`` (the gradients stay as they are): the loss leaves its band there only."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def losses(self, batch, step):
+        losses, logs = super().losses(batch, step)
+        if step == self.at:
+            losses["model"] = losses["model"] + 1e6
+        return losses, logs
+
+
+@pytest.mark.parametrize("at,healthy", [(None, 8), (5, 4), (8, 4)])
+def test_healthy_pt_is_the_last_checkpoint_confirmed_by_an_interval_and_a_next_step_in_band(tmp_path, at, healthy):
+    """last.pt at steps 0, 4, 8, 12; each is promoted by the step after it (0, 4, 8; none follows 12) when that
+    step and every step since the previous save stayed in band. Leaving it at step 5 (inside the interval 4..7)
+    or at step 8 (the confirming step itself) leaves healthy.pt at step 4."""
+    trainer = run(tmp_path, "a", cfg(steps=12, checkpoint_every=4, eval_every=100),
+                  task=ToyTask() if at is None else LeavesTheBandAt(at))
+    assert trainer.left_band_at == at
+    assert trainer.healthy_step == healthy
+    assert load_checkpoint(tmp_path / "a/checkpoints/healthy.pt")["step"] == healthy
+    assert load_checkpoint(tmp_path / "a/checkpoints/last.pt")["step"] == 12
