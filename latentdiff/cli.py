@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from latentdiff.config import ConfigError, dump_yaml, load_config
 
@@ -17,7 +18,8 @@ def parse_cli(cls, argv=None, description: str = "", extra_args=None):
     ``extra_args(parser)`` may add script-specific flags.
     """
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", help="YAML recipe, e.g. configs/shapes/ae_kl.yaml")
+    parser.add_argument("--config", help="YAML recipe: a file (configs/shapes/ae_kl.yaml) or a recipe's name "
+                                         "(shapes/ae_kl), read from the installed package or configs/")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in <out_dir>/<name> (also automatic when its last.pt exists)")
@@ -29,13 +31,34 @@ def parse_cli(cls, argv=None, description: str = "", extra_args=None):
         extra_args(parser)
     args = parser.parse_intermixed_args(argv)  # flags may come between the overrides (a=1 --resume b=2)
     try:
-        cfg = load_config(cls, args.config, args.overrides)
+        cfg = load_config(cls, None if args.config is None else recipe_path(args.config), args.overrides)
     except ConfigError as e:
         exit_with_error(e)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         sys.exit(0)
     return cfg, args
+
+
+def recipes_folder() -> Path:
+    """The recipes: ``latentdiff/recipes/`` in an installed package (pyproject.toml ships configs/ there), else the
+    source checkout's ``configs/``."""
+    package = Path(__file__).resolve().parent
+    installed = package / "recipes"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+def recipe_path(config: str) -> str | Path:
+    """``--config``: an existing file or a ``.yaml`` path as given, else the recipe of that name
+    (``fashion_mnist/ldm_kl`` → ``<recipes>/fashion_mnist/ldm_kl.yaml``); one line listing the recipes otherwise."""
+    if Path(config).is_file() or Path(config).suffix in (".yaml", ".yml"):
+        return config
+    recipe = recipes_folder() / f"{config}.yaml"
+    if recipe.is_file():
+        return recipe
+    names = sorted(p.relative_to(recipes_folder()).with_suffix("").as_posix()
+                   for p in recipes_folder().rglob("*.yaml"))
+    raise ConfigError(f"--config {config!r}: no such file, nor a recipe of that name; recipes: {', '.join(names)}")
 
 
 def finish_training(trainer):

@@ -8,8 +8,8 @@ from torch.utils.data import TensorDataset
 from latentdiff.latents import (
     LatentNormaliser,
     NpyRows,
-    build_latent_cache,
     autoencoder_identity,
+    build_latent_cache,
     cache_key,
     fit_normaliser,
     sample_latents,

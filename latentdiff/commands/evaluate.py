@@ -33,14 +33,10 @@ that cannot be written, --steps above the run's T, and --guidance / --guidance-i
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
-
-from latentdiff.cli import user_errors  # noqa: E402
-from latentdiff.evaluation import EvalOptions, check_options, evaluate_run  # noqa: E402
-from latentdiff.runtime import flush_denormals, pick_device  # noqa: E402
+from latentdiff.cli import user_errors
+from latentdiff.evaluation import EvalOptions, check_options, evaluate_run
+from latentdiff.runtime import flush_denormals, pick_device
 
 
 def parse_args(argv=None):

@@ -19,20 +19,18 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
-
-from autoencoders.models import Autoencoder  # noqa: E402
-from latentdiff.bundle import bundle_kind, is_bundle  # noqa: E402
-from latentdiff.checkpoints import load_checkpoint  # noqa: E402
-from latentdiff.cli import user_errors  # noqa: E402
-from latentdiff.loading import (  # noqa: E402
+from autoencoders.models import Autoencoder
+from latentdiff.bundle import bundle_kind, is_bundle
+from latentdiff.checkpoints import load_checkpoint
+from latentdiff.cli import user_errors
+from latentdiff.loading import (
     autoencoder_checkpoint,
     autoencoder_from_checkpoint,
     ldm_parts_from_checkpoint,
     run_checkpoint,
 )
-from latentdiff.pipeline import LatentDiffusion  # noqa: E402
-from latentdiff.run_folder import LOCK_NAME, RunLock, _stale  # noqa: E402
+from latentdiff.pipeline import LatentDiffusion
+from latentdiff.run_folder import LOCK_NAME, RunLock, _stale
 
 
 def parse_args(argv=None):

@@ -15,12 +15,14 @@ Rerunning continues or reuses what is already trained. ``--tiny`` runs a few ste
 """
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+import latentdiff
+
 QUICK_AE_STEPS = 1200   # of the recipe's 3000: the VAE's reconstructions are sharp by then on shapes
 QUICK_LDM_STEPS = 2400  # of the recipe's 4000
 # null is "no time budget" (TrainConfig.max_minutes): each stage stops at its steps and nowhere else
@@ -35,7 +37,7 @@ def grid_path(out: Path) -> Path:
 
 
 def commands(out: Path, tiny: bool) -> list[list[str]]:
-    """The three commands the quick start runs (script and arguments), in order."""
+    """The three commands the quick start runs (root script and arguments), in order."""
     if tiny:
         ae = [*TINY_COMMON, "eval_samples=64"]
         ldm = [*TINY_COMMON, "bound_examples=32", "bound_every=10", "sample.num=12", "sample.steps=5"]
@@ -43,8 +45,8 @@ def commands(out: Path, tiny: bool) -> list[list[str]]:
         ae, ldm = [f"train.steps={QUICK_AE_STEPS}"], [f"train.steps={QUICK_LDM_STEPS}"]
     grid = grid_path(out)
     return [
-        ["train_ae.py", "--config", str(HERE / "configs/shapes/ae_kl.yaml"), f"out_dir={out}", *ae, *STEP_BOUND],
-        ["train_diffusion.py", "--config", str(HERE / "configs/shapes/ldm_kl.yaml"), f"out_dir={out}",
+        ["train_ae.py", "--config", "shapes/ae_kl", f"out_dir={out}", *ae, *STEP_BOUND],
+        ["train_diffusion.py", "--config", "shapes/ldm_kl", f"out_dir={out}",
          f"ae.run={out / 'shapes_ae_kl'}", *ldm, *STEP_BOUND],
         ["sample.py", "--run", str(out / "shapes_ldm_kl"), "--grid-by", "color", "--attr", "shape=triangle",
          "--num", "48", "--guidance", "3", *(["--steps", "5"] if tiny else []),  # else the recipe's sampler
@@ -59,10 +61,13 @@ def main(argv=None):
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = p.parse_args(argv)
     out = Path(args.out_dir)
+    # each command in its own process, as python -m latentdiff.commands.<name>, whether installed or not
+    here = str(Path(latentdiff.__file__).resolve().parents[1])  # the folder that holds the package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH"))))}
     for script, *rest in commands(out, args.tiny):
-        cmd = [sys.executable, str(HERE / script), *rest]
+        cmd = [sys.executable, "-m", f"latentdiff.commands.{Path(script).stem}", *rest]
         print("\n$ " + shlex.join(["python", script, *rest]), flush=True)
-        if not args.dry_run and (status := subprocess.run(cmd).returncode) != 0:
+        if not args.dry_run and (status := subprocess.run(cmd, env=env).returncode) != 0:
             sys.exit(status)
     if not args.dry_run:
         print(f"\nsample grid (one row per colour, all triangles): {grid_path(out)}")

@@ -22,16 +22,13 @@ ignored: --steps above the run's T, and on an unconditional run --guidance (othe
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from latentdiff.bundle import is_bundle  # noqa: E402
-from latentdiff.cli import (  # noqa: E402
+from latentdiff.bundle import is_bundle
+from latentdiff.cli import (
     check_output_path,
     check_sample_args,
     condition_rows,
@@ -39,10 +36,10 @@ from latentdiff.cli import (  # noqa: E402
     read_mask,
     user_errors,
 )
-from latentdiff.diffusion import check_guidance_interval  # noqa: E402
-from latentdiff.pipeline import LatentDiffusion  # noqa: E402
-from latentdiff.runtime import flush_denormals, pick_device  # noqa: E402
-from latentdiff.viz import image_grid, save_png  # noqa: E402
+from latentdiff.diffusion import check_guidance_interval
+from latentdiff.pipeline import LatentDiffusion
+from latentdiff.runtime import flush_denormals, pick_device
+from latentdiff.viz import image_grid, save_png
 
 
 def parse_args(argv=None):

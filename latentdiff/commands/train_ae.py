@@ -11,11 +11,9 @@ The training itself is ``latentdiff.stages.train_autoencoder``.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
-
-from latentdiff.cli import finish_training, parse_cli, user_errors  # noqa: E402
-from latentdiff.config import AERunConfig  # noqa: E402
-from latentdiff.stages import train_autoencoder  # noqa: E402
+from latentdiff.cli import finish_training, parse_cli, user_errors
+from latentdiff.config import AERunConfig
+from latentdiff.stages import train_autoencoder
 
 
 def main(argv=None):

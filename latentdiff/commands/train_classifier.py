@@ -15,11 +15,9 @@ The training itself is ``latentdiff.stages.train_latent_classifier``.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
-
-from latentdiff.cli import finish_training, parse_cli, user_errors  # noqa: E402
-from latentdiff.config import ClassifierRunConfig  # noqa: E402
-from latentdiff.stages import train_latent_classifier  # noqa: E402
+from latentdiff.cli import finish_training, parse_cli, user_errors
+from latentdiff.config import ClassifierRunConfig
+from latentdiff.stages import train_latent_classifier
 
 
 def main(argv=None):

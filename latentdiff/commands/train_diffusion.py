@@ -14,11 +14,9 @@ The training itself is ``latentdiff.stages.train_latent_diffusion``.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
-
-from latentdiff.cli import finish_training, parse_cli, user_errors  # noqa: E402
-from latentdiff.config import LDMRunConfig  # noqa: E402
-from latentdiff.stages import train_latent_diffusion  # noqa: E402
+from latentdiff.cli import finish_training, parse_cli, user_errors
+from latentdiff.config import LDMRunConfig
+from latentdiff.stages import train_latent_diffusion
 
 
 def main(argv=None):

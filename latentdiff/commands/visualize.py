@@ -10,17 +10,14 @@
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from any folder without installing
+import torch
 
-import torch  # noqa: E402
-
-from latentdiff.cli import check_output_path, condition_rows, parse_attrs, user_errors  # noqa: E402
-from latentdiff.pipeline import LatentDiffusion  # noqa: E402
-from latentdiff.runtime import flush_denormals  # noqa: E402
-from latentdiff.viz import (  # noqa: E402
+from latentdiff.cli import check_output_path, condition_rows, parse_attrs, user_errors
+from latentdiff.pipeline import LatentDiffusion
+from latentdiff.runtime import flush_denormals
+from latentdiff.viz import (
     forward_process_frames,
     image_grid,
     reverse_process_grid,

@@ -60,9 +60,9 @@ def reference_markdown() -> str:
         return f"| `{key}` | {type_name} | `{default}` | {', '.join(limits)} | {text} |"
 
     lines = ["# Configuration reference", "",
-             "Generated from the dataclasses in `latentdiff/config/sections.py` by `python docs/make_config_reference.py`;",
-             "do not edit by hand. Every key can be set in a recipe's YAML or on the command line as a dotted",
-             "override (`train.steps=500`).", ""]
+             "Generated from the dataclasses in `latentdiff/config/sections.py` by",
+             "`python docs/make_config_reference.py`; do not edit by hand. Every key can be set in a recipe's YAML or",
+             "on the command line as a dotted override (`train.steps=500`).", ""]
     for command, run_cls in (("train_ae.py", AERunConfig), ("train_diffusion.py", LDMRunConfig),
                              ("train_classifier.py", ClassifierRunConfig)):
         lines += [f"## `{command}` — `{run_cls.__name__}`", "", run_cls.__doc__.strip(), ""]
