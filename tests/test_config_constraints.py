@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # An autoencoder run folder as train_ae.py leaves it, as far as validation reads it (its config.yaml):
 # the default shapes VAE, 32×32 images → 4×8×8 latents.
 AE_RUN = Path(tempfile.mkdtemp(prefix="latentdiff_ae_run_"))
+
+
+def case_id(words) -> str:
+    """A test id that is the same in every process (pytest-xdist workers each make their own AE_RUN)."""
+    return " ".join(words).replace(str(AE_RUN), "<ae_run>")
 (AE_RUN / "config.yaml").write_text(dump_yaml(AERunConfig()))
 RUN_CLASSES = {"train_ae.py": AERunConfig, "train_diffusion.py": LDMRunConfig,
                "train_classifier.py": ClassifierRunConfig}
@@ -145,7 +150,7 @@ def print_config(mains, script, overrides, capsys):
     return exit_info.value.code, out.err
 
 
-@pytest.mark.parametrize("script,overrides,key", VIOLATIONS, ids=[" ".join(v[1]) for v in VIOLATIONS])
+@pytest.mark.parametrize("script,overrides,key", VIOLATIONS, ids=[case_id(v[1]) for v in VIOLATIONS])
 def test_each_rule_between_keys_is_one_line_naming_the_key(mains, capsys, script, overrides, key):
     code, err = print_config(mains, script, overrides, capsys)
     lines = err.strip().splitlines()
@@ -190,7 +195,7 @@ def test_bound_sweep_includes_the_learning_rate():
     assert ("train_ae.py", "train.lr=-0.5", "train.lr") in BOUNDS
 
 
-@pytest.mark.parametrize("script,override,key", BOUNDS, ids=[f"{b[0]} {b[1]}" for b in BOUNDS])
+@pytest.mark.parametrize("script,override,key", BOUNDS, ids=[case_id(b[:2]) for b in BOUNDS])
 def test_each_declared_bound_is_one_line_naming_the_key(mains, capsys, script, override, key):
     code, err = print_config(mains, script, [override], capsys)
     lines = err.strip().splitlines()
@@ -198,7 +203,7 @@ def test_each_declared_bound_is_one_line_naming_the_key(mains, capsys, script, o
     assert lines[0].startswith(f"error: {key}:"), lines[0]
 
 
-@pytest.mark.parametrize("script,overrides", ACCEPTED, ids=[" ".join(a[1]) for a in ACCEPTED])
+@pytest.mark.parametrize("script,overrides", ACCEPTED, ids=[case_id(a[1]) for a in ACCEPTED])
 def test_boundary_values_the_constructors_accept_pass(mains, capsys, script, overrides):
     code, err = print_config(mains, script, overrides, capsys)
     assert code == 0, err
