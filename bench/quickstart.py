@@ -27,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, write_results  # noqa: E402
 
 
+GRID_LINE = "sample grid (one row per colour, all triangles): "
+
+
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -51,8 +54,15 @@ def main():
 
     cmd = [sys.executable, str(ROOT / "quickstart.py"), "--out-dir", str(out), *(["--tiny"] if args.tiny else [])]
     wall, cpu = time.perf_counter(), children_cpu_seconds()
-    if subprocess.run(cmd).returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed")
+    # the quick start's own output names its grid (a bench script does not import a command); shown as it runs
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    grid = None
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        if line.startswith(GRID_LINE):
+            grid = Path(line[len(GRID_LINE):].strip())
+    if proc.wait() != 0 or grid is None:
+        sys.exit(f"error: {' '.join(cmd)} failed" + ("" if grid else " to name its sample grid"))
     wall, cpu = time.perf_counter() - wall, children_cpu_seconds() - cpu
 
     steps = {}
@@ -60,9 +70,7 @@ def main():
         state = torch.load(out / run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True, mmap=True)
         steps[run] = int(state["step"])
         data_config = state["config"]["data"]
-    from quickstart import grid_path  # the checkout's root is on sys.path (common)
-
-    npz = np.load(grid_path(out).with_suffix(".npz"))
+    npz = np.load(grid.with_suffix(".npz"))
     images, asked = torch.from_numpy(npz["images"]), torch.from_numpy(npz["attributes"]).long()
     judge, record, _ = load_or_train_classifier(data_config, out / "classifiers",
                                                 **({"steps": 20} if args.tiny else {}))
