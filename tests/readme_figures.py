@@ -232,7 +232,7 @@ FIGURES: list[Figure] = [
 # Numbers in the Results section that are settings or sizes, not measured results (a figure must come from a
 # JSON). Keep this short: a measured number added to the README without a record must fail, not land here.
 SETTINGS = {
-    "2026", "11", "28", "29", "12", "01",  # the dates of the records ("2026-11-28/29", "2026-12-01")
+    "2026", "11", "28", "29", "12", "01", "04",  # the dates of the records ("2026-11-28/29", "2026-12-01", "-04")
     "2.14",  # torch 2.14.1
     "5", "9", "30",  # the recipes' time budgets in minutes (shapes AE / LDM, Fashion-MNIST LDM)
     "200",  # "10 k / 200 k / 1 M / 4 M latents": cache sizes measured
@@ -631,4 +631,22 @@ FIGURES += [
            "{}× the images per second |",
            [speed(SAMPLING, {"batch": 256}, "batch", f0),
             *(speed(SAMPLING, {"batch": 256, "ddim_steps": s}, "latent/pixel", f1) for s in (10, 50))], doc=README),
+]
+
+# -- the quick start, timed and judged by bench/quickstart.py
+QUICK = "quickstart.json"
+
+
+def quick(key: str, fmt=f1) -> V:
+    return V(QUICK, "rows", 0, key, fmt=fmt)
+
+
+FIGURES += [
+    Figure("| the quick start, shapes: AE ({} steps) + conditional LDM ({} steps) + a grid of {}, one row per colour, "
+           "all triangles, sizes drawn from the data (w = 3), machine's default threads | colour, shape and size all "
+           "judged right: {} %; {} min wall ({} CPU-min) |",
+           [quick("ae steps", f0), quick("ldm steps", f0), quick("n", f0), quick("joint", pct), quick("wall min"),
+            quick("cpu min")]),
+    Figure("| the quick start above: every image of its grid judged the colour and shape asked and the size drawn | "
+           "{} % in {} min |", [quick("joint", pct), quick("wall min")], doc=README),
 ]

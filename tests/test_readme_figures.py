@@ -53,7 +53,7 @@ def test_every_record_is_committed_named_in_the_results_document_and_says_where_
     named_in = results_section(RESULTS_DOC)  # the full record: every JSON a figure of any document comes from
     for file in sorted({v.file for f in FIGURES for v in f.values}):
         data = json.loads((RESULTS / file).read_text())
-        assert re.match(r"2026-(11-2[89]|12-01) ", data["date"]), (file, data["date"])  # the section's dates
+        assert re.match(r"2026-(11-2[89]|12-0[14]) ", data["date"]), (file, data["date"])  # the section's dates
         assert "2 cores" in data["machine"] and "torch 2.14.1" in data["machine"] and "no GPU" in data["machine"]
         stem = file.removesuffix(".json")
         named = file in named_in or re.sub(r"seed\d", "seed{0,1,2}", stem) + ".json" in named_in
@@ -70,3 +70,12 @@ def test_every_number_in_a_results_section_is_a_recorded_figure_of_it_or_a_setti
         section = section.replace(command, " ")
     unknown = sorted({n for n in NUMBER.findall(section)} - covered - SETTINGS, key=float)
     assert not unknown, f"numbers in {doc}'s results with no JSON record (add a Figure) nor a setting: {unknown}"
+
+
+def test_quick_start_comment_states_the_recorded_minutes_of_the_quick_start():
+    """The quick start's own line ("N minutes of training on 2 CPU cores") is the recorded wall time, rounded."""
+    from readme_figures import QUICK
+    wall = json.loads((RESULTS / QUICK).read_text())["rows"][0]["wall min"]
+    said = re.search(r"\((\d+) minutes of training on 2 CPU cores", (ROOT / README).read_text())
+    assert said, "README quick start: no '(N minutes of training on 2 CPU cores' line"
+    assert int(said.group(1)) == round(wall), f"README says {said.group(1)} min, quickstart.json {wall:.1f}"
