@@ -241,9 +241,13 @@ def check_sample_args(args) -> None:
         if value is not None and value < low:
             raise ValueError(f"{flag} {value}: must be at least {low}")
     for flag, value in (("--guidance", args.guidance), ("--eta", args.eta), ("--strength", args.strength),
-                        ("--classifier-scale", args.classifier_scale)):
+                        ("--classifier-scale", args.classifier_scale), ("--autoguidance", args.autoguidance)):
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{flag} {value}: must be a finite number")
+    if args.autoguidance is not None and args.autoguidance < 0:
+        raise ValueError(f"--autoguidance {args.autoguidance}: must be 0 or more (1 = off)")
+    if args.guide is not None and not Path(args.guide).is_dir():
+        raise ValueError(f"--guide {args.guide}: no such run folder or exported model")
     if args.eta is not None and args.eta < 0:
         raise ValueError(f"--eta {args.eta}: must be 0 (deterministic) or more")
     if args.strength is not None and not 0.0 <= args.strength <= 1.0:

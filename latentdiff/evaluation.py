@@ -62,6 +62,8 @@ class EvalOptions:
     eta: float | None = None
     guidance: float | None = None
     guidance_interval: tuple[float, float] | None = None  # None: the run's sample.guidance_interval
+    autoguidance: float | None = None  # w_a; None: the run's sample.autoguidance_scale
+    guide: str | None = None  # another run or export to guide with (default: the run's own guide, if any)
     seed: int = 0
     baselines: str = "auto"  # comma list of prior,gmm, or none; auto: prior for VAEs, gmm with scikit-learn
     gmm_components: int = 10
@@ -88,6 +90,10 @@ def check_options(args: EvalOptions) -> list[str]:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     if args.guidance_interval is not None:
         check_guidance_interval(args.guidance_interval)
+    if args.autoguidance is not None and not (math.isfinite(args.autoguidance) and args.autoguidance >= 0):
+        raise ValueError(f"--autoguidance {args.autoguidance}: must be a finite number, 0 or more (1 = off)")
+    if args.guide is not None and not Path(args.guide).is_dir():
+        raise ValueError(f"--guide {args.guide}: no such run folder or exported model")
     check_output_path("--out", output_path(args), (".json",))  # a read-only run folder: said now, not at the end
     for item in args.samples:  # before any work: a typo here should not cost a whole evaluation
         path = item.rpartition("=")[2]
@@ -113,8 +119,13 @@ def sampler_settings(args: EvalOptions, ldm: LatentDiffusion | None) -> dict | N
     """The settings the diffusion samples are drawn with (``LatentDiffusion.sampling_settings``, which refuses
     --steps above T and guidance on an unconditional run in one line), or None for an autoencoder run."""
     if ldm is None:
+        if args.autoguidance is not None or args.guide is not None:
+            raise ValueError("--autoguidance and --guide apply to a diffusion run; this is an autoencoder run")
         return None
-    s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance, args.guidance_interval)
+    if args.guide is not None:
+        ldm.use_guide(args.guide)
+    s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance, args.guidance_interval,
+                              autoguidance_scale=args.autoguidance)
     s.pop("unasked")  # each set below says how it treats attributes not asked for
     return s
 

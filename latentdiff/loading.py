@@ -12,6 +12,8 @@ Two on-disk forms of a trained latent diffusion model:
                                       model.safetensors}
                    <dir>/attribute_prior.safetensors        conditional models: the training split's attribute
                                                             combinations and counts (``AttributePrior``)
+                   <dir>/guide.safetensors                  runs with train.guide_at: the autoguidance guide (the
+                                                            run's EMA at that step, the denoiser's architecture)
                    <dir>/manifest.json                      the sha256 of every other file (``latentdiff.bundle``)
 
 A bundle's config.json records the sha256 of the autoencoder weights the diffusion was trained on
@@ -53,6 +55,7 @@ from latentdiff.latents import LatentNormaliser, file_hash
 AE_COPY = "autoencoder"  # the stage-one bundle inside a stage-two run folder (and inside an exported bundle)
 LDM_KIND = "latent_diffusion"
 PRIOR_FILE = "attribute_prior"  # <bundle>/attribute_prior.safetensors: the training data's attribute combinations
+GUIDE_FILE = "guide"  # <bundle>/guide.safetensors: the autoguidance guide (train.guide_at)
 
 
 def load_weights(module: nn.Module, state: dict, use_ema: bool, what: str) -> None:
@@ -181,8 +184,12 @@ def check_autoencoder_identity(path: str | Path, expected_hash: str) -> None:
 
 
 def _assemble(config: dict, latent_shape: tuple, num_values, schema_state, normaliser: LatentNormaliser,
-              denoiser_weights, autoencoder, device, what: str, prior_state: dict | None = None) -> dict:
-    """The constructor arguments of ``LatentDiffusion`` from the sections sampling needs."""
+              denoiser_weights, autoencoder, device, what: str, prior_state: dict | None = None,
+              guide_weights=None) -> dict:
+    """The constructor arguments of ``LatentDiffusion`` from the sections sampling needs.
+
+    ``denoiser_weights`` / ``guide_weights``: fill a freshly built denoiser with the model's / the autoguidance
+    guide's weights (the guide has the model's architecture: it is the run's EMA at ``train.guide_at``)."""
     diffusion_cfg = from_dict(DiffusionConfig, config.get("diffusion"), prefix="diffusion.")
     denoiser_cfg = from_dict(DenoiserConfig, config.get("denoiser"), prefix="denoiser.")
     from_dict(SampleConfig, config.get("sample"), prefix="sample.")  # validated here, read by sampling_settings
@@ -199,9 +206,14 @@ def _assemble(config: dict, latent_shape: tuple, num_values, schema_state, norma
     if prior is not None and num_values is not None and prior.rows.shape[1] != len(num_values):
         raise CheckpointError(f"{what}: its attribute prior has {prior.rows.shape[1]} attributes, the denoiser "
                               f"{len(num_values)}")
+    guide = None
+    if guide_weights is not None:
+        guide = build_denoiser(denoiser_cfg, latent_shape, num_values)
+        guide_weights(guide)
+        guide = guide.to(device).eval()
     return dict(diffusion=build_diffusion(diffusion_cfg), denoiser=denoiser.to(device).eval(),
                 autoencoder=autoencoder, normaliser=normaliser, latent_shape=latent_shape, schema=schema,
-                config=config, attribute_prior=prior)
+                config=config, attribute_prior=prior, guide=guide)
 
 
 def ldm_parts_from_run(run_dir: str | Path, checkpoint: str = "last", use_ema: bool = True,
@@ -228,7 +240,9 @@ def ldm_parts_from_checkpoint(state: dict, run_dir: Path | None = None, use_ema:
     return _assemble(config, tuple(task_state["latent_shape"]), num_values, task_state.get("schema"),
                      LatentNormaliser.from_state(task_state["normaliser"]),
                      lambda module: load_weights(module, state, use_ema, what="the denoiser checkpoint"),
-                     autoencoder, device, what=str(run_dir), prior_state=task_state.get("attribute_prior"))
+                     autoencoder, device, what=str(run_dir), prior_state=task_state.get("attribute_prior"),
+                     guide_weights=None if state.get("guide") is None else
+                     lambda module: load_module_weights(module, state["guide"], f"{run_dir}: its guide"))
 
 
 def ldm_parts_from_bundle(folder: str | Path, device="cpu") -> dict:
@@ -257,10 +271,16 @@ def ldm_parts_from_bundle(folder: str | Path, device="cpu") -> dict:
     weights = read_tensors(weights_path)
     prior_file = config.get("attribute_prior")  # absent in bundles exported before the prior existed
     prior_state = read_tensors(folder / f"{prior_file}.safetensors") if prior_file else None
+    guide_path = folder / f"{config['guide']}.safetensors" if config.get("guide") else None  # absent before guides
+    guide_tensors = read_tensors(guide_path) if guide_path is not None else None
+
+    def guide_weights(module):
+        load_module_weights(module, guide_tensors, guide_path)
     return _assemble(config, latent_shape, num_values, schema_state,
                      LatentNormaliser(shift=norm["shift"], scale=norm["scale"]),
                      lambda module: load_module_weights(module, weights, weights_path), autoencoder, device,
-                     what=str(folder), prior_state=prior_state)
+                     what=str(folder), prior_state=prior_state,
+                     guide_weights=guide_weights if guide_tensors is not None else None)
 
 
 def save_ldm_bundle(ldm, folder: str | Path) -> None:
@@ -277,11 +297,14 @@ def save_ldm_bundle(ldm, folder: str | Path) -> None:
     config.update(latent_shape=list(ldm.latent_shape), num_values=num_values,
                   schema=ldm.schema.to_dict() if ldm.schema is not None else None,
                   autoencoder=AE_COPY if ldm.autoencoder is not None else None,
-                  attribute_prior=PRIOR_FILE if ldm.attribute_prior is not None else None)
+                  attribute_prior=PRIOR_FILE if ldm.attribute_prior is not None else None,
+                  guide=GUIDE_FILE if ldm.guide is not None else None)
     nested = {AE_COPY: ldm.autoencoder.bundle_files()} if ldm.autoencoder is not None else {}
     config["autoencoder_hash"] = sha256(nested[AE_COPY]["model.safetensors"]) if nested else None
     normaliser = {k: torch.as_tensor(v) for k, v in ldm.normaliser.state().items()}
     tensors = {"denoiser": ldm.denoiser.state_dict(), "normaliser": normaliser}
     if ldm.attribute_prior is not None:
         tensors[PRIOR_FILE] = ldm.attribute_prior.state()
+    if ldm.guide is not None:
+        tensors[GUIDE_FILE] = ldm.guide.state_dict()
     write_bundle(folder, bundle_files(LDM_KIND, config, tensors, nested))

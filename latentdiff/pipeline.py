@@ -26,7 +26,7 @@ from latentdiff.data.common import load_image, to_unit_range
 from latentdiff.guidance import classifier_grad_log_prob
 from latentdiff.latent_classifier import load_classifier
 from latentdiff.latents import LatentNormaliser
-from latentdiff.loading import ldm_parts_from_bundle, ldm_parts_from_run, save_ldm_bundle
+from latentdiff.loading import autoencoder_copy_hash, ldm_parts_from_bundle, ldm_parts_from_run, save_ldm_bundle
 
 DEFAULT_BATCH_SIZE = 256  # latents per reverse-process batch; the same in sample.py, so results match
 UNCONDITIONAL = "this run is unconditional (trained without attributes)"  # why attribute settings are refused
@@ -44,11 +44,13 @@ class LatentDiffusion(nn.Module):
         schema: the dataset's ``AttributeSchema`` (for ``attrs={"color": "red"}``), or None.
         config: the run's config dict (its ``sample:`` section gives the sampling defaults).
         attribute_prior: the training data's attribute combinations (``AttributePrior``), for ``unasked="data"``.
+        guide: the autoguidance guide (Karras et al. 2024), a weaker denoiser with ``denoiser``'s signature: the
+            run's EMA at ``train.guide_at``, or another run's model (:meth:`use_guide`); None: no autoguidance.
     """
 
     def __init__(self, diffusion, denoiser: nn.Module, autoencoder: nn.Module | None,
                  normaliser: LatentNormaliser, latent_shape: tuple, schema=None, config: dict | None = None,
-                 attribute_prior: AttributePrior | None = None):
+                 attribute_prior: AttributePrior | None = None, guide: nn.Module | None = None):
         super().__init__()
         self.diffusion = diffusion
         self.denoiser = denoiser
@@ -58,6 +60,7 @@ class LatentDiffusion(nn.Module):
         self.schema = schema
         self.config = config or {}
         self.attribute_prior = attribute_prior
+        self.guide = guide
 
     @property
     def device(self) -> torch.device:
@@ -117,7 +120,7 @@ class LatentDiffusion(nn.Module):
     # -- sampling --------------------------------------------------------------------------------
     def sampling_settings(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                           guidance_scale: float | None = None, guidance_interval=None,
-                          unasked: str | None = None) -> dict:
+                          unasked: str | None = None, autoguidance_scale: float | None = None) -> dict:
         """The sampler settings to use: each argument given, else the run's ``sample:`` section.
 
         The one place defaults are resolved, for the Python API and every command (sample.py, evaluate.py,
@@ -131,12 +134,15 @@ class LatentDiffusion(nn.Module):
                 acts, None: everywhere; pass ``(0, 1)`` to guide everywhere on a run that limits it);
             unasked: the run's ``sample.unasked``: "data" draws attributes not asked for from the training data
                 (``complete_attributes``), "model" leaves them to the network. Used by ``sample`` only.
+            autoguidance_scale: the run's ``sample.autoguidance_scale`` (w_a; 1: off): extrapolate away from the
+                guide, D + (w_a − 1)(D − G) (``guidance.guided_output``), on conditional and unconditional runs
+                alike, inside the guidance interval; refused (not ignored) when there is no guide.
         A value given that this run cannot honour is refused with a one-line ValueError naming the argument and
         its command-line flag, never clipped or ignored: ``steps`` outside 1..T, and on an unconditional run a
         ``guidance_scale`` other than 1, any ``guidance_interval`` and ``unasked="data"`` (there is no condition
         to guide, to limit or to complete). An unconditional run resolves to guidance_scale 1, no interval and
         unasked "model", whatever its ``sample:`` section says.
-        Returns {"sampler", "steps", "eta", "guidance_scale", "guidance_interval", "unasked"}.
+        Returns {"sampler", "steps", "eta", "guidance_scale", "guidance_interval", "unasked", "autoguidance_scale"}.
         """
         if unasked not in (None, "model", "data"):
             raise ValueError(f"unasked={unasked!r}: give 'model' (the network chooses) or 'data' (drawn from the "
@@ -153,6 +159,13 @@ class LatentDiffusion(nn.Module):
                 raise ValueError(f"unasked='data' (--unasked data): {UNCONDITIONAL}, so there are no attributes to "
                                  f"draw; leave it unset")
         run = from_dict(SampleConfig, self.config.get("sample"), prefix="sample.")
+        autoguidance_scale = run.autoguidance_scale if autoguidance_scale is None else float(autoguidance_scale)
+        if autoguidance_scale < 0:
+            raise ValueError(f"autoguidance_scale={autoguidance_scale:g} (--autoguidance): give w_a ≥ 0 (1: off)")
+        if autoguidance_scale != 1 and self.guide is None:
+            raise ValueError(f"autoguidance_scale={autoguidance_scale:g} (--autoguidance): this model has no guide "
+                             f"(trained without train.guide_at); give one with use_guide(RUN) (--guide RUN), or "
+                             f"leave it at 1")
         T = self.diffusion.num_timesteps
         sampler = sampler or run.sampler
         if steps is None:  # not asked for: the run's own or the sampler's default, fitted to the chain
@@ -171,13 +184,14 @@ class LatentDiffusion(nn.Module):
         return {"sampler": sampler, "steps": None if steps is None else int(steps), "eta": float(eta),
                 "guidance_scale": float(guidance_scale),
                 "guidance_interval": None if interval is None else tuple(float(v) for v in interval),
-                "unasked": unasked}
+                "unasked": unasked, "autoguidance_scale": autoguidance_scale}
 
     @torch.no_grad()
     def sample_latents(self, n: int, attrs=None, guidance_scale: float | None = None, sampler: str | None = None,
                        steps: int | None = None, eta: float | None = None, generator=None, noise=None,
                        progress: bool = False, classifier_guidance=None, classifier=None,
-                       classifier_scale: float = 1.0, guidance_interval=None, **kw) -> torch.Tensor:
+                       classifier_scale: float = 1.0, guidance_interval=None, autoguidance_scale=None,
+                       **kw) -> torch.Tensor:
         """n normalised latents from the reverse process (see ``GaussianDiffusion.sample``).
 
         Settings left None are the run's (``sampling_settings``). ``classifier`` (a ``NoisyAttributeClassifier``
@@ -186,7 +200,8 @@ class LatentDiffusion(nn.Module):
         given are not guided. Conditional runs also get ``attrs`` as their condition (classifier-free guidance
         with ``guidance_scale``).
         """
-        s = self.sampling_settings(sampler, steps, eta, guidance_scale, guidance_interval)
+        s = self.sampling_settings(sampler, steps, eta, guidance_scale, guidance_interval,
+                                   autoguidance_scale=autoguidance_scale)
         if classifier is not None:
             if attrs is None:
                 raise ValueError("classifier guidance needs attributes to guide towards (attrs / --attr NAME=VALUE)")
@@ -203,7 +218,38 @@ class LatentDiffusion(nn.Module):
                                      eta=s["eta"], cond=cond, guidance_scale=guidance_scale, uncond=uncond,
                                      generator=generator, noise=noise, progress=progress,
                                      classifier_guidance=classifier_guidance,
-                                     guidance_interval=s["guidance_interval"], **kw)
+                                     guidance_interval=s["guidance_interval"],
+                                     autoguidance=self.autoguidance(s["autoguidance_scale"]), **kw)
+
+    def autoguidance(self, scale: float):
+        """``(guide, w_a)`` for ``GaussianDiffusion.sample``, or None when w_a = 1 (the guide is never called)."""
+        return None if scale == 1 else (self.guide, scale)
+
+    def use_guide(self, guide) -> LatentDiffusion:
+        """Guide with another model (a run folder, a bundle, or a ``LatentDiffusion``): e.g. a smaller or
+        shorter-trained run of the same stage two. Returns self.
+
+        Refused in one line unless it diffuses the same latents: the same latent shape, attributes, prediction
+        and normaliser, and the same autoencoder weights (their sha256)."""
+        other = guide if isinstance(guide, LatentDiffusion) else LatentDiffusion.from_run(guide, device=self.device)
+        what = f"guide {guide if not isinstance(guide, LatentDiffusion) else 'model'}"
+        mine, theirs = self.config.get("diffusion", {}), other.config.get("diffusion", {})
+        checks = [
+            ("latent shape", self.latent_shape, other.latent_shape),
+            ("attributes", getattr(getattr(self.denoiser, "embed", None), "num_values", None),
+             getattr(getattr(other.denoiser, "embed", None), "num_values", None)),
+            ("prediction", mine.get("prediction", "eps"), theirs.get("prediction", "eps")),
+            ("diffusion.num_timesteps", mine.get("num_timesteps"), theirs.get("num_timesteps")),
+            ("normaliser", [t.tolist() for t in self.normaliser.state().values()],
+             [t.tolist() for t in other.normaliser.state().values()]),
+            ("autoencoder", autoencoder_hash(self.autoencoder), autoencoder_hash(other.autoencoder)),
+        ]
+        for name, a, b in checks:
+            if a != b:
+                raise ValueError(f"{what}: its {name} differs from this model's ({str(b)[:40]} != {str(a)[:40]}); "
+                                 f"a guide must be a stage two trained on the same autoencoder's latents")
+        self.guide = other.denoiser.to(self.device).eval()
+        return self
 
     def complete_attributes(self, n: int, attrs=None, generator=None) -> torch.Tensor:
         """(n, A) conditions: ``attrs`` (None, a dict or indices, −1 = not asked) with every attribute not asked
@@ -230,7 +276,8 @@ class LatentDiffusion(nn.Module):
     def sample(self, n: int, attrs=None, guidance_scale: float | None = None, sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, generator=None, noise=None,
                progress: bool = False, return_latents: bool = False, batch_size: int | None = None,
-               guidance_interval=None, unasked: str | None = None, return_conditions: bool = False, **kw):
+               guidance_interval=None, unasked: str | None = None, return_conditions: bool = False,
+               autoguidance_scale: float | None = None, **kw):
         """n images in [-1, 1]: sample latents, then decode. With ``return_latents`` also the latents, with
         ``return_conditions`` also the (n, A) attribute conditions used (None without attributes); both: a tuple
         (images, latents, conditions).
@@ -245,7 +292,8 @@ class LatentDiffusion(nn.Module):
         batch_size = batch_size or DEFAULT_BATCH_SIZE
         if isinstance(kw.get("classifier"), str | Path):  # loaded once, not per batch
             kw["classifier"] = self.load_classifier(kw["classifier"])
-        settings = self.sampling_settings(sampler, steps, eta, guidance_scale, guidance_interval, unasked)
+        settings = self.sampling_settings(sampler, steps, eta, guidance_scale, guidance_interval, unasked,
+                                          autoguidance_scale)
         noise = self.initial_noise(n, generator) if noise is None else noise
         if settings.pop("unasked") == "data" and self.conditional:
             attrs = self.complete_attributes(n, attrs, generator)
@@ -273,13 +321,13 @@ class LatentDiffusion(nn.Module):
         path = torch.stack([slerp(z_T[0], z_T[1], float(w)) for w in weights])
         # Unguided and deterministic, as the inversion was: the path then leads back to a and b at its ends.
         return self.decode(self.sample_latents(n, attrs, guidance_scale=1.0, sampler="ddim", steps=steps, eta=0.0,
-                                               noise=path))
+                                               noise=path, autoguidance_scale=1.0))
 
     @torch.no_grad()
     def edit(self, images: torch.Tensor, attrs=None, strength: float = 0.4, mode: str = "sdedit",
              guidance_scale: float | None = None, sampler: str | None = None, steps: int | None = None,
              eta: float | None = None, generator=None, noise=None, classifier=None, classifier_scale: float = 1.0,
-             progress: bool = False) -> torch.Tensor:
+             progress: bool = False, autoguidance_scale: float | None = None) -> torch.Tensor:
         """Edit images (B, C, H, W) in [-1, 1] towards ``attrs``; returns (B, C, H, W).
 
         The latents z0 = encode(images) are taken to level t = ⌈strength·T⌉ − 1 and the reverse process
@@ -307,7 +355,8 @@ class LatentDiffusion(nn.Module):
         if mode == "invert":  # back along the inversion's own path: DDIM, deterministic (unless told otherwise)
             sampler = sampler or "ddim"  # DPM-Solver++ regenerating a DDIM inversion doubled the round-trip error
             eta = 0.0 if eta is None else eta
-        s = self.sampling_settings(sampler, steps, eta, guidance_scale)  # refused before the images are encoded
+        s = self.sampling_settings(sampler, steps, eta, guidance_scale,  # refused before the images are encoded
+                                   autoguidance_scale=autoguidance_scale)
         if attrs is not None and classifier is None:
             self.check_conditional()
         z0 = self.encode(images)
@@ -326,7 +375,8 @@ class LatentDiffusion(nn.Module):
         else:  # the unconditional model inverts: the input's own attributes are unknown
             x = self.diffusion.ddim_invert(self.denoiser, z0, steps=k, start_t=start_t, progress=progress)
         z = self.sample_latents(z0.shape[0], attrs, s["guidance_scale"], s["sampler"], k, s["eta"], generator, x,
-                                progress, classifier=classifier, classifier_scale=classifier_scale, start_t=start_t)
+                                progress, classifier=classifier, classifier_scale=classifier_scale, start_t=start_t,
+                                autoguidance_scale=s["autoguidance_scale"])
         return self.decode(z)
 
     def latent_mask(self, mask: torch.Tensor, images_shape: tuple) -> torch.Tensor:
@@ -367,7 +417,8 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def inpaint(self, images: torch.Tensor, mask: torch.Tensor, attrs=None, guidance_scale: float | None = None,
                 sampler: str | None = None, steps: int | None = None, eta: float | None = None, resample: int = 1,
-                paste_back: bool = True, generator=None, progress: bool = False) -> torch.Tensor:
+                paste_back: bool = True, generator=None, progress: bool = False,
+                autoguidance_scale: float | None = None) -> torch.Tensor:
         """Fill the masked-out part of images (B, C, H, W) in [-1, 1]; returns (B, C, H, W).
 
         ``mask`` (B or 1, 1, H, W): 1 = keep, 0 = fill; it goes to the latent grid by :meth:`latent_mask`
@@ -381,7 +432,7 @@ class LatentDiffusion(nn.Module):
         copies the kept pixels of ``images`` over the decoded result, so what the user kept is kept exactly
         (the decoder alone reproduces it only up to the autoencoder's reconstruction error).
         """
-        settings = self.sampling_settings(sampler, steps, eta, guidance_scale)
+        settings = self.sampling_settings(sampler, steps, eta, guidance_scale, autoguidance_scale=autoguidance_scale)
         if attrs is not None:
             self.check_conditional()
         images = images.to(self.device)
@@ -391,7 +442,7 @@ class LatentDiffusion(nn.Module):
                                          settings["eta"])  # one line before the reverse process, not after
         z = self.sample_latents(z0.shape[0], attrs, settings["guidance_scale"], settings["sampler"], settings["steps"],
                                 settings["eta"], generator, None, progress, known=(z0, latent_mask),
-                                resample=resample)
+                                resample=resample, autoguidance_scale=settings["autoguidance_scale"])
         out = self.decode(z)
         if paste_back:
             out = torch.where(torch.as_tensor(mask).to(self.device).bool(), images, out)
@@ -450,6 +501,11 @@ class LatentDiffusion(nn.Module):
         the sha256 of every file. The folder appears all at once (a failure leaves none); an earlier bundle
         there is replaced. The weights are the ones loaded (EMA by default). See ``latentdiff.loading``."""
         save_ldm_bundle(self, folder)
+
+
+def autoencoder_hash(autoencoder) -> str | None:
+    """The sha256 of an autoencoder's weights as its bundle stores them (None without one)."""
+    return None if autoencoder is None else autoencoder_copy_hash(autoencoder)
 
 
 def check_fills_something(mask: torch.Tensor) -> torch.Tensor:

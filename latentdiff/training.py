@@ -152,6 +152,10 @@ class Trainer:
         self.left_band_at = None  # the first step whose loss or gradient norm left its band, if any
         self.far_above_at = None  # the first step whose loss jumped far above its band (RunningBand.far_above)
         self.last_metrics: dict = {}  # the latest evaluation, e.g. for benchmarks
+        # Autoguidance (Karras et al. 2024): at guide_step the EMA weights are kept as the run's guide, a weaker
+        # version of the final model with its own (shorter) averaging, carried by every later checkpoint.
+        self.guide_step = max(1, round(cfg.guide_at * cfg.steps)) if cfg.guide_at is not None else None
+        self.guide_state: dict | None = None
         self.train_seconds = 0.0  # wall time inside fit(), this process
 
         self.modules = {"model": task.model, **getattr(task, "extra_modules", {})}
@@ -208,6 +212,8 @@ class Trainer:
             "config": self.config_dict,
             "task": self.task.state() if hasattr(self.task, "state") else {},
             "health": {k: b.state() for k, b in self.bands.items()},
+            "guide": self.guide_state,  # None until guide_step (or without train.guide_at)
+            "guide_step": self.guide_step if self.guide_state is not None else None,
         }
         return state
 
@@ -233,6 +239,11 @@ class Trainer:
             torch.manual_seed(rank_seed(self.cfg.seed + int(state["step"]), self.rank))
         self.step = int(state["step"])
         self.best = state.get("best")
+        self.guide_state = state.get("guide")
+        if self.guide_state is not None and state.get("guide_step") != self.guide_step:
+            raise CheckpointError(f"this run kept its guide at step {state.get('guide_step')}, the config asks for "
+                                  f"step {self.guide_step} (train.guide_at × train.steps); resume with the values "
+                                  f"it was trained with")
         for k, d in state.get("health", {}).items():
             self.bands.setdefault(k, RunningBand()).load_state(d)
         if hasattr(self.task, "load_state"):
@@ -517,6 +528,8 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 logs = self.train_step()
+                if self.step == self.guide_step:
+                    self.guide_state = {k: v.detach().clone() for k, v in self.eval_model.state_dict().items()}
                 bar.update(1)
                 if use_bar:
                     bar.set_postfix(loss=f"{logs.get('loss', next(iter(logs.values()))):.4f}")

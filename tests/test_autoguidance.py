@@ -107,3 +107,48 @@ def test_autoguidance_acts_only_inside_the_guidance_interval():
     assert seen and all((t + 1) / 100 <= 0.4 for t in seen)
     visited = diff.spaced_timesteps(20).tolist()
     assert sorted(seen) == [t for t in visited if (t + 1) / 100 <= 0.4]
+
+
+# -- through LatentDiffusion: the run's default, the refusals, the bundle -----------------------------------
+
+
+class Exact(torch.nn.Module):
+    """The exact ε predictor of N(0, s²) data as a module (LatentDiffusion reads the device off a parameter)."""
+
+    def __init__(self, diffusion, s):
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.tensor(float(s), dtype=torch.float64), requires_grad=False)
+        self.diffusion = diffusion
+
+    def forward(self, x_t, t, cond=None):
+        return exact_eps(self.diffusion, self.s)(x_t, t, cond)
+
+
+def gaussian_ldm(sample: dict, guide_s=None):
+    from latentdiff.latents import LatentNormaliser
+    from latentdiff.pipeline import LatentDiffusion
+
+    diff = GaussianDiffusion(num_timesteps=1000)
+    guide = Exact(diff, guide_s) if guide_s is not None else None
+    return LatentDiffusion(diff, Exact(diff, 1.0), None, LatentNormaliser.identity(), (3,),
+                           config={"sample": {"sampler": "ddim", "steps": 1000, **sample}}, guide=guide)
+
+
+def test_the_runs_autoguidance_scale_is_the_default_and_ends_at_the_closed_form():
+    """sample.autoguidance_scale: 2 in the run's config and nothing passed: the samples end at the closed form of
+    the module docstring (main N(0, 1), guide N(0, 1.5²)), not at the unguided one; passing 1 turns it off."""
+    ldm = gaussian_ldm({"autoguidance_scale": 2.0}, guide_s=1.5)
+    noise = x_T((4, 3))
+    assert ldm.sampling_settings()["autoguidance_scale"] == 2.0
+    guided = ldm.sample(4, noise=noise)
+    plain = ldm.sample(4, noise=noise, autoguidance_scale=1.0)
+    assert torch.allclose(guided, noise * closed_form_end(ldm.diffusion, 1.0, 1.5, 2.0), rtol=5e-3)
+    assert torch.allclose(plain, noise * closed_form_end(ldm.diffusion, 1.0, 1.5, 1.0), rtol=5e-3)
+
+
+def test_autoguidance_without_a_guide_is_refused_not_ignored():
+    with pytest.raises(ValueError, match=r"autoguidance_scale=2 \(--autoguidance\): this model has no guide"):
+        gaussian_ldm({}).sample(2, autoguidance_scale=2.0)
+    with pytest.raises(ValueError, match="no guide"):
+        gaussian_ldm({"autoguidance_scale": 1.5}).sampling_settings()
+    assert gaussian_ldm({}).sampling_settings()["autoguidance_scale"] == 1.0  # off by default, no guide needed

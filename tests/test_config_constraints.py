@@ -47,6 +47,9 @@ VIOLATIONS = [
     ("train_diffusion.py", ["train.ema_sigma_rel=0.3"], "train.ema_sigma_rel"),
     ("train_ae.py", ["train.ema_sigma_rel=0"], "train.ema_sigma_rel"),
     ("train_diffusion.py", ["train.ema_sigma_rel=0.1", "train.ema_decay=null"], "train.ema_sigma_rel"),
+    ("train_diffusion.py", ["train.guide_at=1.0"], "train.guide_at"),
+    ("train_ae.py", ["train.guide_at=0.25"], "train.guide_at"),
+    ("train_diffusion.py", ["sample.autoguidance_scale=2"], "sample.autoguidance_scale"),
     # the samplers
     ("train_diffusion.py", ["sample.sampler=ddpm", "sample.eta=0.5"], "sample.eta"),
     ("train_diffusion.py", ["sample.steps=1001"], "sample.steps"),

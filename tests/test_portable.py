@@ -52,7 +52,7 @@ def project(tmp_path_factory):
     home = tmp_path_factory.mktemp("project")
     cli("train_ae.py", "--config", ROOT / "configs/shapes/ae_kl.yaml", *AE_TINY, cwd=home)
     cli("train_diffusion.py", "--config", ROOT / "configs/shapes/ldm_kl.yaml", "ae.run=runs/shapes_ae_kl",
-        *LDM_TINY, cwd=home)
+        *LDM_TINY, "train.guide_at=0.5", cwd=home)  # and keeps its EMA of mid-run as its autoguidance guide
     cli("sample.py", "--run", "runs/shapes_ldm_kl", *SAMPLE, "--npz", "before.npz", cwd=home)
     return home
 
@@ -97,7 +97,8 @@ def test_python_api_defaults_are_the_runs_and_equal_sample_py_image_for_image(pr
     assert ldm.sampling_settings() == {"sampler": run_sample["sampler"], "steps": run_sample["steps"],
                                        "eta": run_sample["eta"], "guidance_scale": run_sample["guidance_scale"],
                                        "guidance_interval": tuple(run_sample["guidance_interval"]),
-                                       "unasked": run_sample["unasked"]}
+                                       "unasked": run_sample["unasked"],
+                                       "autoguidance_scale": run_sample["autoguidance_scale"]}
     assert run_sample["guidance_scale"] != 1.0 and run_sample["eta"] != 0.0  # the old API defaults would differ
     before = np.load(project / "before.npz")
     images, latents = ldm.sample(6, attrs={"color": "red"}, generator=torch.Generator().manual_seed(5),
@@ -133,8 +134,8 @@ def test_exported_bundle_loads_without_pickle_or_runs_and_samples_identically(pr
     cli("export.py", "--run", project / "runs" / "shapes_ldm_kl", "--out", export, cwd=tmp_path)
     files = sorted(p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file())
     assert files == ["attribute_prior.safetensors", "autoencoder/config.json", "autoencoder/manifest.json",
-                     "autoencoder/model.safetensors", "config.json", "denoiser.safetensors", "manifest.json",
-                     "normaliser.safetensors"]
+                     "autoencoder/model.safetensors", "config.json", "denoiser.safetensors", "guide.safetensors",
+                     "manifest.json", "normaliser.safetensors"]
     manifest = json.loads((export / "manifest.json").read_text())
     assert manifest["format_version"] == 2 and sorted(manifest["sha256"]) == [f for f in files if f != "manifest.json"]
     assert all(hashlib.sha256((export / f).read_bytes()).hexdigest() == h for f, h in manifest["sha256"].items())
@@ -151,6 +152,35 @@ def test_exported_bundle_loads_without_pickle_or_runs_and_samples_identically(pr
         assert np.array_equal(np.load(empty / "cli.npz")["images"], before["images"])
     finally:
         shutil.move(hidden, project / "runs")
+
+
+def test_the_runs_guide_autoguides_the_same_from_the_run_its_export_and_the_python_api(project, tmp_path):
+    """train.guide_at keeps a guide; sample.py --autoguidance 2 draws the same images from the run, from its export
+    and through LatentDiffusion.sample(autoguidance_scale=2), and other images than without it. A guide equal to
+    the model (--guide the run itself) gives exactly the unguided images."""
+    run = project / "runs" / "shapes_ldm_kl"
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["guide_step"] == max(1, round(0.5 * state["config"]["train"]["steps"]))
+    ldm = LatentDiffusion.from_run(run)
+    assert ldm.guide is not None and any(not torch.equal(a, b) for a, b in
+                                         zip(ldm.guide.state_dict().values(), ldm.denoiser.state_dict().values()))
+    export = tmp_path / "exported"
+    cli("export.py", "--run", run, "--out", export, cwd=tmp_path)
+    for source, name in ((run, "run"), (export, "export")):
+        cli("sample.py", "--run", source, *SAMPLE, "--autoguidance", 2, "--npz", tmp_path / f"{name}.npz",
+            "--out", tmp_path / f"{name}.png", cwd=tmp_path)
+    guided = np.load(tmp_path / "run.npz")["images"]
+    assert np.array_equal(guided, np.load(tmp_path / "export.npz")["images"])
+    api = ldm.sample(6, attrs={"color": "red"}, generator=torch.Generator().manual_seed(5), autoguidance_scale=2.0)
+    assert np.array_equal(api.numpy(), guided)
+    before = np.load(project / "before.npz")["images"]
+    assert np.abs(guided - before).max() > 0  # the guide acts; a dozen steps move the EMA little, so far out:
+    far = ldm.sample(6, attrs={"color": "red"}, generator=torch.Generator().manual_seed(5), autoguidance_scale=200.0,
+                     guidance_interval=(0.0, 1.0))
+    assert np.abs(far.numpy() - before).max() > 1e-2
+    cli("sample.py", "--run", run, *SAMPLE, "--autoguidance", 2, "--guide", run, "--npz", tmp_path / "self.npz",
+        "--out", tmp_path / "self.png", cwd=tmp_path)
+    assert np.allclose(np.load(tmp_path / "self.npz")["images"], before, atol=1e-6)
 
 
 def test_the_run_and_its_export_carry_the_training_datas_attribute_combinations(project, tmp_path):
@@ -283,6 +313,7 @@ def refused(bundle, *names, command_in=None):
     (lambda b: (b / "normaliser.safetensors").unlink(), "missing from the bundle"),
     (lambda b: (b / "config.json").write_text(json.dumps({**json.loads((b / "config.json").read_text()),
                                                           "format_version": 99})), "newer than this latentdiff"),
+    (lambda b: rewrite(b / "guide.safetensors", lambda t: t.pop(sorted(t)[0])), "tensors missing"),
     (lambda b: rewrite(b / "autoencoder" / "model.safetensors", lambda t: t.pop(sorted(t)[-1])),
      "is not the autoencoder this diffusion model was trained on"),
 ])

@@ -154,3 +154,27 @@ def test_healthy_pt_is_the_last_checkpoint_confirmed_by_an_interval_and_a_next_s
     assert trainer.healthy_step == healthy
     assert load_checkpoint(tmp_path / "a/checkpoints/healthy.pt")["step"] == healthy
     assert load_checkpoint(tmp_path / "a/checkpoints/last.pt")["step"] == 12
+
+
+def ema_vector(module_state: dict) -> torch.Tensor:
+    return torch.cat([v.flatten().float() for k, v in sorted(module_state.items())])
+
+
+def test_guide_at_keeps_the_ema_of_that_step_in_every_later_checkpoint_and_survives_a_resume(tmp_path):
+    """train.guide_at = 0.5 of 12 steps: the guide is the EMA as it was after step 6, exactly what a run stopped
+    at step 6 holds as its EMA (same schedule: the cosine runs to train.steps in both), and a run interrupted
+    before that step and resumed keeps the same guide."""
+    c = cfg(steps=12, guide_at=0.5)
+    straight = run(tmp_path, "a", c)
+    state = load_checkpoint(tmp_path / "a/checkpoints/last.pt")
+    assert state["guide_step"] == 6 and straight.guide_step == 6
+    stopped = run(tmp_path, "b", cfg(steps=12), task=InterruptedTask(at=5))  # stops after step 6, no guide
+    assert stopped.step == 6
+    assert torch.equal(ema_vector(state["guide"]), ema_vector(stopped.ema.module.state_dict()))
+    assert not torch.equal(ema_vector(state["guide"]), ema_vector(straight.ema.module.state_dict()))  # not the end
+    half = run(tmp_path, "c", c, task=InterruptedTask(at=3))  # interrupted before the guide's step
+    assert half.step == 4 and load_checkpoint(tmp_path / "c/checkpoints/last.pt")["guide"] is None
+    run(tmp_path, "c", c)
+    resumed = load_checkpoint(tmp_path / "c/checkpoints/last.pt")
+    assert torch.equal(ema_vector(resumed["guide"]), ema_vector(state["guide"]))
+    assert run(tmp_path, "d", cfg(steps=12)).guide_state is None  # no guide_at: no guide

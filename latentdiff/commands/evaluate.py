@@ -58,6 +58,10 @@ def parse_args(argv=None):
     p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="guide only where LO <= t/T <= HI, the plain conditional model elsewhere (default: the "
                         "run's sample.guidance_interval; 0 1 guides everywhere)")
+    p.add_argument("--autoguidance", type=float, default=None, metavar="W_A",
+                   help="autoguidance scale w_a of every sampled set (1 = off; default: the run's "
+                        "sample.autoguidance_scale); the guide is the run's own (train.guide_at) or --guide")
+    p.add_argument("--guide", default=None, metavar="RUN", help="guide with this run or exported model instead")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--baselines", default="auto",
                    help="comma list of prior,gmm, or none; auto: prior for VAEs, gmm where scikit-learn is installed")

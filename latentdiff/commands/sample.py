@@ -67,6 +67,11 @@ def parse_args(argv=None):
     p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="guide only where LO <= t/T <= HI, the plain conditional model elsewhere (default: the "
                         "run's sample.guidance_interval; 0 1 guides everywhere)")
+    p.add_argument("--autoguidance", type=float, default=None, metavar="W_A",
+                   help="autoguidance scale w_a (Karras et al. 2024; 1 = off; default: the run's "
+                        "sample.autoguidance_scale): extrapolate away from the run's guide (train.guide_at) or --guide")
+    p.add_argument("--guide", default=None, metavar="RUN",
+                   help="guide with this run or exported model (same autoencoder and latents) instead of the run's own")
     p.add_argument("--grid-by", default=None, metavar="NAME",
                    help="one row per value of this attribute (with --edit: one edit per value)")
     p.add_argument("--classifier", nargs="?", const="", default=None, metavar="DIR",
@@ -118,6 +123,8 @@ def main(argv=None):
         device = pick_device(args.device)
         ldm = LatentDiffusion.from_run(args.run, checkpoint=args.checkpoint, use_ema=not args.no_ema,
                                        device=device)
+        if args.guide is not None:
+            ldm.use_guide(args.guide)
         classifier = None
         if args.classifier is not None:
             if not args.attr and args.grid_by is None:
@@ -133,7 +140,8 @@ def main(argv=None):
         cond, nrow = condition_rows(ldm, per_image, parse_attrs(args.attr), args.grid_by)
         num = cond.shape[0] if cond is not None else per_image
         generator = torch.Generator(device=device).manual_seed(args.seed)
-        settings = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance)
+        settings = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance,
+                        autoguidance_scale=args.autoguidance)
         if args.guidance_interval is not None:
             settings["guidance_interval"] = check_guidance_interval(args.guidance_interval)
         ldm.sampling_settings(**settings, unasked=args.unasked)  # steps > T, guidance on an unconditional run: refused

@@ -91,6 +91,19 @@ def _(t):
         return "set with train.ema_decay=null (no EMA): leave ema_sigma_rel unset, or give ema_decay a value"
 
 
+@constraint(TrainConfig, "guide_at", "in (0, 1): a fraction of train.steps")
+def _(t):
+    if t.guide_at is not None and not 0 < t.guide_at < 1:
+        return (f"{t.guide_at!r} must be in (0, 1): the fraction of train.steps at which the run keeps its EMA "
+                f"weights as the autoguidance guide (e.g. 0.25), or null for no guide")
+
+
+@constraint(AERunConfig, "train.guide_at", "null for stage one (only a diffusion model has a guide)")
+def _(r):
+    if r.train.guide_at is not None:
+        return "an autoencoder has no autoguidance guide; leave train.guide_at unset for train_ae.py"
+
+
 # -- sampling (GaussianDiffusion.sample, schedules.spaced_timesteps) ------------------------------------
 
 @constraint(SampleConfig, "eta", f"0 unless sample.sampler is one of {', '.join(ETA_SAMPLERS)}")
@@ -112,6 +125,13 @@ def _(r):
     if r.sample.steps is not None and r.sample.steps > r.diffusion.num_timesteps:
         return (f"{r.sample.steps} is more than diffusion.num_timesteps={r.diffusion.num_timesteps}; "
                 f"use at most that many (or null for all)")
+
+
+@constraint(LDMRunConfig, "sample.autoguidance_scale", "1 unless train.guide_at keeps a guide")
+def _(r):
+    if r.sample.autoguidance_scale != 1 and r.train.guide_at is None:
+        return (f"{r.sample.autoguidance_scale!r} needs a guide, and train.guide_at is null; set train.guide_at "
+                f"(e.g. 0.25) or sample.autoguidance_scale=1 (a guide from another run: sample.py --guide RUN)")
 
 
 # -- the denoiser (latentdiff.nets.UNet, builders.build_denoiser) ----------------------------------------

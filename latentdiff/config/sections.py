@@ -92,6 +92,9 @@ class TrainConfig:
     image_every: int = field(default=1000, metadata=check(min=1))  # steps between image grids
     checkpoint_every: int = field(default=1000, metadata=check(min=1))  # steps between last.pt writes
     max_minutes: float | None = field(default=None, metadata=check(min=0.0))  # wall-clock budget
+    guide_at: float | None = field(default=None, metadata=check(min=0.0, max=1.0, help=(
+        "stage two: at this fraction of train.steps the run keeps its EMA weights as its autoguidance guide (Karras "
+        "et al. 2024), saved in every later checkpoint and exported with the model; null: no guide")))
     stop_on_divergence: bool = field(default=False, metadata=check(help=(
         "a loss over 100 times its running band's upper edge (finite, so no NaN stop) is a warning once; true "
         "stops there instead, exit 2, last.pt put back to the last healthy checkpoint as after a NaN")))
@@ -222,6 +225,10 @@ class SampleConfig:
     # attributes not asked for: "model" leaves them to the network (guidance sharpens them), "data" draws them from
     # the training data's p(unasked | asked) and conditions on all (latentdiff.conditioning.AttributePrior)
     unasked: Literal["model", "data"] = "model"
+    # autoguidance w_a (Karras et al. 2024): D + (w_a − 1)(D − G), G the run's guide (train.guide_at, or sample.py
+    # --guide RUN); 1: off. In the guidance interval, with classifier-free guidance or without; not in the grids
+    # logged while training (the guide may not exist yet)
+    autoguidance_scale: float = field(default=1.0, metadata=check(min=0.0))
     seed: int = 0  # fixed noise of the logged grids
 
 
