@@ -312,8 +312,8 @@ def calibrate(args, recipes: dict, folder: Path) -> dict:
 
 def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None) -> dict:
     """The library's evaluation of a stage-two run at one sampling seed, written to <run>/eval_seed<K>.json and
-    read back from there on reruns. ``sampling`` ({"sampler", "steps", "eta", "guidance_scale", "guidance_interval"},
-    any of them) overrides the run's own sampler settings and names the file after them:
+    read back from there on reruns. ``sampling`` ({"sampler", "steps", "eta", "guidance_scale", "guidance_interval",
+    "autoguidance_scale"}, any of them) overrides the run's own sampler settings and names the file after them:
     eval_seed0_steps50_samplerddim_eta1.json, eval_seed0_guidance_interval0-0.6.json."""
     from latentdiff.evaluation import EvalOptions, evaluate_run
 
@@ -333,6 +333,7 @@ def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None
                           steps=sampling.get("steps"), eta=sampling.get("eta"),
                           guidance=sampling.get("guidance_scale"),
                           guidance_interval=sampling.get("guidance_interval"),
+                          autoguidance=sampling.get("autoguidance_scale"),
                           baselines="gmm" if gmm else "none", gmm_components=args.gmm_components,
                           gmm_fit_examples=args.gmm_fit_examples, bound_examples=args.bound_examples,
                           bound_timesteps=args.bound_timesteps, classifier_dir=str(args.classifier_dir),

@@ -49,12 +49,14 @@ from latentdiff.diffusion import check_guidance_interval  # noqa: E402
 # run whatever the recipe's own choice); each costs what the recipe costs per step.
 CANDIDATES = {
     "recipe": [],
-    "simple": ["diffusion.loss_weighting=simple"],  # L_simple, Ho et al. 2020 Eq. 14: every t weighted alike
-    "min_snr": ["diffusion.loss_weighting=min_snr"],  # ε-prediction, Min-SNR-5 weights (Hang et al. 2023)
+    # (the ε variants name the prediction since the recipes predict v: "simple" meant ε when the recipes did)
+    "simple": ["diffusion.prediction=eps", "diffusion.loss_weighting=simple"],  # L_simple, Ho et al. 2020 Eq. 14
+    "min_snr": ["diffusion.prediction=eps", "diffusion.loss_weighting=min_snr"],  # ε, Min-SNR-5 (Hang et al. 2023)
     "v_min_snr": ["diffusion.prediction=v", "diffusion.loss_weighting=min_snr"],
     "v_cosine": ["diffusion.prediction=v", "diffusion.beta_schedule=cosine"],  # Nichol & Dhariwal 2021 (not with ε:
     # its ᾱ_T ≈ 2e-9 magnifies the ε error at t = T in x̂0, see latentdiff.config)
-    "channel_norm_simple": ["latents.normalisation=channel", "diffusion.loss_weighting=simple"],  # per-channel
+    "channel_norm_simple": ["latents.normalisation=channel", "diffusion.prediction=eps",
+                            "diffusion.loss_weighting=simple"],  # per-channel
     # mean / std instead of one global scale
     "lr_2e-3": ["train.lr=2e-3"],
     "drop_all_0.3": ["conditioning.drop_all_prob=0.3"],  # the unconditional branch's share, conditional model

@@ -246,8 +246,8 @@ class LatentDiffusion(nn.Module):
         ]
         for name, a, b in checks:
             if a != b:
-                raise ValueError(f"{what}: its {name} differs from this model's ({str(b)[:40]} != {str(a)[:40]}); "
-                                 f"a guide must be a stage two trained on the same autoencoder's latents")
+                raise ValueError(f"{what}: {name} {str(b)[:40]} != this model's {str(a)[:40]}; a guide must be a "
+                                 f"stage two trained on the same autoencoder's latents")
         self.guide = other.denoiser.to(self.device).eval()
         return self
 

@@ -347,3 +347,30 @@ def test_budget_curve_names_each_stage_whose_cpu_time_strays_from_its_share():
     lines = off_budget(shares, trained)
     assert len(lines) == 2 and lines[0].startswith("uncond took 1.7 CPU-min for a share of 2.0 (0.83x)")
     assert lines[1].startswith("cond took 2.8 CPU-min for a share of 2.0 (1.42x)")
+
+
+@pytest.mark.parametrize("model", ["uncond", "cond"])
+def test_autoguidance_quick_trains_a_guide_and_scores_each_scale_with_it(tmp_path, model):
+    """The stage two keeps its guide at --guide-at of its steps; each w_a is one evaluation whose settings name it
+    (w_a = 1: the guide unused), scored against the same reconstructions' floor; a rerun trains and samples nothing."""
+    from latentdiff.checkpoints import load_checkpoint
+
+    args = ["--quick", "--model", model, "--scales", 1, 2, "--guide-at", 0.5, "--out-dir", tmp_path / "runs"]
+    bench("autoguidance.py", *args, results=tmp_path)
+    name = f"autoguidance_shapes_quick{'_cond' if model == 'cond' else ''}.json"
+    rows = json.loads((tmp_path / name).read_text())["rows"]
+    assert [(r["model"], r["w_a"]) for r in rows] == [(model, 1.0), (model, 2.0)]
+    run = tmp_path / "runs" / "quick" / f"vae_ldm_{model}_guide0.5"
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 8 and ckpt["guide_step"] == 4 and ckpt["guide"] is not None
+    assert ckpt["config"]["conditioning"]["enabled"] is (model == "cond")
+    for row in rows:
+        saved = json.loads((run / f"eval_seed0_autoguidance_scale{row['w_a']:g}.json").read_text())
+        assert saved["settings"]["autoguidance_scale"] == row["w_a"]
+        assert row["fd_seeds"] == [saved["samples"]["ldm_conditional" if model == "cond" else "ldm"]["fd"]]
+        assert row["reconstructions_fd"] == rows[0]["reconstructions_fd"] and row["ldm_steps"] == 8
+        assert (row["class_accuracy"] is not None) is (model == "cond")
+    assert rows[0]["fd"] != rows[1]["fd"]  # the guide acts at w_a = 2
+    again = bench("autoguidance.py", *args, results=tmp_path)
+    assert again.count("done already") == 2 and "sampling 16 with" not in again
+    assert json.loads((tmp_path / name).read_text())["rows"] == rows

@@ -275,3 +275,34 @@ def test_sample_py_checks_its_default_output_folder_before_loading(bundles, tmp_
     line = in_process_error(capsys, "sample.py", "--run", bundles["uncond"], "--no-progress")
     assert line == "error: --out (default) 'samples/sample_0.png': cannot write in . (Permission denied)"
     assert files_under(tmp_path) == set()
+
+
+# ----------------------------------------------------------------------------- autoguidance without a guide
+
+
+@pytest.mark.parametrize("command", [["sample.py", "--out", "{out}/x.png", "--no-progress"],
+                                     ["evaluate.py", "--num", "4", "--out", "{out}/eval.json"],
+                                     ["sample.py", "--edit", "{photo}", "--out", "{out}/x.png"]])
+def test_autoguidance_on_a_model_without_a_guide_is_one_line_before_any_work(bundles, tmp_path, capsys, no_work,
+                                                                           command):
+    command = [c.format(out=tmp_path, photo=photo(tmp_path)) for c in command]
+    before = files_under(tmp_path)
+    line = in_process_error(capsys, *command, "--run", bundles["cond"], "--autoguidance", 2)
+    assert line.startswith("error: autoguidance_scale=2 (--autoguidance): this model has no guide"), line
+    assert files_under(tmp_path) == before
+
+
+def test_a_guide_on_other_latents_is_refused_naming_what_differs(bundles, tmp_path, capsys, no_work):
+    """--guide RUN must diffuse the same latents: the unconditional tiny model is another denoiser on the same
+    autoencoder, but without attributes; an autoencoder with other weights is named as such."""
+    line = in_process_error(capsys, "sample.py", "--run", bundles["cond"], "--guide", bundles["uncond"],
+                            "--autoguidance", 2, "--out", tmp_path / "x.png")
+    assert line.startswith(f"error: guide {bundles['uncond']}: attributes None != this model's [6, 2, 3]"), line
+    ldm = tiny_ldm(conditional=True)
+    other = tiny_ldm(conditional=True)
+    with torch.no_grad():
+        next(other.autoencoder.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="guide model: autoencoder [0-9a-f]+ != this model's [0-9a-f]+"):
+        ldm.use_guide(other)
+    assert ldm.use_guide(tiny_ldm(conditional=True)).guide is not None  # the same latents: taken
+    assert files_under(tmp_path) == set()
