@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, write_results  # noqa: E402
 
-
 GRID_LINE = "sample grid (one row per colour, all triangles): "
 
 
