@@ -245,6 +245,7 @@ SETTINGS = {
     "60",  # "guiding only below 60 % of the noise levels": the recipes' guidance interval [0, 0.6]
     "500",  # samples per set in the few-step sweeps
     "9000",  # the warm-up EMA n / (9 + n) reaches the decay 0.999 after 9 / (1 - 0.999) steps
+    "14",  # Ho et al. 2020, Eq. 14: L_simple
 }
 
 # -- 2026-12-01: guidance interval, few-step sampling and inpainting on the current shapes recipe
@@ -649,4 +650,27 @@ FIGURES += [
             quick("cpu min")]),
     Figure("| the quick start above: every image of its grid judged the colour and shape asked and the size drawn | "
            "{} % in {} min |", [quick("joint", pct), quick("wall min")], doc=README),
+]
+
+
+# -- the README's "Which objective" paragraph: ε against v, both with Min-SNR-5, at the recipe's sampler
+
+
+def objective_seeds(variant: str) -> V:
+    return V(STAGE_TWO, *row(variant=variant, sampling=STAGE_TWO_SAMPLERS[-1]), "fd_seeds",
+             fmt=lambda seeds: " / ".join(f2(v) for v in seeds))
+
+
+def v_lower_on(result) -> str:
+    """"every" when v with Min-SNR-5 has the lower FD on each sampling seed, else "not every"."""
+    seeds = {r["variant"]: r["fd_seeds"] for r in result["rows"] if r.get("sampling") == STAGE_TWO_SAMPLERS[-1]}
+    return "every" if all(e > v for e, v in zip(seeds["min_snr"], seeds["v_min_snr"])) else "not every"
+
+
+FIGURES += [
+    Figure("Min-SNR-5 gives FD {} (sampling seeds 0 / 1 / 2: {}) and v with Min-SNR-5 {} ({}): lower on {} seed. "
+           "ε with L_simple, the brief's objective as written, gives {}.",
+           [stage_two("min_snr", STAGE_TWO_SAMPLERS[-1]), objective_seeds("min_snr"),
+            stage_two("v_min_snr", STAGE_TWO_SAMPLERS[-1]), objective_seeds("v_min_snr"),
+            V(STAGE_TWO, fmt=str, fn=v_lower_on), stage_two("simple", STAGE_TWO_SAMPLERS[-1])], doc=README),
 ]
