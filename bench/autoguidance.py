@@ -20,7 +20,8 @@ w_a = 1 is the unguided model, which should reproduce the curve's own ``dedicate
 figure (the guide's snapshot does not touch training). With ``--model cond`` the scored set is the classes of the
 reference images asked for with the recipe's classifier-free guidance (scale and interval), autoguidance added on
 top, and the judge's class accuracy is recorded. The reconstructions' FD is the floor. Resumable as the curve is.
-Writes bench/results/autoguidance_<dataset>_<budget>min.json (``--quick``: ..._quick.json).
+Writes bench/results/autoguidance_<dataset>_<budget>min_<kind>[_cond]_guide<guide-at>.json (``--quick``:
+autoguidance_shapes_quick[_cond].json).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--guide-at", type=float, default=0.25, help="train.guide_at: the guide's fraction of the steps")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0], help="w_a values scored")
     p.add_argument("--model", choices=sorted(MODELS), default="uncond", help="the stage-two model guided")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="--model cond: classifier-free guidance scale (default: the recipe's); 1 scores autoguidance "
+                        "in place of CFG")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "bench" / "autoguidance")
@@ -56,6 +60,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not 0 < args.guide_at < 1:
         p.error(f"--guide-at {args.guide_at}: give a fraction in (0, 1)")
+    if args.guidance is not None and args.model != "cond":
+        p.error("--guidance applies to --model cond (an unconditional model has no classifier-free guidance)")
     if 1.0 not in args.scales:
         p.error("--scales must include 1 (the unguided model every other scale is compared with)")
     # what budget_curve.evaluate reads
@@ -105,8 +111,8 @@ def main(argv=None):
                     cap_minutes=240)
         floor = None
         for w in args.scales:
-            evals = [evaluate(args, ldm_run, seed, gmm=False, sampling={"autoguidance_scale": w})
-                     for seed in args.seeds]
+            sampling = {"autoguidance_scale": w} | ({} if args.guidance is None else {"guidance_scale": args.guidance})
+            evals = [evaluate(args, ldm_run, seed, gmm=False, sampling=sampling) for seed in args.seeds]
             sets = [e["samples"][scored] for e in evals]
             fd = stats([s["fd"] for s in sets])
             floor = evals[0]["samples"]["reconstructions"]["fd"]
@@ -127,6 +133,8 @@ def main(argv=None):
     if len(args.kinds) == 1 and not args.quick:  # one kind per process (two cores: two processes): one file each
         name += f"_{args.kinds[0]}"
     name += "_cond" if args.model == "cond" else ""
+    name += "" if args.guidance is None else f"_cfg{args.guidance:g}"
+    name += "" if args.quick else f"_guide{args.guide_at:g}"  # one file per guide: a sweep of guides keeps each
     write_results(name, rows, ["kind", "model", "guide_at", "w_a", "fd", "fd_std", "x_floor", "precision", "recall",
                                "class_accuracy", "reconstructions_fd", "curve_fd", "cpu_min"],
                   extra={"out_dir": str(args.out_dir), "seeds": args.seeds, "num": args.num})

@@ -674,3 +674,27 @@ FIGURES += [
             stage_two("v_min_snr", STAGE_TWO_SAMPLERS[-1]), objective_seeds("v_min_snr"),
             V(STAGE_TWO, fmt=str, fn=v_lower_on), stage_two("simple", STAGE_TWO_SAMPLERS[-1])], doc=README),
 ]
+
+# -- autoguidance at the budget curve's 20-minute points (bench/autoguidance.py), 2026-12-04
+
+
+def autoguided(name: str) -> str:
+    return f"autoguidance_fashion_mnist_20min_{name}.json"
+
+
+def ag_cells(name: str, scales, bold=()) -> list:
+    """'FD (×floor)' per w_a, as the table's cells: ``{} ({}×)`` each."""
+    return [V(autoguided(name), *row(w_a=w), k) for w in scales for k in ("fd", "x_floor")]
+
+
+def ag_row(label: str, name: str, scales, bold=None) -> Figure:
+    cells = " | ".join(("**{} ({}×)**" if w == bold else "{} ({}×)") for w in scales)
+    return Figure(f"| {label} | {cells} |", ag_cells(name, scales))
+
+
+FIGURES += [
+    ag_row("VAE, unconditional, guide at 25 % of the steps", "vae_guide0.25", (1.0, 1.25, 1.5, 2.0, 3.0), bold=1.5),
+    ag_row("RAE, unconditional, guide at 25 %", "rae_guide0.25", (1.0, 1.25, 1.5, 2.0, 3.0), bold=1.5),
+    ag_row("VAE, class asked, CFG w = 2 below 0.6 T and autoguidance, guide at 25 %", "vae_cond_guide0.25",
+           (1.0, 1.25, 1.5, 2.0)),
+]
