@@ -743,3 +743,9 @@ FIGURES += [
            "reconstructions', VAE / RAE | {}× → {}× / {}× → {}× |",
            [ag_value(f"{k}_guide0.25", w, "x_floor") for k in ("vae", "rae") for w in (1.0, 1.5)], doc=README),
 ]
+
+FIGURES += [
+    Figure("| VAE, unconditional, guide at 50 % | {} ({}×) | | {} ({}×) | {} ({}×) | {} ({}×) |",
+           ag_cells("vae_guide0.5", (1.0, 1.5, 2.0, 3.0))),
+    Figure("gains less (best {})", [V(autoguided("vae_guide0.5"), fn=lambda r: min(x["fd"] for x in r["rows"]))]),
+]
