@@ -50,6 +50,10 @@ def parse_args(argv=None):
     p.add_argument("--guide-at", type=float, default=0.25, help="train.guide_at: the guide's fraction of the steps")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0], help="w_a values scored")
     p.add_argument("--model", choices=sorted(MODELS), default="uncond", help="the stage-two model guided")
+    p.add_argument("--guide-channels", type=int, default=None, metavar="C",
+                   help="guide with a separate, smaller stage two instead of the snapshot (Karras et al.'s recipe): "
+                        "denoiser.channels=C trained for --guide-at of the steps on the same autoencoder; its "
+                        "training CPU is added to the row's")
     p.add_argument("--guidance", type=float, default=None,
                    help="--model cond: classifier-free guidance scale (default: the recipe's); 1 scores autoguidance "
                         "in place of CFG")
@@ -109,10 +113,18 @@ def main(argv=None):
         ldm = train("train_diffusion.py", ldm_recipe, ldm_run, ldm_steps,
                     [f"ae.run={where / f'{kind}_ae'}", *overrides, f"train.guide_at={args.guide_at}", *ldm_extra],
                     cap_minutes=240)
+        guide_run, guide_cpu_s = None, 0.0
+        if args.guide_channels is not None:  # a smaller network, shorter trained: a run of its own
+            guide_run = where / f"{kind}_ldm_{args.model}_small{args.guide_channels}_{args.guide_at:g}"
+            guide_steps = max(1, round(args.guide_at * ldm_steps))
+            guide_cpu_s = train("train_diffusion.py", ldm_recipe, guide_run, guide_steps,
+                                [f"ae.run={where / f'{kind}_ae'}", *overrides,
+                                 f"denoiser.channels={args.guide_channels}", *ldm_extra], cap_minutes=240)["cpu_s"]
         floor = None
         for w in args.scales:
             sampling = {"autoguidance_scale": w} | ({} if args.guidance is None else {"guidance_scale": args.guidance})
-            evals = [evaluate(args, ldm_run, seed, gmm=False, sampling=sampling) for seed in args.seeds]
+            evals = [evaluate(args, ldm_run, seed, gmm=False, sampling=sampling, guide=guide_run)
+                     for seed in args.seeds]
             sets = [e["samples"][scored] for e in evals]
             fd = stats([s["fd"] for s in sets])
             floor = evals[0]["samples"]["reconstructions"]["fd"]
@@ -127,14 +139,17 @@ def main(argv=None):
                          "reconstructions_fd": floor, "x_floor": fd["mean"] / floor,
                          "curve_fd": None if curve is None else curve["fd"],
                          "ae_steps": ae_steps, "ldm_steps": ldm_steps,
-                         "cpu_min": (ae["cpu_s"] + ldm["cpu_s"]) / 60, "sampler": evals[0]["settings"]["sampler"],
+                         "guide": "snapshot" if guide_run is None else f"channels {args.guide_channels}",
+                         "cpu_min": (ae["cpu_s"] + ldm["cpu_s"] + guide_cpu_s) / 60,
+                         "sampler": evals[0]["settings"]["sampler"],
                          "sample_steps": evals[0]["settings"]["steps"]})
     name = f"autoguidance_{args.dataset}_" + ("quick" if args.quick else f"{args.budget:g}min")
     if len(args.kinds) == 1 and not args.quick:  # one kind per process (two cores: two processes): one file each
         name += f"_{args.kinds[0]}"
     name += "_cond" if args.model == "cond" else ""
     name += "" if args.guidance is None else f"_cfg{args.guidance:g}"
-    name += "" if args.quick else f"_guide{args.guide_at:g}"  # one file per guide: a sweep of guides keeps each
+    small = "" if args.guide_channels is None else f"small{args.guide_channels}_"
+    name += "" if args.quick else f"_guide{small}{args.guide_at:g}"  # one file per guide: a sweep of guides keeps each
     write_results(name, rows, ["kind", "model", "guide_at", "w_a", "fd", "fd_std", "x_floor", "precision", "recall",
                                "class_accuracy", "reconstructions_fd", "curve_fd", "cpu_min"],
                   extra={"out_dir": str(args.out_dir), "seeds": args.seeds, "num": args.num})

@@ -310,11 +310,12 @@ def calibrate(args, recipes: dict, folder: Path) -> dict:
 # ----------------------------------------------------------------------------- scoring
 
 
-def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None) -> dict:
+def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None, guide: Path | None = None) -> dict:
     """The library's evaluation of a stage-two run at one sampling seed, written to <run>/eval_seed<K>.json and
     read back from there on reruns. ``sampling`` ({"sampler", "steps", "eta", "guidance_scale", "guidance_interval",
     "autoguidance_scale"}, any of them) overrides the run's own sampler settings and names the file after them:
-    eval_seed0_steps50_samplerddim_eta1.json, eval_seed0_guidance_interval0-0.6.json."""
+    eval_seed0_steps50_samplerddim_eta1.json, eval_seed0_guidance_interval0-0.6.json. ``guide``: another run to
+    autoguide with (``evaluate.py --guide``), named in the file as _guide<its folder's name>."""
     from latentdiff.evaluation import EvalOptions, evaluate_run
 
     sampling = {"steps": args.sample_steps} | (sampling or {})
@@ -323,6 +324,7 @@ def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None
         return f"{v:g}" if isinstance(v, float) else "-".join(f"{x:g}" for x in v) if isinstance(v, list) else f"{v}"
 
     suffix = "".join(f"_{k}{text(v)}" for k, v in asked.items() if (k, v) != ("steps", args.sample_steps))
+    suffix += f"_guide{guide.name}" if guide is not None else ""
     out = run / f"eval_seed{seed}{suffix}.json"
     if out.exists() and out.stat().st_mtime >= (run / "checkpoints" / "last.pt").stat().st_mtime:
         saved = json.loads(out.read_text())  # reused when it scored these weights with these settings
@@ -334,6 +336,7 @@ def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None
                           guidance=sampling.get("guidance_scale"),
                           guidance_interval=sampling.get("guidance_interval"),
                           autoguidance=sampling.get("autoguidance_scale"),
+                          guide=None if guide is None else str(guide),
                           baselines="gmm" if gmm else "none", gmm_components=args.gmm_components,
                           gmm_fit_examples=args.gmm_fit_examples, bound_examples=args.bound_examples,
                           bound_timesteps=args.bound_timesteps, classifier_dir=str(args.classifier_dir),

@@ -683,7 +683,7 @@ def autoguided(name: str) -> str:
     return f"autoguidance_fashion_mnist_20min_{name}.json"
 
 
-def ag_cells(name: str, scales, bold=()) -> list:
+def ag_cells(name: str, scales) -> list:
     """'FD (×floor)' per w_a, as the table's cells: ``{} ({}×)`` each."""
     return [V(autoguided(name), *row(w_a=w), k) for w in scales for k in ("fd", "x_floor")]
 
@@ -698,8 +698,8 @@ FIGURES += [
     ag_row("RAE, unconditional, guide at 25 %", "rae_guide0.25", (1.0, 1.25, 1.5, 2.0, 3.0), bold=1.5),
     ag_row("VAE, class asked, CFG w = 2 below 0.6 T and autoguidance, guide at 25 %", "vae_cond_guide0.25",
            (1.0, 1.25, 1.5, 2.0)),
-    Figure("| VAE, class asked, autoguidance in place of CFG (w = 1), guide at 25 % | {} ({}×) | | {} ({}×) | {} ({}×) | "
-           "{} ({}×) |", ag_cells("vae_cond_cfg1_guide0.25", (1.0, 1.5, 2.0, 3.0))),
+    Figure("| VAE, class asked, autoguidance in place of CFG (w = 1), guide at 25 % | {} ({}×) | | {} ({}×) | "
+           "{} ({}×) | {} ({}×) |", ag_cells("vae_cond_cfg1_guide0.25", (1.0, 1.5, 2.0, 3.0))),
 ]
 
 
@@ -722,12 +722,12 @@ def lower_on_every_seed(result) -> str:
 
 COND, COND1 = "vae_cond_guide0.25", "vae_cond_cfg1_guide0.25"
 FIGURES += [
-    Figure("Unconditional, autoguidance lowers the FD on {} sampling seed for both autoencoders, by {} % (VAE) and {} % "
-           "(RAE) at w_a = 1.5", [V(autoguided("vae_guide0.25"), fmt=str, fn=lower_on_every_seed),
+    Figure("Unconditional, autoguidance lowers the FD on {} sampling seed for both autoencoders, by {} % (VAE) "
+           "and {} % (RAE) at w_a = 1.5", [V(autoguided("vae_guide0.25"), fmt=str, fn=lower_on_every_seed),
                                   ag_gain("vae_guide0.25"), ag_gain("rae_guide0.25")]),
     Figure("{}", [V(autoguided("rae_guide0.25"), fmt=str, fn=lower_on_every_seed)]),
-    Figure("at the same class accuracy ({} % without, {} % at w_a = 1.25); in place of it (w = 1) it reaches FD {} with "
-           "recall {} against CFG's {}, but class accuracy {} % against {} %",
+    Figure("at the same class accuracy ({} % without, {} % at w_a = 1.25); in place of it (w = 1) it reaches FD {} "
+           "with recall {} against CFG's {}, but class accuracy {} % against {} %",
            [ag_value(COND, 1.0, "class_accuracy", pct), ag_value(COND, 1.25, "class_accuracy", pct),
             ag_value(COND1, 1.5, "fd"), ag_value(COND1, 1.5, "recall"), ag_value(COND, 1.0, "recall"),
             ag_value(COND1, 1.5, "class_accuracy", pct), ag_value(COND, 1.0, "class_accuracy", pct)]),
