@@ -749,3 +749,8 @@ FIGURES += [
            ag_cells("vae_guide0.5", (1.0, 1.5, 2.0, 3.0))),
     Figure("gains less (best {})", [V(autoguided("vae_guide0.5"), fn=lambda r: min(x["fd"] for x in r["rows"]))]),
 ]
+
+FIGURES += [
+    Figure("| VAE, unconditional, guide a separate 16-channel stage two trained for 25 % of the steps | {} ({}×) | | "
+           "{} ({}×) | {} ({}×) | {} ({}×) |", ag_cells("vae_guidesmall16_0.25", (1.0, 1.5, 2.0, 3.0))),
+]
