@@ -233,6 +233,16 @@ def read_mask(path):
     return grey == 255
 
 
+def check_autoguidance_flags(autoguidance: float | None, guide: str | None) -> None:
+    """``--autoguidance W_A`` and ``--guide RUN`` of sample.py and evaluate.py, before anything is loaded."""
+    import math
+
+    if autoguidance is not None and not (math.isfinite(autoguidance) and autoguidance >= 0):
+        raise ValueError(f"--autoguidance {autoguidance}: must be a finite number, 0 or more (1 = off)")
+    if guide is not None and not Path(guide).is_dir():
+        raise ValueError(f"--guide {guide}: no such run folder or exported model")
+
+
 def check_sample_args(args) -> None:
     """sample.py's flags, checked before the model is loaded: each problem is one line naming the flag."""
     import math
@@ -241,13 +251,10 @@ def check_sample_args(args) -> None:
         if value is not None and value < low:
             raise ValueError(f"{flag} {value}: must be at least {low}")
     for flag, value in (("--guidance", args.guidance), ("--eta", args.eta), ("--strength", args.strength),
-                        ("--classifier-scale", args.classifier_scale), ("--autoguidance", args.autoguidance)):
+                        ("--classifier-scale", args.classifier_scale)):
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{flag} {value}: must be a finite number")
-    if args.autoguidance is not None and args.autoguidance < 0:
-        raise ValueError(f"--autoguidance {args.autoguidance}: must be 0 or more (1 = off)")
-    if args.guide is not None and not Path(args.guide).is_dir():
-        raise ValueError(f"--guide {args.guide}: no such run folder or exported model")
+    check_autoguidance_flags(args.autoguidance, args.guide)
     if args.eta is not None and args.eta < 0:
         raise ValueError(f"--eta {args.eta}: must be 0 (deterministic) or more")
     if args.strength is not None and not 0.0 <= args.strength <= 1.0:

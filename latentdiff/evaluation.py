@@ -25,7 +25,7 @@ from latentdiff.baselines import GaussianMixturePrior, sklearn_available
 from latentdiff.builders import build_data
 from latentdiff.bundle import is_bundle
 from latentdiff.checkpoints import load_checkpoint
-from latentdiff.cli import check_output_path
+from latentdiff.cli import check_autoguidance_flags, check_output_path
 from latentdiff.config import DataConfig, from_dict
 from latentdiff.diffusion import check_guidance_interval
 from latentdiff.latents import LatentNormaliser
@@ -90,10 +90,7 @@ def check_options(args: EvalOptions) -> list[str]:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     if args.guidance_interval is not None:
         check_guidance_interval(args.guidance_interval)
-    if args.autoguidance is not None and not (math.isfinite(args.autoguidance) and args.autoguidance >= 0):
-        raise ValueError(f"--autoguidance {args.autoguidance}: must be a finite number, 0 or more (1 = off)")
-    if args.guide is not None and not Path(args.guide).is_dir():
-        raise ValueError(f"--guide {args.guide}: no such run folder or exported model")
+    check_autoguidance_flags(args.autoguidance, args.guide)
     check_output_path("--out", output_path(args), (".json",))  # a read-only run folder: said now, not at the end
     for item in args.samples:  # before any work: a typo here should not cost a whole evaluation
         path = item.rpartition("=")[2]
@@ -122,8 +119,6 @@ def sampler_settings(args: EvalOptions, ldm: LatentDiffusion | None) -> dict | N
         if args.autoguidance is not None or args.guide is not None:
             raise ValueError("--autoguidance and --guide apply to a diffusion run; this is an autoencoder run")
         return None
-    if args.guide is not None:
-        ldm.use_guide(args.guide)
     s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance, args.guidance_interval,
                               autoguidance_scale=args.autoguidance)
     s.pop("unasked")  # each set below says how it treats attributes not asked for
@@ -360,6 +355,8 @@ def evaluate_run(args: EvalOptions, device="cpu") -> dict:
     progress = not args.no_progress and sys.stderr.isatty()
     run_dir = Path(args.run)
     stage, config, autoencoder, ldm = load_run(run_dir, args.checkpoint, device)
+    if ldm is not None and args.guide is not None:
+        ldm.use_guide(args.guide)  # another run on other latents: refused here, in one line
     s = sampler_settings(args, ldm)  # before any work: a bad flag is one line, not minutes later
     data_cfg = from_dict(DataConfig, config["data"])
     test_set = build_data(data_cfg, "test")

@@ -273,14 +273,12 @@ def ldm_parts_from_bundle(folder: str | Path, device="cpu") -> dict:
     prior_state = read_tensors(folder / f"{prior_file}.safetensors") if prior_file else None
     guide_path = folder / f"{config['guide']}.safetensors" if config.get("guide") else None  # absent before guides
     guide_tensors = read_tensors(guide_path) if guide_path is not None else None
-
-    def guide_weights(module):
-        load_module_weights(module, guide_tensors, guide_path)
     return _assemble(config, latent_shape, num_values, schema_state,
                      LatentNormaliser(shift=norm["shift"], scale=norm["scale"]),
                      lambda module: load_module_weights(module, weights, weights_path), autoencoder, device,
                      what=str(folder), prior_state=prior_state,
-                     guide_weights=guide_weights if guide_tensors is not None else None)
+                     guide_weights=None if guide_tensors is None else
+                     lambda module: load_module_weights(module, guide_tensors, guide_path))
 
 
 def save_ldm_bundle(ldm, folder: str | Path) -> None:
@@ -293,7 +291,7 @@ def save_ldm_bundle(ldm, folder: str | Path) -> None:
     config["diffusion"] = to_dict(from_dict(DiffusionConfig, config.get("diffusion")))  # every key, explicit
     config["denoiser"] = to_dict(from_dict(DenoiserConfig, config.get("denoiser")))
     config["sample"] = to_dict(from_dict(SampleConfig, config.get("sample")))
-    num_values = list(ldm.denoiser.embed.num_values) if ldm.conditional else None
+    num_values = ldm.num_values
     config.update(latent_shape=list(ldm.latent_shape), num_values=num_values,
                   schema=ldm.schema.to_dict() if ldm.schema is not None else None,
                   autoencoder=AE_COPY if ldm.autoencoder is not None else None,

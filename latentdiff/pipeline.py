@@ -70,6 +70,11 @@ class LatentDiffusion(nn.Module):
     def conditional(self) -> bool:
         return isinstance(self.denoiser, ConditionalDenoiser)
 
+    @property
+    def num_values(self) -> list[int] | None:
+        """Values per attribute the denoiser is conditioned on (None for an unconditional run)."""
+        return list(self.denoiser.embed.num_values) if self.conditional else None
+
     # -- latent space ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, images: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
@@ -229,22 +234,21 @@ class LatentDiffusion(nn.Module):
         """Guide with another model (a run folder, a bundle, or a ``LatentDiffusion``): e.g. a smaller or
         shorter-trained run of the same stage two. Returns self.
 
-        Refused in one line unless it diffuses the same latents: the same latent shape, attributes, prediction
-        and normaliser, and the same autoencoder weights (their sha256)."""
+        Refused in one line unless it diffuses the same latents: the same latent shape, attributes, prediction,
+        noise schedule and normaliser, and the same autoencoder weights (their sha256)."""
         other = guide if isinstance(guide, LatentDiffusion) else LatentDiffusion.from_run(guide, device=self.device)
         what = f"guide {guide if not isinstance(guide, LatentDiffusion) else 'model'}"
-        mine, theirs = self.config.get("diffusion", {}), other.config.get("diffusion", {})
-        checks = [
-            ("latent shape", self.latent_shape, other.latent_shape),
-            ("attributes", getattr(getattr(self.denoiser, "embed", None), "num_values", None),
-             getattr(getattr(other.denoiser, "embed", None), "num_values", None)),
-            ("prediction", mine.get("prediction", "eps"), theirs.get("prediction", "eps")),
-            ("diffusion.num_timesteps", mine.get("num_timesteps"), theirs.get("num_timesteps")),
-            ("normaliser", [t.tolist() for t in self.normaliser.state().values()],
-             [t.tolist() for t in other.normaliser.state().values()]),
-            ("autoencoder", autoencoder_hash(self.autoencoder), autoencoder_hash(other.autoencoder)),
-        ]
-        for name, a, b in checks:
+
+        def identity(ldm: LatentDiffusion) -> dict:
+            """What the guide and the model must share, as comparable values."""
+            return {"latent shape": ldm.latent_shape, "attributes": ldm.num_values,
+                    "prediction": ldm.diffusion.prediction, "noise schedule": ldm.diffusion.alphas_cumprod.tolist(),
+                    "normaliser": [t.tolist() for t in ldm.normaliser.state().values()],
+                    "autoencoder": autoencoder_hash(ldm.autoencoder)}
+
+        mine, theirs = identity(self), identity(other)
+        for name in mine:
+            a, b = mine[name], theirs[name]
             if a != b:
                 raise ValueError(f"{what}: {name} {str(b)[:40]} != this model's {str(a)[:40]}; a guide must be a "
                                  f"stage two trained on the same autoencoder's latents")
