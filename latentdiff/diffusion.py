@@ -134,11 +134,49 @@ class GaussianDiffusion:
         if self.loss_weighting == "simple":
             return torch.ones_like(snr)
         if self.loss_weighting == "vlb":
-            eps_weight = self.betas**2 / (2 * self.reverse_variance * self.alphas * (1 - self.alphas_cumprod))
-            to_eps = {"eps": torch.ones_like(snr), "x0": snr, "v": self.alphas_cumprod}[self.prediction]
-            return eps_weight * to_eps
+            return self.vlb_weights()
         clipped = snr.clamp(max=self.min_snr_gamma)  # Hang et al. 2023: x0-space weight min(SNR, γ)
         return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[self.prediction]
+
+    def vlb_weights(self, space: str | None = None) -> torch.Tensor:
+        """(T,) float64 λ_t with L_{t−1} = D · λ_t · mean_d (target − prediction)² + c_t (Eq. 12).
+
+        In ε space λ_t = β_t² / (2 σ_t² α_t (1 − ᾱ_t)); at index 0 the same λ makes L_0's squared term, since
+        μ_θ(x_1, 1) = x̂0 there and ‖x0 − x̂0‖² = (1 − ᾱ_1)/ᾱ_1 ‖ε − ε̂‖². Errors in other spaces map to ε space
+        linearly: ε − ε̂ = −√SNR (x0 − x̂0) and ε − ε̂ = √ᾱ (v − v̂), hence the factors. ``space``: "eps", "x0"
+        or "v" (default: this diffusion's ``prediction``). The constants c_t are ``vlb_constants``.
+        """
+        space = space or self.prediction
+        eps_weight = self.betas**2 / (2 * self.reverse_variance * self.alphas * (1 - self.alphas_cumprod))
+        to_eps = {"eps": torch.ones_like(self.snr), "x0": self.snr, "v": self.alphas_cumprod}[space]
+        return eps_weight * to_eps
+
+    def vlb_constants(self, dims: int) -> torch.Tensor:
+        """(T,) float64 c_t of ``vlb_weights``, in nats for inputs of ``dims`` dimensions: the parts of the bound's
+        terms that no network can change. For t ≥ 2 the variance mismatch of KL(N(μ̃, β̃_t) ‖ N(μ_θ, σ_t²)),
+        (D/2)(log(σ_t²/β̃_t) + β̃_t/σ_t² − 1), zero with σ_t² = β̃_t; for L_0 the normaliser (D/2) log 2πσ_1².
+        """
+        ratio = self.reverse_variance[1:] / self.posterior_variance[1:]
+        kl_constant = 0.5 * dims * (ratio.log() + 1 / ratio - 1)
+        decoder_constant = 0.5 * dims * torch.log(2 * math.pi * self.reverse_variance[:1])
+        return torch.cat([decoder_constant, kl_constant])
+
+    def prior_term(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x0) ‖ N(0, I)) per example (B,) nats, differentiable in x0 (Eq. 5's first term)."""
+        last = torch.full((x0.shape[0],), self.num_timesteps - 1, device=x0.device)
+        mean = self._gather(self.sqrt_alphas_cumprod, last, x0) * x0
+        logvar = self._gather((1 - self.alphas_cumprod).log(), last, x0)
+        zeros = torch.zeros_like(mean)
+        return normal_kl(mean, logvar.expand_as(mean), zeros, zeros).flatten(1).sum(1)
+
+    def importance_distribution(self) -> torch.Tensor:
+        """(T,) float64 r_t ∝ λ_t^ε ᾱ_t: the expected error term of L_{t−1} when the (normalised) latents are
+        N(0, I) and the predictor is that distribution's exact one (E‖ε − ε̂‖² = D ᾱ_t per example). Drawing t
+        from it and dividing by r_t estimates Σ_t L_{t−1} with far less variance than uniform t, whose draws
+        near t = 1 carry most of the sum. The discrete form of LSGM's r(t) ∝ β(t)(1 − σ_t²)/σ_t² = d log σ_t²/dt
+        (Vahdat et al. 2021, §3.3; docs/math.md, "Joint training")."""
+        r = self.vlb_weights("eps") * self.alphas_cumprod
+        return r / r.sum()
 
     # -- forward process and posterior -------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -281,6 +319,15 @@ class GaussianDiffusion:
             noise = noise.to(x0.device)
         if noise.shape != x0.shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)}, x0 {tuple(x0.shape)}; they must match")
+        error = self.prediction_error(model, x0, t, noise, cond)
+        per_example = error * self._gather(self.loss_weights, t, error).flatten()
+        loss = per_example.mean() if reduce else per_example
+        return (loss, t) if return_t else loss
+
+    def prediction_error(self, model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, cond=None
+                         ) -> torch.Tensor:
+        """mean_d (target − model(x_t, t, cond))² per example (B,), x_t from Eq. 4, the target ε, x0 or v per
+        ``prediction``: the unweighted core of the training loss and of ``bound_estimate``."""
         x_t = self.q_sample(x0, t, noise)
         out = model(x_t, t, cond)
         if out.shape != x0.shape:
@@ -292,10 +339,30 @@ class GaussianDiffusion:
             target = x0
         else:
             target = self.velocity(x0, noise, t)
-        error = (out - target) ** 2
-        per_example = error.flatten(1).mean(1) * self._gather(self.loss_weights, t, error).flatten()
-        loss = per_example.mean() if reduce else per_example
-        return (loss, t) if return_t else loss
+        return (out - target).pow(2).flatten(1).mean(1)
+
+    def bound_estimate(self, model, x0: torch.Tensor, cond=None, importance_sampling: bool = True,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """An unbiased one-timestep estimate of ``nll_bound``'s total per example (B,), differentiable in x0 and
+        in the model: the cross-entropy term of a latent-diffusion ELBO (LSGM, Vahdat et al. 2021, Eq. 9, in
+        discrete time; docs/math.md, "Joint training").
+
+            L = L_T + Σ_t c_t + Σ_t D λ_t e_t ≈ L_T + Σ_t c_t + D λ_s e_s / r_s,   s ~ r,
+
+        with e_t = mean_d (target − prediction)² at one draw x_t ~ q(x_t | x0) (``prediction_error``), λ_t and
+        c_t from ``vlb_weights`` / ``vlb_constants`` (Eq. 12: every term, L_0 included, in one formula) and L_T
+        exact (``prior_term``). ``importance_sampling``: r from ``importance_distribution``; otherwise r_t = 1/T.
+        x0: (B, ...); cond: the model's condition; generator: draws s and the noise.
+        """
+        batch, dims, T = x0.shape[0], x0[0].numel(), self.num_timesteps
+        gen_device = generator.device if generator is not None else x0.device
+        r = self.importance_distribution() if importance_sampling else torch.full((T,), 1.0 / T, dtype=torch.float64)
+        on_cpu = generator if generator is not None and gen_device.type == "cpu" else None  # r lives on the CPU
+        t = torch.multinomial(r.float(), batch, replacement=True, generator=on_cpu).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
+        error = self.prediction_error(model, x0, t, noise, cond)
+        weight = self._gather(self.vlb_weights() / r, t, error).flatten()
+        return self.prior_term(x0) + float(self.vlb_constants(dims).sum()) + dims * weight * error
 
     # -- sampling ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -497,11 +564,7 @@ class GaussianDiffusion:
             terms.append(torch.where(t == 0, decoder, kl).view(k, batch).T)
         terms = torch.cat(terms, dim=1)  # (B, n)
 
-        last = torch.full((batch,), T - 1, device=x0.device)
-        mean_T = self._gather(self.sqrt_alphas_cumprod, last, x0_64) * x0_64
-        logvar_T = self._gather((1 - self.alphas_cumprod).log(), last, x0_64)
-        zeros = torch.zeros_like(mean_T)
-        prior = normal_kl(mean_T, logvar_T, zeros, zeros).flatten(1).sum(1)
+        prior = self.prior_term(x0_64)
         decoder, diffusion = terms[:, 0], terms[:, 1:].sum(1) * scale
         total = prior + diffusion + decoder
         out = {"prior": prior, "diffusion": diffusion, "decoder": decoder, "total": total,

@@ -30,12 +30,13 @@ Dependencies run one way: ``pipeline`` (LatentDiffusion) → ``loading`` → ``b
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from autoencoders.models import Autoencoder
+from autoencoders.models import Autoencoder, build_autoencoder
 from latentdiff.builders import build_autoencoder_from_config, build_denoiser, build_diffusion
 from latentdiff.bundle import (
     bundle_files,
@@ -235,14 +236,36 @@ def ldm_parts_from_checkpoint(state: dict, run_dir: Path | None = None, use_ema:
                               "train_diffusion.py run")
     config = state["config"]
     num_values = task_state.get("num_values") if config.get("conditioning", {}).get("enabled") else None
-    ae = task_state.get("ae")
-    autoencoder = autoencoder_of_run(ae, run_dir, device) if ae else None
+    ae, joint = task_state.get("ae"), task_state.get("joint")
+    if joint:  # train_joint.py: the autoencoder is trained too, so its weights live in the checkpoint
+        weights = state["ema"]["module"] if use_ema and state.get("ema") else state["model"]
+        autoencoder = joint_autoencoder(joint["autoencoder"], weights, f"{run_dir}: its autoencoder", device)
+        denoiser_weights = partial(load_module_weights, tensors=submodule(weights, "denoiser"),
+                                   path=f"{run_dir}: its denoiser")
+    else:
+        autoencoder = autoencoder_of_run(ae, run_dir, device) if ae else None
+        denoiser_weights = partial(load_weights, state=state, use_ema=use_ema, what="the denoiser checkpoint")
     return _assemble(config, tuple(task_state["latent_shape"]), num_values, task_state.get("schema"),
-                     LatentNormaliser.from_state(task_state["normaliser"]),
-                     lambda module: load_weights(module, state, use_ema, what="the denoiser checkpoint"),
+                     LatentNormaliser.from_state(task_state["normaliser"]), denoiser_weights,
                      autoencoder, device, what=str(run_dir), prior_state=task_state.get("attribute_prior"),
                      guide_weights=None if state.get("guide") is None else
                      lambda module: load_module_weights(module, state["guide"], f"{run_dir}: its guide"))
+
+
+def submodule(weights: dict, name: str) -> dict:
+    """The entries of a ``JointModel`` state dict under ``name.``, with that prefix removed."""
+    return {k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")}
+
+
+def joint_autoencoder(config: dict, weights: dict, what: str, device) -> Autoencoder:
+    """The frozen autoencoder of a joint run: built from its ``config`` (``Autoencoder.config``), filled with the
+    ``autoencoder.*`` entries of the run's (EMA) weights."""
+    try:
+        model = build_autoencoder(**config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{what}: its config does not describe an autoencoder ({e})") from None
+    load_module_weights(model, submodule(weights, "autoencoder"), what)
+    return model.to(device).eval().requires_grad_(False)
 
 
 def ldm_parts_from_bundle(folder: str | Path, device="cpu") -> dict:

@@ -1,4 +1,4 @@
-"""The three trainings as library calls: what train_ae.py, train_diffusion.py and train_classifier.py run.
+"""The trainings as library calls: what train_ae.py, train_diffusion.py, train_classifier.py and train_joint.py run.
 
     from latentdiff.config import LDMRunConfig, load_config
     from latentdiff.stages import train_latent_diffusion
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -24,7 +25,17 @@ from autoencoders import AutoencoderObjective
 from latentdiff.builders import build_autoencoder_from_config, build_data, build_denoiser, build_diffusion
 from latentdiff.checkpoints import CheckpointError, load_checkpoint
 from latentdiff.conditioning import AttributePrior
-from latentdiff.config import AERunConfig, ClassifierRunConfig, LDMRunConfig, from_dict, to_dict
+from latentdiff.config import (
+    AERunConfig,
+    ClassifierRunConfig,
+    ConditioningConfig,
+    DataConfig,
+    JointRunConfig,
+    LDMRunConfig,
+    SampleConfig,
+    from_dict,
+    to_dict,
+)
 from latentdiff.latent_classifier import ClassifierTask, NoisyAttributeClassifier
 from latentdiff.latents import (
     autoencoder_identity,
@@ -42,11 +53,13 @@ from latentdiff.loading import (
     check_autoencoder_copy,
     ldm_parts_from_checkpoint,
     load_autoencoder,
+    run_checkpoint,
 )
+from latentdiff.metrics.likelihood import fit_decoder_variance
 from latentdiff.pipeline import LatentDiffusion
 from latentdiff.run_folder import preflight_run_dir
 from latentdiff.runtime import distributed_init, is_main_process, pick_device, seed_everything
-from latentdiff.tasks import AutoencoderTask, DiffusionTask, toy_render
+from latentdiff.tasks import AutoencoderTask, DiffusionTask, JointModel, JointTask, toy_render
 from latentdiff.training import train
 from latentdiff.viz import image_grid, reverse_process_grid, save_png
 
@@ -156,10 +169,11 @@ def image_render(cfg, diffusion, normaliser, autoencoder, latent_shape, schema, 
         nrow = per_row
     noise = torch.randn(n, *latent_shape, generator=torch.Generator().manual_seed(cfg.sample.seed))
 
-    def decode(z):
-        return autoencoder.decode(normaliser.denormalise(z)).clamp(-1, 1)
+    def render(model, step, decoder=None):
+        """``decoder``: the autoencoder to decode with (joint training passes its current EMA one)."""
+        def decode(z):
+            return (decoder or autoencoder).decode(normaliser.denormalise(z)).clamp(-1, 1)
 
-    def render(model, step):
         device = next(model.parameters()).device
         c = cond.to(device) if cond is not None else None
         u = uncond.to(device) if uncond is not None else None
@@ -239,6 +253,84 @@ def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[s
               f"{' (attribute-conditional)' if conditional else ''}; run folder {run_dir}", flush=True)
     return train(task, train_data, cfg.train, run_dir, to_dict(cfg), device, resume,
                  num_workers=cfg.data.num_workers, argv=argv, overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- joint training
+
+START_SECTIONS = ("data", "latents", "diffusion", "denoiser", "conditioning", "sample")  # taken from the start run
+
+
+def joint_start(cfg: JointRunConfig, run_dir: Path, resuming: bool, device) -> tuple[dict, dict]:
+    """(LatentDiffusion parts, config sections) of what a joint run starts from: ``start.run``'s checkpoint, or,
+    when a run is resumed and that run is gone (moved, deleted), the joint run's own last.pt (every section and
+    the architecture are in it; its weights replace the start's on resume anyway)."""
+    start = Path(cfg.start.run)
+    own = run_dir / "checkpoints" / "last.pt"
+    if not start.is_dir() and resuming and own.exists():
+        print(f"note: start.run {start} is gone; resuming on this run's own checkpoint", file=sys.stderr, flush=True)
+        state, where = load_checkpoint(own), run_dir
+    else:
+        state, where = load_checkpoint(run_checkpoint(start, cfg.start.checkpoint)), start
+    if "latent_shape" not in state.get("task", {}):
+        raise ValueError(f"start.run: {start} is not a train_diffusion.py run; joint training starts from a "
+                         f"trained stage two")
+    parts = ldm_parts_from_checkpoint(state, where, cfg.start.use_ema, device)
+    ae = parts["autoencoder"]
+    if ae is None:
+        raise ValueError(f"start.run: {start} was trained directly on data (ae.run: null); there is no "
+                         f"autoencoder to train with its prior")
+    if ae.is_deterministic:
+        raise ValueError(f"start.run: {start} trains on a deterministic autoencoder ({ae.kind}): it has no "
+                         f"posterior entropy H[q(z|x)], hence no bound to train end to end; start from a VAE run")
+    return parts, {k: state["config"][k] for k in START_SECTIONS if k in state["config"]}
+
+
+def train_joint(cfg: JointRunConfig, resume: bool = False, argv: list[str] | None = None, overwrite: bool = False):
+    """The third stage: a trained two-stage VAE run fine-tuned end to end on its two-stage bound (LSGM), into
+    ``<out_dir>/<name>``. The run's config is the start run's sections (``START_SECTIONS``) plus this one's, so it
+    samples, evaluates and exports like a stage-two run."""
+    distributed_init()
+    seed_everything(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    run_dir = Path(cfg.out_dir) / cfg.name
+    resuming = (run_dir / "checkpoints" / "last.pt").exists() and not overwrite
+    parts, sections = joint_start(cfg, run_dir, resuming, device)
+    config_dict = {**sections, **to_dict(cfg)}
+    preflight_run_dir(run_dir, config_dict, resume, overwrite)
+    data_cfg = from_dict(DataConfig, sections["data"], prefix="data.")
+    train_set, test_set = build_data(data_cfg, "train"), build_data(data_cfg, "test")
+    ae, denoiser, diffusion, normaliser = parts["autoencoder"], parts["denoiser"], parts["diffusion"], \
+        parts["normaliser"]
+    if tuple(train_set.sample_shape) != ae.sample_shape:
+        raise ValueError(f"data: the start run's autoencoder takes images {ae.sample_shape}, its data section gives "
+                         f"{tuple(train_set.sample_shape)}")
+    k = min(cfg.joint.eval_examples, len(test_set) // 2)
+    heldout, fit_images = first_images(test_set, 2 * k).split(k)
+    with torch.no_grad():  # the decoder variance of the bound, fitted as evaluate.py does: its starting value
+        g = torch.Generator(device=device).manual_seed(0)
+        x_fit = fit_images.to(device)
+        variance = fit_decoder_variance(x_fit, ae.decode(ae.encode(x_fit).sample(generator=g)))
+    start = LatentDiffusion(**parts)
+    model = JointModel(ae.requires_grad_(True), denoiser.requires_grad_(True), variance).to(device)
+    conditioning = from_dict(ConditioningConfig, sections.get("conditioning"), prefix="conditioning.")
+    sample_cfg = from_dict(SampleConfig, sections.get("sample"), prefix="sample.")
+    schema, prior = start.schema, start.attribute_prior
+    render = image_render(SimpleNamespace(sample=sample_cfg), diffusion, normaliser, ae, start.latent_shape, schema,
+                          start.conditional, run_dir, prior if sample_cfg.unasked == "data" else None)
+    extra_state = {"schema": schema.to_dict() if schema is not None else None,
+                   "latent_shape": list(start.latent_shape), "num_values": start.num_values,
+                   "joint": {"start": str(Path(cfg.start.run).resolve()), "autoencoder": ae.config}}
+    if prior is not None:
+        extra_state["attribute_prior"] = prior.state()
+    task = JointTask(model, diffusion, normaliser, heldout, fit_images, start.conditional,
+                     conditioning.drop_attribute_prob, conditioning.drop_all_prob, cfg.joint.denoiser_objective,
+                     cfg.joint.importance_sampling, cfg.joint.bound_timesteps, render, extra_state)
+    if is_main_process():
+        n_ae, n_den = (sum(p.numel() for p in m.parameters()) for m in (ae, denoiser))
+        print(f"joint training: autoencoder {n_ae / 1e6:.2f} M + denoiser {n_den / 1e6:.2f} M parameters from "
+              f"{cfg.start.run}, decoder variance {variance:.3g} to start; run folder {run_dir}", flush=True)
+    return train(task, train_set, cfg.train, run_dir, config_dict, device, resume,
+                 num_workers=data_cfg.num_workers, argv=_argv(argv), overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- post-hoc classifier

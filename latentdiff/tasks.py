@@ -2,9 +2,14 @@
 
 ``AutoencoderTask``: stage one, reconstruction (+ KL / RAE / LPIPS / GAN terms) of images.
 ``DiffusionTask``: stage two, the ε objective on (normalised) latent codes or directly on data.
+``JointTask``: the third stage, encoder, decoder and latent denoiser fine-tuned together on the two-stage bound
+(LSGM, Vahdat et al. 2021), from a trained stage two.
 """
 
 from __future__ import annotations
+
+import math
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -13,6 +18,13 @@ from latentdiff.conditioning import drop_attributes
 from latentdiff.latents import LatentNormaliser, training_batch
 from latentdiff.loading import write_autoencoder_copy
 from latentdiff.metrics.image import mse, psnr, ssim
+from latentdiff.metrics.likelihood import (
+    diffusion_latent_nll,
+    fit_decoder_variance,
+    gaussian_decoder_nll,
+    gaussian_entropy,
+    vae_bound,
+)
 from latentdiff.viz import image_grid, scatter_image
 
 
@@ -174,6 +186,151 @@ class DiffusionTask:
         model.eval()
         for tag, image in self.render(model, step).items():
             writer.add_image(tag, image, step)
+        model.train(was_training)
+
+
+class JointModel(nn.Module):
+    """A VAE and the latent denoiser of its prior as one module, so the loop keeps one EMA and one checkpoint entry
+    for both (keys ``autoencoder.*``, ``denoiser.*``), plus the decoder's log-variance log σ² of the Gaussian
+    likelihood p(x|z) = N(D(z), σ² I), learned with them (its optimum is the mean squared error + Δ²/12)."""
+
+    def __init__(self, autoencoder: nn.Module, denoiser: nn.Module, decoder_variance: float):
+        super().__init__()
+        self.autoencoder, self.denoiser = autoencoder, denoiser
+        self.decoder_logvar = nn.Parameter(torch.tensor(math.log(decoder_variance)))
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """Gradients pass through ``module`` to its inputs but not into its parameters (restored afterwards)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def joint_bound_terms(model: JointModel, diffusion, normaliser: LatentNormaliser, x: torch.Tensor, cond=None,
+                      importance_sampling: bool = True, train_denoiser: bool = True) -> dict:
+    """One-sample estimates of the two-stage bound's terms per image (B,) in nats (docs/math.md, "Joint training"):
+
+        −ELBO(x) = E_q[−log p(x|z)] − H[q(z|x)] + CE(q(z|x) ‖ p_θ(z)),
+
+    the reconstruction with z ~ q(z|x) by reparameterisation (Kingma & Welling 2014, Eq. 10) under the bound's
+    Gaussian, dequantised decoder (``gaussian_decoder_nll``), the entropy in closed form (``gaussian_entropy``),
+    and the cross-entropy as ``GaussianDiffusion.bound_estimate`` of z_n = normalise(z) minus log |det ∂z_n/∂z|.
+    Gradients reach the encoder through z in every term. ``train_denoiser=False`` keeps them out of the denoiser's
+    parameters (LSGM's split: it trains on its own objective instead). x: (B, C, H, W) images in [-1, 1].
+    Returns reconstruction, neg_entropy, cross_entropy, total (B,) and z_n (B, *latent_shape).
+    """
+    posterior = model.autoencoder.encode(x)
+    z = posterior.sample()
+    reconstruction = gaussian_decoder_nll(x, model.autoencoder.decode(z), model.decoder_logvar.exp())
+    neg_entropy = -gaussian_entropy(posterior.logvar)
+    z_n = normaliser.normalise(z)
+    log_det = normaliser.log_det_jacobian(tuple(z.shape[1:]))
+    with frozen(model.denoiser) if not train_denoiser else nullcontext():
+        cross_entropy = diffusion.bound_estimate(model.denoiser, z_n, cond, importance_sampling).double() - log_det
+    return {"reconstruction": reconstruction, "neg_entropy": neg_entropy, "cross_entropy": cross_entropy,
+            "total": reconstruction + neg_entropy + cross_entropy, "z_n": z_n}
+
+
+class JointTask:
+    """The third stage: a trained stage two fine-tuned end to end on the two-stage bound in bits/dim.
+
+    Batches are ``(images, attrs)``. The loss is the bound's one-sample estimate (``joint_bound_terms``) per image
+    dimension, in bits; with ``denoiser_objective="reweighted"`` the denoiser sees none of it and trains on its
+    recipe's own loss (``diffusion.training_loss``: its weighting, uniform t) on the same z_n, detached (LSGM's
+    split of the likelihood-weighted objective for q and the reweighted one for θ). ``best.pt`` is the lowest
+    held-out bound.
+
+    Args:
+        model: ``JointModel`` (trainable; the EMA tracks all of it).
+        diffusion, normaliser: the start run's (the normaliser stays fixed: part of the model from here on).
+        heldout: held-out images (N, C, H, W) whose bound is evaluated; fit_images: other held-out images that fit
+            the evaluation's decoder variance, as ``evaluate.py`` does.
+        conditional, drop_attribute_prob, drop_all_prob: the start run's conditioning (the bound's cross-entropy
+            uses the same dropped condition as the denoiser's loss).
+        bound_timesteps: Monte Carlo timesteps per example in the evaluated bound (None: the exact sum).
+        render: ``image_render``'s ``render(denoiser, step, decoder=autoencoder)``.
+    """
+
+    best_metric = ("bpd", "min")
+
+    def __init__(self, model: JointModel, diffusion, normaliser: LatentNormaliser, heldout: torch.Tensor,
+                 fit_images: torch.Tensor, conditional: bool, drop_attribute_prob: float, drop_all_prob: float,
+                 denoiser_objective: str = "reweighted", importance_sampling: bool = True,
+                 bound_timesteps: int | None = 100, render=None, extra_state: dict | None = None):
+        self.model, self.diffusion, self.normaliser = model.train(), diffusion, normaliser
+        self.extra_modules = {}
+        self.heldout, self.fit_images = heldout, fit_images
+        self.conditional, self.p_attr, self.p_all = conditional, drop_attribute_prob, drop_all_prob
+        self.reweighted, self.importance_sampling = denoiser_objective == "reweighted", importance_sampling
+        self.bound_timesteps, self.render = bound_timesteps, render
+        self.extra_state = extra_state or {}
+        self.dims = heldout[0].numel()
+
+    def state(self) -> dict:
+        return {"normaliser": self.normaliser.state(), **self.extra_state}
+
+    def load_state(self, state: dict) -> None:
+        if "normaliser" in state:
+            self.normaliser = LatentNormaliser.from_state(state["normaliser"])
+
+    def losses(self, batch, step):
+        x, attrs = batch
+        cond = drop_attributes(attrs, self.p_attr, self.p_all) if self.conditional else None
+        terms = joint_bound_terms(self.model, self.diffusion, self.normaliser, x, cond, self.importance_sampling,
+                                  train_denoiser=not self.reweighted)
+        to_bits = 1 / (self.dims * math.log(2))
+        bound = terms["total"].mean() * to_bits
+        logs = {"loss": bound.detach(), "bpd": bound.detach(),
+                **{f"bpd/{k}": terms[k].detach().mean() * to_bits
+                   for k in ("reconstruction", "neg_entropy", "cross_entropy")},
+                "decoder_variance": self.model.decoder_logvar.detach().exp()}
+        loss = bound.float()
+        if self.reweighted:
+            denoiser_loss = self.diffusion.training_loss(self.model.denoiser, terms["z_n"].detach(), cond=cond)
+            logs["denoiser_loss"] = denoiser_loss.detach()
+            loss = loss + denoiser_loss
+        return {"model": loss}, logs
+
+    @torch.no_grad()
+    def evaluate(self, model: JointModel, step) -> dict:
+        """Reconstruction PSNR (posterior mode) and the two-stage bound in bits/dim on the held-out images, with
+        the decoder variance fitted on other held-out images and fixed draws (``evaluate.py``'s bound)."""
+        was_training = model.training
+        model.eval()
+        ae, device = model.autoencoder, next(model.parameters()).device
+        x, x_fit = self.heldout.to(device), self.fit_images.to(device)
+        recon = ae.decode(ae.encode(x).mode()).clamp(-1, 1)
+        g = torch.Generator(device=device).manual_seed(0)
+        var = fit_decoder_variance(x_fit, ae.decode(ae.encode(x_fit).sample(generator=g)))
+        nll = diffusion_latent_nll(self.diffusion, model.denoiser, self.normaliser, mc_timesteps=self.bound_timesteps,
+                                   generator=torch.Generator(device=device).manual_seed(1))
+        bound = vae_bound(ae, x, nll, var, generator=torch.Generator(device=device).manual_seed(2))
+        model.train(was_training)
+        to_bits = 1 / (self.dims * math.log(2))
+        return {"bpd": float(bound["bpd"].mean()), "psnr": float(psnr(recon.cpu(), self.heldout)),
+                **{f"bpd_{k}": float(bound[k].mean()) * to_bits for k in ("reconstruction", "neg_entropy",
+                                                                           "latent_prior")}}
+
+    @torch.no_grad()
+    def log_images(self, writer, model: JointModel, step) -> None:
+        if writer is None:
+            return
+        was_training = model.training
+        model.eval()
+        ae, device = model.autoencoder, next(model.parameters()).device
+        x = self.heldout[:32].to(device)
+        recon = ae.decode(ae.encode(x).mode()).clamp(-1, 1)
+        writer.add_image("reconstructions/input_output", image_grid(torch.stack([x, recon], 1).flatten(0, 1).cpu(),
+                                                                    nrow=8), step)
+        if self.render is not None:
+            for tag, image in self.render(model.denoiser, step, decoder=ae).items():
+                writer.add_image(tag, image, step)
         model.train(was_training)
 
 

@@ -51,9 +51,12 @@ from latentdiff.config.sections import (
     DataConfig,
     DenoiserConfig,
     DiffusionConfig,
+    JointConfig,
+    JointRunConfig,
     LatentConfig,
     LDMRunConfig,
     SampleConfig,
+    StartConfig,
     TrainConfig,
     check,
 )
@@ -62,7 +65,7 @@ __all__ = [
     # sections
     "DataConfig", "TrainConfig", "AEModelConfig", "AELossConfig", "AERunConfig", "DiffusionConfig", "DenoiserConfig",
     "AERefConfig", "LatentConfig", "ConditioningConfig", "SampleConfig", "LDMRunConfig", "ClassifierModelConfig",
-    "ClassifierRunConfig", "check",
+    "ClassifierRunConfig", "StartConfig", "JointConfig", "JointRunConfig", "check",
     # parsing
     "ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml",
     "Constraint", "CONSTRAINTS", "constraint", "check_constraints",

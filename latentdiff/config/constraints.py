@@ -11,6 +11,7 @@ order, and docs/config.md lists them. tests/test_config_constraints.py breaks ea
 exit 2 from ``--print-config``; its table must cover every rule.
 """
 
+import json
 from pathlib import Path
 
 import yaml
@@ -22,6 +23,7 @@ from latentdiff.config.sections import (
     DataConfig,
     DenoiserConfig,
     DiffusionConfig,
+    JointRunConfig,
     LDMRunConfig,
     SampleConfig,
     TrainConfig,
@@ -237,6 +239,28 @@ def _(r):
     if unknown:
         return (f"{unknown} match no UNet level: the latents of ae.run are {side}×{side}, so the levels have "
                 f"sides {sides}")
+
+
+# -- joint training (stages.train_joint) -------------------------------------------------------------------
+
+@constraint(JointRunConfig, "start.run", "a train_diffusion.py run on a VAE's latents")
+def _(r):
+    if r.start.run is None:
+        return "is required: the stage-two run to start from (train both stages first), e.g. start.run=runs/<name>"
+    try:  # the run's own copy of its autoencoder says which kind it is, without loading a checkpoint
+        kind = json.loads((Path(r.start.run).expanduser() / "autoencoder" / "config.json").read_text())["model"]["kind"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not readable here: the stage's own checks speak when it loads the run
+    if kind != "vae":
+        return (f"{r.start.run} trains on a deterministic autoencoder (kind {kind}): it has no posterior entropy "
+                f"H[q(z|x)], hence no bound to train end to end; start from a VAE run")
+
+
+@constraint(JointRunConfig, "train.guide_at", "null (joint training moves the latents a guide was trained on)")
+def _(r):
+    if r.train.guide_at is not None:
+        return ("a joint run changes the encoder, so an EMA snapshot of its denoiser would guide on other latents; "
+                "leave train.guide_at unset")
 
 
 # -- stage one (autoencoders.models.check_architecture, autoencoders.losses) -----------------------------

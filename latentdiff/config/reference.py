@@ -10,7 +10,11 @@ from typing import Literal
 import yaml
 
 from latentdiff.config.parsing import CONSTRAINTS, Constraint, _type_name
-from latentdiff.config.sections import AERunConfig, ClassifierRunConfig, LDMRunConfig
+from latentdiff.config.sections import AERunConfig, ClassifierRunConfig, JointRunConfig, LDMRunConfig
+
+# The training commands and their run configs, in the reference's order.
+COMMANDS = (("train_ae.py", AERunConfig), ("train_diffusion.py", LDMRunConfig),
+            ("train_classifier.py", ClassifierRunConfig), ("train_joint.py", JointRunConfig))
 
 
 def _field_comments(cls) -> dict[str, str]:
@@ -63,8 +67,7 @@ def reference_markdown() -> str:
              "Generated from the dataclasses in `latentdiff/config/sections.py` by",
              "`python docs/make_config_reference.py`; do not edit by hand. Every key can be set in a recipe's YAML or",
              "on the command line as a dotted override (`train.steps=500`).", ""]
-    for command, run_cls in (("train_ae.py", AERunConfig), ("train_diffusion.py", LDMRunConfig),
-                             ("train_classifier.py", ClassifierRunConfig)):
+    for command, run_cls in COMMANDS:
         lines += [f"## `{command}` — `{run_cls.__name__}`", "", run_cls.__doc__.strip(), ""]
         sections = [("", run_cls, run_cls())]  # defaults read from an instance: a command may set its own
         while sections:
@@ -93,7 +96,7 @@ def reference_markdown() -> str:
 
 
 def _dotted_keys(c: Constraint) -> list[str]:
-    """The full dotted keys a rule applies to, over the three commands' configs (each listed once)."""
+    """The full dotted keys a rule applies to, over the training commands' configs (each listed once)."""
     def prefixes(cls, section, prefix=""):
         if cls is section:
             yield prefix
@@ -102,5 +105,5 @@ def _dotted_keys(c: Constraint) -> list[str]:
             if dataclasses.is_dataclass(hints[f.name]):
                 yield from prefixes(hints[f.name], section, f"{prefix}{f.name}.")
 
-    keys = {p + c.key for run in (AERunConfig, LDMRunConfig, ClassifierRunConfig) for p in prefixes(run, c.section)}
+    keys = {p + c.key for _, run in COMMANDS for p in prefixes(run, c.section)}
     return sorted(keys)

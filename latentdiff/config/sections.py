@@ -250,6 +250,45 @@ class LDMRunConfig:
     bound_examples: int = field(default=256, metadata=check(min=1))  # held-out latents in the bound
 
 
+# ----------------------------------------------------------------------------- joint training
+
+
+@dataclass
+class StartConfig:
+    """The trained two-stage VAE run a joint run starts from (LSGM's warm start)."""
+
+    run: str | None = field(default=None, metadata=check(help=(
+        "a train_diffusion.py run on a VAE's latents; its diffusion, denoiser, conditioning, sample, data and latents "
+        "sections become the joint run's")))
+    checkpoint: Literal["best", "last"] = "last"  # which stage-two checkpoint to start from
+    use_ema: bool = True  # start from its EMA weights (the autoencoder's are the frozen copy it was trained on)
+
+
+@dataclass
+class JointConfig:
+    """The bound trained end to end (``latentdiff.tasks.JointTask``; docs/math.md, "Joint training")."""
+
+    # "reweighted": the denoiser trains on its recipe's objective (diffusion.loss_weighting) at uniform t, the
+    # autoencoder on the likelihood-weighted one (LSGM's split); "likelihood": both on the bound itself
+    denoiser_objective: Literal["reweighted", "likelihood"] = "reweighted"
+    importance_sampling: bool = True  # t ~ r ∝ λ_t ᾱ_t for the cross-entropy term (LSGM §3.3); false: uniform t
+    eval_examples: int = field(default=256, metadata=check(min=1))  # held-out images in each evaluation's bound
+    bound_timesteps: int | None = field(default=100, metadata=check(min=1))  # per example; null: the exact sum
+
+
+@dataclass
+class JointRunConfig:
+    """``train_joint.py``: encoder, decoder and latent denoiser fine-tuned together on the two-stage bound."""
+
+    name: str = "fashion_mnist_joint_kl"  # the run folder is <out_dir>/<name>
+    out_dir: str = field(default="runs", metadata=check(path="folder"))  # parent of run folders
+    start: StartConfig = field(default_factory=StartConfig)
+    joint: JointConfig = field(default_factory=JointConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=2000, batch_size=64, lr=1e-4, warmup_steps=100, log_every=100, eval_every=1000, image_every=1000,
+        checkpoint_every=500))
+
+
 # ----------------------------------------------------------------------------- post-hoc classifier
 
 

@@ -34,15 +34,16 @@ def gaussian_decoder_nll(x: torch.Tensor, mean: torch.Tensor, var: float,
 
     an upper bound on −log P(x | z) of the discrete pixels (see the module docstring). ``bin_width=None``
     treats x as continuous: −log N(x; μ, σ²), with neither the Δ²/12 nor the −D log Δ term.
-    x, mean: (B, ...); var: σ², a positive float.
+    x, mean: (B, ...); var: σ², a positive float or a 0-d tensor (joint training learns it: gradients flow).
     """
-    if var <= 0:
-        raise ValueError(f"the decoder variance must be positive, got {var}")
+    if float(torch.as_tensor(var).detach()) <= 0:
+        raise ValueError(f"the decoder variance must be positive, got {float(torch.as_tensor(var).detach())}")
     x, mean = x.double(), mean.double()
+    var = torch.as_tensor(var, dtype=torch.float64, device=x.device)
     sq = (x - mean).pow(2)
     if bin_width is not None:
         sq = sq + bin_width**2 / 12
-    nll = 0.5 * (math.log(2 * math.pi * var) + sq / var).flatten(1).sum(1)
+    nll = 0.5 * (torch.log(2 * math.pi * var) + sq / var).flatten(1).sum(1)
     if bin_width is not None:
         nll = nll - x[0].numel() * math.log(bin_width)
     return nll
