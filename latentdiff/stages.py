@@ -295,6 +295,10 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, argv: list[str] | Non
     run_dir = Path(cfg.out_dir) / cfg.name
     resuming = (run_dir / "checkpoints" / "last.pt").exists() and not overwrite
     parts, sections = joint_start(cfg, run_dir, resuming, device)
+    if sections.get("sample", {}).get("autoguidance_scale", 1.0) != 1.0:  # a joint run keeps no guide
+        print(f"note: start.run samples with sample.autoguidance_scale={sections['sample']['autoguidance_scale']}; "
+              f"a joint run has no guide (its latents move), so it samples with 1", file=sys.stderr, flush=True)
+        sections["sample"] = {**sections["sample"], "autoguidance_scale": 1.0}
     config_dict = {**sections, **to_dict(cfg)}
     preflight_run_dir(run_dir, config_dict, resume, overwrite)
     data_cfg = from_dict(DataConfig, sections["data"], prefix="data.")
