@@ -374,3 +374,31 @@ def test_autoguidance_quick_trains_a_guide_and_scores_each_scale_with_it(tmp_pat
     again = bench("autoguidance.py", *args, results=tmp_path)
     assert again.count("done already") == 2 and "sampling 16 with" not in again
     assert json.loads((tmp_path / name).read_text())["rows"] == rows
+
+
+def test_joint_training_quick_compares_more_stage_two_with_joint_training_from_one_run(runs, tmp_path):  # noqa: F811
+    """From the tiny shapes run: (b) copies resumed for more stage-two steps, (c) one joint run kept after each leg,
+    (c') the other denoiser objective; each point's bound and FDs are the scores of its own weights."""
+    from latentdiff.checkpoints import load_checkpoint
+
+    out, _ = runs
+    start = out / "shapes_ldm_kl"
+    bench("joint_training.py", "--start", start, "--quick", "--out-dir", tmp_path / "runs", results=tmp_path)
+    result = json.loads((tmp_path / "joint_training_shapes_ldm_kl_quick.json").read_text())
+    rows = {r["point"]: r for r in result["rows"]}
+    assert list(rows) == ["a: two-stage run", "b: +1 min stage two", "b: +2 min stage two",
+                          "c: +1 min joint (likelihood)", "c: +2 min joint (likelihood)",
+                          "c': +1 min joint (reweighted)"]
+    first = load_checkpoint(start / "checkpoints" / "last.pt")["step"]
+    b2 = tmp_path / "runs" / "stage_two_2min" / "shapes_ldm_kl"
+    assert load_checkpoint(b2 / "checkpoints" / "last.pt")["step"] == first + 4
+    c1, c2 = (tmp_path / "runs" / f"joint_likelihood_{n}" / "joint_likelihood" for n in (2, 4))
+    assert [load_checkpoint(c / "checkpoints" / "last.pt")["step"] for c in (c1, c2)] == [2, 4]
+    assert rows["c: +2 min joint (likelihood)"]["cpu_min"] > rows["c: +1 min joint (likelihood)"]["cpu_min"]
+    scored = json.loads((c2 / "joint_bench_scores.json").read_text())
+    assert rows["c: +2 min joint (likelihood)"]["bpd"] == scored["bound"]["bpd"]
+    assert rows["a: two-stage run"]["psnr"] == rows["b: +2 min stage two"]["psnr"]  # stage two leaves the AE alone
+    assert rows["a: two-stage run"]["psnr"] != rows["c: +2 min joint (likelihood)"]["psnr"]
+    c, b = rows["c: +2 min joint (likelihood)"], rows["b: +2 min stage two"]
+    assert result["bound_ratio_c_over_b"] == c["bpd"] / b["bpd"]
+    assert (tmp_path / "joint_training_shapes_ldm_kl_quick.png").stat().st_size > 1000

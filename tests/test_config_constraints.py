@@ -19,7 +19,7 @@ import pytest
 
 import latentdiff.builders
 import latentdiff.data
-from latentdiff.config import CONSTRAINTS, AERunConfig, ClassifierRunConfig, LDMRunConfig, dump_yaml
+from latentdiff.config import CONSTRAINTS, AERunConfig, ClassifierRunConfig, JointRunConfig, LDMRunConfig, dump_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # An autoencoder run folder as train_ae.py leaves it, as far as validation reads it (its config.yaml):
@@ -29,10 +29,15 @@ AE_RUN = Path(tempfile.mkdtemp(prefix="latentdiff_ae_run_"))
 
 def case_id(words) -> str:
     """A test id that is the same in every process (pytest-xdist workers each make their own AE_RUN)."""
-    return " ".join(words).replace(str(AE_RUN), "<ae_run>")
+    return " ".join(words).replace(str(AE_RUN), "<ae_run>").replace(str(RAE_LDM_RUN), "<rae_ldm_run>")
 (AE_RUN / "config.yaml").write_text(dump_yaml(AERunConfig()))
+# A stage-two run folder on a deterministic autoencoder, as far as joint training's validation reads it: the kind in
+# its autoencoder/config.json.
+RAE_LDM_RUN = Path(tempfile.mkdtemp(prefix="latentdiff_rae_ldm_run_"))
+(RAE_LDM_RUN / "autoencoder").mkdir()
+(RAE_LDM_RUN / "autoencoder" / "config.json").write_text('{"model": {"kind": "rae"}}')
 RUN_CLASSES = {"train_ae.py": AERunConfig, "train_diffusion.py": LDMRunConfig,
-               "train_classifier.py": ClassifierRunConfig}
+               "train_classifier.py": ClassifierRunConfig, "train_joint.py": JointRunConfig}
 
 # (command, overrides that break exactly one rule, the dotted key the one-line error must name)
 VIOLATIONS = [
@@ -49,6 +54,9 @@ VIOLATIONS = [
     ("train_diffusion.py", ["train.ema_sigma_rel=0.1", "train.ema_decay=null"], "train.ema_sigma_rel"),
     ("train_diffusion.py", ["train.guide_at=1.0"], "train.guide_at"),
     ("train_ae.py", ["train.guide_at=0.25"], "train.guide_at"),
+    ("train_joint.py", ["train.guide_at=0.25"], "train.guide_at"),
+    ("train_joint.py", ["start.run=null"], "start.run"),
+    ("train_joint.py", [f"start.run={RAE_LDM_RUN}"], "start.run"),
     ("train_diffusion.py", ["sample.autoguidance_scale=2"], "sample.autoguidance_scale"),
     # the samplers
     ("train_diffusion.py", ["sample.sampler=ddpm", "sample.eta=0.5"], "sample.eta"),
@@ -147,6 +155,8 @@ def print_config(mains, script, overrides, capsys):
     argv = ["--print-config", *overrides]
     if script == "train_classifier.py":
         argv = ["--run", str(ROOT), *argv]
+    if script == "train_joint.py":  # the run it starts from (read only where it exists)
+        argv = [argv[0], f"start.run={AE_RUN}", *argv[1:]]
     with pytest.raises(SystemExit) as exit_info:
         mains[script](argv)
     out = capsys.readouterr()
