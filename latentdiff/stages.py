@@ -269,6 +269,9 @@ def joint_start(cfg: JointRunConfig, run_dir: Path, resuming: bool, device) -> t
     if not start.is_dir() and resuming and own.exists():
         print(f"note: start.run {start} is gone; resuming on this run's own checkpoint", file=sys.stderr, flush=True)
         state, where = load_checkpoint(own), run_dir
+    elif not start.is_dir():
+        raise FileNotFoundError(f"start.run: {start} does not exist; train the two stages first (train_ae.py, then "
+                                f"train_diffusion.py on a VAE) and give that run")
     else:
         state, where = load_checkpoint(run_checkpoint(start, cfg.start.checkpoint)), start
     if "latent_shape" not in state.get("task", {}):

@@ -19,8 +19,8 @@ from latentdiff.config import LDMRunConfig, dump_yaml, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.relative_to(ROOT / "configs").with_suffix("").as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
-COMMANDS = ("train-ae", "train-diffusion", "train-classifier", "sample", "evaluate", "export", "visualize",
-            "quickstart")
+COMMANDS = ("train-ae", "train-diffusion", "train-classifier", "train-joint", "sample", "evaluate", "export",
+            "visualize", "quickstart")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_an_unknown_config_name_is_one_line_listing_the_recipes(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err == ("error: --config 'fashion_mnist/ldm_k1': no such file, nor a recipe of that "
                                          f"name; recipes: {', '.join(RECIPES)}\n")
-    assert "fashion_mnist/ldm_kl" in RECIPES and "toy/swissroll" in RECIPES and len(RECIPES) == 18
+    assert "fashion_mnist/ldm_kl" in RECIPES and "toy/swissroll" in RECIPES and len(RECIPES) == 19
     with pytest.raises(SystemExit) as e:  # a .yaml path is a path: its own error, no list
         parse_cli(LDMRunConfig, ["--config", "configs/fashion_mnist/ldm_k1.yaml"])
     assert e.value.code == 2

@@ -81,6 +81,10 @@ def test_importance_sampling_cuts_the_estimators_spread_on_normalised_latents():
     assert se_importance < se_uniform / 5, (se_importance, se_uniform)
     r = diff.importance_distribution()
     assert abs(float(r.sum()) - 1) < 1e-12 and bool((r > 0).all())
+    # for t ≥ 2 (σ_t² = β̃_t): r_t ∝ λ_t^ε ᾱ_t = β_t ᾱ_{t−1} / (2 (1 − ᾱ_{t−1})), LSGM's β(1 − σ²)/σ² in discrete time
+    abar, betas = diff.alphas_cumprod, diff.betas
+    closed = betas[1:] * abar[:-1] / (2 * (1 - abar[:-1]))
+    assert torch.allclose(r[1:] / r[1:].sum(), closed / closed.sum(), rtol=1e-10)
 
 
 def test_bound_estimate_passes_gradients_to_the_latents_and_the_model():
