@@ -20,7 +20,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 # Appended to every training command a test runs (train_ae.py, train_diffusion.py, train_classifier.py):
 # ``null`` is "no time budget" (see TrainConfig.max_minutes), so a run stops at train.steps and nowhere else.
 STEP_BOUND = ["train.max_minutes=null"]
-TRAINING_SCRIPTS = ("train_ae.py", "train_diffusion.py", "train_classifier.py")
+TRAINING_SCRIPTS = ("train_ae.py", "train_diffusion.py", "train_classifier.py", "train_joint.py")
 
 
 def step_bound(script, args) -> list:

@@ -8,6 +8,7 @@ is exact, so the bound equals the analytic cross-entropy ½ log 2π + (v + m²)/
 """
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -183,9 +184,13 @@ def test_joint_run_lowers_the_bound_resumes_bit_exactly_and_samples_like_a_stage
     assert state["step"] == 6 and state["task"]["joint"]["autoencoder"]["kind"] == "vae"
     config = yaml.safe_load((whole / "config.yaml").read_text())
     assert config["diffusion"] == yaml.safe_load((start / "config.yaml").read_text())["diffusion"]
-    # stopped at 3 and continued: the same weights, bit for bit
-    joint_cli(tmp_path, start, "name=halves", "train.steps=3")
-    joint_cli(tmp_path, start, "name=halves")
+    # stopped at 3 and continued after its start run was deleted: the same weights, bit for bit
+    copy = tmp_path / "start_copy"
+    shutil.copytree(start, copy)
+    joint_cli(tmp_path, copy, "name=halves", "train.steps=3")
+    shutil.rmtree(copy)
+    resumed = joint_cli(tmp_path, copy, "name=halves")
+    assert "is gone; resuming on this run's own checkpoint" in resumed.stderr
     halves = load_checkpoint(tmp_path / "halves" / "checkpoints" / "last.pt")
     for key, value in state["model"].items():
         assert torch.equal(value, halves["model"][key]), key
