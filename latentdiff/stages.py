@@ -23,6 +23,7 @@ import torch
 
 from autoencoders import AutoencoderObjective
 from latentdiff.builders import build_autoencoder_from_config, build_data, build_denoiser, build_diffusion
+from latentdiff.bundle import is_bundle
 from latentdiff.checkpoints import CheckpointError, load_checkpoint
 from latentdiff.conditioning import AttributePrior
 from latentdiff.config import (
@@ -51,6 +52,7 @@ from latentdiff.loading import (
     autoencoder_copy_hash,
     autoencoder_of_run,
     check_autoencoder_copy,
+    ldm_parts_from_bundle,
     ldm_parts_from_checkpoint,
     load_autoencoder,
     run_checkpoint,
@@ -261,7 +263,8 @@ START_SECTIONS = ("data", "latents", "diffusion", "denoiser", "conditioning", "s
 
 
 def joint_start(cfg: JointRunConfig, run_dir: Path, resuming: bool, device) -> tuple[dict, dict]:
-    """(LatentDiffusion parts, config sections) of what a joint run starts from: ``start.run``'s checkpoint, or,
+    """(LatentDiffusion parts, config sections) of what a joint run starts from: ``start.run``'s checkpoint (or
+    exported folder), or,
     when a run is resumed and that run is gone (moved, deleted), the joint run's own last.pt (every section and
     the architecture are in it; its weights replace the start's on resume anyway)."""
     start = Path(cfg.start.run)
@@ -272,12 +275,21 @@ def joint_start(cfg: JointRunConfig, run_dir: Path, resuming: bool, device) -> t
     elif not start.is_dir():
         raise FileNotFoundError(f"start.run: {start} does not exist; train the two stages first (train_ae.py, then "
                                 f"train_diffusion.py on a VAE) and give that run")
+    elif is_bundle(start):  # an exported model someone handed on: its weights are the EMA ones
+        parts = ldm_parts_from_bundle(start, device)
+        return _joint_parts_checked(parts, start), {k: parts["config"][k] for k in START_SECTIONS
+                                                   if k in parts["config"]}
     else:
         state, where = load_checkpoint(run_checkpoint(start, cfg.start.checkpoint)), start
     if "latent_shape" not in state.get("task", {}):
         raise ValueError(f"start.run: {start} is not a train_diffusion.py run; joint training starts from a "
                          f"trained stage two")
-    parts = ldm_parts_from_checkpoint(state, where, cfg.start.use_ema, device)
+    parts = _joint_parts_checked(ldm_parts_from_checkpoint(state, where, cfg.start.use_ema, device), start)
+    return parts, {k: state["config"][k] for k in START_SECTIONS if k in state["config"]}
+
+
+def _joint_parts_checked(parts: dict, start: Path) -> dict:
+    """``parts`` when they hold a VAE to train; one line otherwise."""
     ae = parts["autoencoder"]
     if ae is None:
         raise ValueError(f"start.run: {start} was trained directly on data (ae.run: null); there is no "
@@ -285,7 +297,7 @@ def joint_start(cfg: JointRunConfig, run_dir: Path, resuming: bool, device) -> t
     if ae.is_deterministic:
         raise ValueError(f"start.run: {start} trains on a deterministic autoencoder ({ae.kind}): it has no "
                          f"posterior entropy H[q(z|x)], hence no bound to train end to end; start from a VAE run")
-    return parts, {k: state["config"][k] for k in START_SECTIONS if k in state["config"]}
+    return parts
 
 
 def train_joint(cfg: JointRunConfig, resume: bool = False, argv: list[str] | None = None, overwrite: bool = False):

@@ -205,6 +205,9 @@ def test_joint_run_lowers_the_bound_resumes_bit_exactly_and_samples_like_a_stage
     again = LatentDiffusion.from_pretrained(tmp_path / "exported").sample(4, generator=torch.Generator().manual_seed(0),
                                                                          steps=3)
     assert torch.equal(images, again)
+    # and an export handed on is a start too
+    joint_cli(tmp_path, tmp_path / "exported", "name=from_export", "train.steps=2")
+    assert load_checkpoint(tmp_path / "from_export" / "checkpoints" / "last.pt")["step"] == 2
 
 
 def held_out_bound(run) -> float:

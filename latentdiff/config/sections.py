@@ -258,8 +258,8 @@ class StartConfig:
     """The trained two-stage VAE run a joint run starts from (LSGM's warm start)."""
 
     run: str | None = field(default=None, metadata=check(help=(
-        "a train_diffusion.py run on a VAE's latents; its diffusion, denoiser, conditioning, sample, data and latents "
-        "sections become the joint run's")))
+        "a train_diffusion.py run (or its export.py folder) on a VAE's latents; its diffusion, denoiser, conditioning, "
+        "sample, data and latents sections become the joint run's")))
     checkpoint: Literal["best", "last"] = "last"  # which stage-two checkpoint to start from
     use_ema: bool = True  # start from its EMA weights (the autoencoder's are the frozen copy it was trained on)
 
