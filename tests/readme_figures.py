@@ -754,3 +754,53 @@ FIGURES += [
     Figure("| VAE, unconditional, guide a separate 16-channel stage two trained for 25 % of the steps | {} ({}×) | | "
            "{} ({}×) | {} ({}×) | {} ({}×) |", ag_cells("vae_guidesmall16_0.25", (1.0, 1.5, 2.0, 3.0))),
 ]
+
+# -- joint training (bench/joint_training.py) against more stage two, 2026-12-04
+JOINT = "joint_training_vae_ldm_uncond_guide0.25.json"
+JOINT_POINTS = {"(a) the two-stage run": "a: two-stage run", "(b) + 15 min of stage two": "b: +15 min stage two",
+                "(b) + 30 min of stage two": "b: +30 min stage two",
+                "(c) + 15 min joint": "c: +15 min joint (likelihood)",
+                "(c) + 30 min joint": "c: +30 min joint (likelihood)",
+                "(c') + 15 min joint, LSGM's split": "c': +15 min joint (reweighted)"}
+
+
+def jv(point: str, key: str, fmt=f2) -> V:
+    return V(JOINT, *row(point=JOINT_POINTS[point]), key, fmt=fmt)
+
+
+def joint_row(label: str) -> Figure:
+    return Figure(f"| {label} | {{}} | {{}} | {{}} ± {{}} | {{}} | {{}} | {{}} | {{}} ({{}}×) | {{}} | {{}} |",
+                  [jv(label, "cpu_min", f1), jv(label, "steps", str), jv(label, "bpd"), jv(label, "bpd_se"),
+                   jv(label, "bpd_neg_entropy"), jv(label, "psnr"), jv(label, "fd_reconstructions"),
+                   jv(label, "fd_ldm"), jv(label, "fd_ldm_vs_floor"), jv(label, "precision_ldm"),
+                   jv(label, "recall_ldm")])
+
+
+def joint_seeds(point: str) -> V:
+    return V(JOINT, *row(point=JOINT_POINTS[point]), "fd_ldm_seeds", fmt=lambda v: ", ".join(f2(x) for x in v))
+
+
+def joint_worse_on(result) -> str:
+    by = {r["point"]: r["fd_ldm_seeds"] for r in result["rows"]}
+    pairs = list(zip(by["c: +30 min joint (likelihood)"], by["b: +30 min stage two"]))
+    return "every" if all(c > b for c, b in pairs) else "not every"
+
+
+B30, C30, C15, C_SPLIT = ("(b) + 30 min of stage two", "(c) + 30 min joint", "(c) + 15 min joint",
+                          "(c') + 15 min joint, LSGM's split")
+FIGURES += [joint_row(label) for label in JOINT_POINTS] + [
+    Figure("After 30 extra minutes the bound is {} against {} bits/dim, {}× (issue target: at most 0.9×, met; it had "
+           "{} CPU minutes against {}), and the reconstructions got better too (PSNR {} against {} dB). The samples "
+           "did not: FD {} against {}, worse on {} seed ({} against {})",
+           [jv(C30, "bpd"), jv(B30, "bpd"), V(JOINT, "bound_ratio_c_over_b"), jv(C30, "cpu_min", f1),
+            jv(B30, "cpu_min", f1), jv(C30, "psnr"), jv(B30, "psnr"), jv(C30, "fd_ldm"), jv(B30, "fd_ldm"),
+            V(JOINT, fmt=str, fn=joint_worse_on), joint_seeds(C30), joint_seeds(B30)]),
+    Figure("(FD {} after 15 minutes)", [jv(C15, "fd_ldm")]),
+    Figure("diverged here (bound {}, PSNR {} dB)", [jv(C_SPLIT, "bpd"), jv(C_SPLIT, "psnr")]),
+]
+
+FIGURES += [
+    Figure("| joint training (the third stage) against more stage two, 30 extra CPU minutes from the 20-minute VAE "
+           "run: bound in bits/dim / unconditional FD | {} against {} / {} against {} |",
+           [jv(C30, "bpd"), jv(B30, "bpd"), jv(C30, "fd_ldm"), jv(B30, "fd_ldm")], doc=README),
+]
