@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from latentdiff.cli import parse_cli
-from latentdiff.config import AERunConfig, ConfigError, LDMRunConfig, from_dict, load_config, to_dict
+from latentdiff.config import AERunConfig, ConfigError, JointRunConfig, LDMRunConfig, from_dict, load_config, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +68,8 @@ def test_every_recipe_in_configs_loads():
     for path in recipes:
         if path.name.startswith("ae"):
             load_config(AERunConfig, path)
+        elif path.name.startswith("joint"):  # the stage-two run it starts from need not be trained yet
+            load_config(JointRunConfig, path)
         else:  # the autoencoder run a recipe points at need not be trained yet
             load_config(LDMRunConfig, path, ["ae.run=null"])
 
