@@ -200,7 +200,7 @@ def bound(run: Path, n: int, timesteps: int) -> dict:
     from latentdiff import LatentDiffusion
     from latentdiff.builders import build_data
     from latentdiff.config import DataConfig, from_dict
-    from latentdiff.metrics.likelihood import diffusion_latent_nll, fit_decoder_variance, vae_bound
+    from latentdiff.metrics.likelihood import autoencoder_decoder_variance, diffusion_latent_nll, vae_bound
 
     torch.manual_seed(0)
     ldm = LatentDiffusion.from_run(run)
@@ -210,8 +210,7 @@ def bound(run: Path, n: int, timesteps: int) -> dict:
     x, x_fit = x[:n], x[n:]
     ae = ldm.autoencoder
     with torch.no_grad():
-        z_fit = ae.encode(x_fit).sample(generator=torch.Generator().manual_seed(2))
-        var = fit_decoder_variance(x_fit, ae.decode(z_fit))
+        var = autoencoder_decoder_variance(ae, x_fit, torch.Generator().manual_seed(2))
         nll = diffusion_latent_nll(ldm.diffusion, ldm.denoiser, ldm.normaliser, mc_timesteps=timesteps,
                                    generator=torch.Generator().manual_seed(1))
         parts = [vae_bound(ae, chunk, nll, var, generator=torch.Generator().manual_seed(3 + i))

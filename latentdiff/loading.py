@@ -59,9 +59,14 @@ PRIOR_FILE = "attribute_prior"  # <bundle>/attribute_prior.safetensors: the trai
 GUIDE_FILE = "guide"  # <bundle>/guide.safetensors: the autoguidance guide (train.guide_at)
 
 
+def checkpoint_weights(state: dict, use_ema: bool) -> dict:
+    """A checkpoint's EMA weights (when asked and present), else its raw weights."""
+    return state["ema"]["module"] if use_ema and state.get("ema") else state["model"]
+
+
 def load_weights(module: nn.Module, state: dict, use_ema: bool, what: str) -> None:
     """Load a checkpoint's EMA weights (when asked and present) or raw weights into ``module``."""
-    weights = state["ema"]["module"] if use_ema and state.get("ema") else state["model"]
+    weights = checkpoint_weights(state, use_ema)
     try:
         module.load_state_dict(weights)
     except RuntimeError as e:
@@ -238,7 +243,7 @@ def ldm_parts_from_checkpoint(state: dict, run_dir: Path | None = None, use_ema:
     num_values = task_state.get("num_values") if config.get("conditioning", {}).get("enabled") else None
     ae, joint = task_state.get("ae"), task_state.get("joint")
     if joint:  # train_joint.py: the autoencoder is trained too, so its weights live in the checkpoint
-        weights = state["ema"]["module"] if use_ema and state.get("ema") else state["model"]
+        weights = checkpoint_weights(state, use_ema)
         autoencoder = joint_autoencoder(joint["autoencoder"], weights, f"{run_dir}: its autoencoder", device)
         denoiser_weights = partial(load_module_weights, tensors=submodule(weights, "denoiser"),
                                    path=f"{run_dir}: its denoiser")

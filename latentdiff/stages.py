@@ -57,7 +57,7 @@ from latentdiff.loading import (
     load_autoencoder,
     run_checkpoint,
 )
-from latentdiff.metrics.likelihood import fit_decoder_variance
+from latentdiff.metrics.likelihood import autoencoder_decoder_variance
 from latentdiff.pipeline import LatentDiffusion
 from latentdiff.run_folder import preflight_run_dir
 from latentdiff.runtime import distributed_init, is_main_process, pick_device, seed_everything
@@ -262,11 +262,11 @@ def train_latent_diffusion(cfg: LDMRunConfig, resume: bool = False, argv: list[s
 START_SECTIONS = ("data", "latents", "diffusion", "denoiser", "conditioning", "sample")  # taken from the start run
 
 
-def joint_start(cfg: JointRunConfig, run_dir: Path, resuming: bool, device) -> tuple[dict, dict]:
-    """(LatentDiffusion parts, config sections) of what a joint run starts from: ``start.run``'s checkpoint (or
-    exported folder), or,
-    when a run is resumed and that run is gone (moved, deleted), the joint run's own last.pt (every section and
-    the architecture are in it; its weights replace the start's on resume anyway)."""
+def joint_start(cfg: JointRunConfig, run_dir: Path, resuming: bool, device) -> dict:
+    """The ``LatentDiffusion`` parts (their ``config`` holds the sections a joint run takes) of what a joint run
+    starts from: ``start.run``'s checkpoint or exported folder, or, when a run is resumed and that run is gone
+    (moved, deleted), the joint run's own last.pt (every section and the architecture are in it; its weights
+    replace the start's on resume anyway)."""
     start = Path(cfg.start.run)
     own = run_dir / "checkpoints" / "last.pt"
     if not start.is_dir() and resuming and own.exists():
@@ -276,16 +276,13 @@ def joint_start(cfg: JointRunConfig, run_dir: Path, resuming: bool, device) -> t
         raise FileNotFoundError(f"start.run: {start} does not exist; train the two stages first (train_ae.py, then "
                                 f"train_diffusion.py on a VAE) and give that run")
     elif is_bundle(start):  # an exported model someone handed on: its weights are the EMA ones
-        parts = ldm_parts_from_bundle(start, device)
-        return _joint_parts_checked(parts, start), {k: parts["config"][k] for k in START_SECTIONS
-                                                   if k in parts["config"]}
+        return _joint_parts_checked(ldm_parts_from_bundle(start, device), start)
     else:
         state, where = load_checkpoint(run_checkpoint(start, cfg.start.checkpoint)), start
     if "latent_shape" not in state.get("task", {}):
         raise ValueError(f"start.run: {start} is not a train_diffusion.py run; joint training starts from a "
                          f"trained stage two")
-    parts = _joint_parts_checked(ldm_parts_from_checkpoint(state, where, cfg.start.use_ema, device), start)
-    return parts, {k: state["config"][k] for k in START_SECTIONS if k in state["config"]}
+    return _joint_parts_checked(ldm_parts_from_checkpoint(state, where, cfg.start.use_ema, device), start)
 
 
 def _joint_parts_checked(parts: dict, start: Path) -> dict:
@@ -309,7 +306,8 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, argv: list[str] | Non
     device = pick_device(cfg.train.device)
     run_dir = Path(cfg.out_dir) / cfg.name
     resuming = (run_dir / "checkpoints" / "last.pt").exists() and not overwrite
-    parts, sections = joint_start(cfg, run_dir, resuming, device)
+    parts = joint_start(cfg, run_dir, resuming, device)
+    sections = {k: parts["config"][k] for k in START_SECTIONS if k in parts["config"]}
     if sections.get("sample", {}).get("autoguidance_scale", 1.0) != 1.0:  # a joint run keeps no guide
         print(f"note: start.run samples with sample.autoguidance_scale={sections['sample']['autoguidance_scale']}; "
               f"a joint run has no guide (its latents move), so it samples with 1", file=sys.stderr, flush=True)
@@ -325,10 +323,8 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, argv: list[str] | Non
                          f"{tuple(train_set.sample_shape)}")
     k = min(cfg.joint.eval_examples, len(test_set) // 2)
     heldout, fit_images = first_images(test_set, 2 * k).split(k)
-    with torch.no_grad():  # the decoder variance of the bound, fitted as evaluate.py does: its starting value
-        g = torch.Generator(device=device).manual_seed(0)
-        x_fit = fit_images.to(device)
-        variance = fit_decoder_variance(x_fit, ae.decode(ae.encode(x_fit).sample(generator=g)))
+    # the decoder variance of the bound, fitted as evaluate.py does: its starting value
+    variance = autoencoder_decoder_variance(ae, fit_images.to(device), torch.Generator(device=device).manual_seed(0))
     start = LatentDiffusion(**parts)
     model = JointModel(ae.requires_grad_(True), denoiser.requires_grad_(True), variance).to(device)
     conditioning = from_dict(ConditioningConfig, sections.get("conditioning"), prefix="conditioning.")

@@ -19,8 +19,8 @@ from latentdiff.latents import LatentNormaliser, training_batch
 from latentdiff.loading import write_autoencoder_copy
 from latentdiff.metrics.image import mse, psnr, ssim
 from latentdiff.metrics.likelihood import (
+    autoencoder_decoder_variance,
     diffusion_latent_nll,
-    fit_decoder_variance,
     gaussian_decoder_nll,
     gaussian_entropy,
     vae_bound,
@@ -261,7 +261,7 @@ class JointTask:
 
     def __init__(self, model: JointModel, diffusion, normaliser: LatentNormaliser, heldout: torch.Tensor,
                  fit_images: torch.Tensor, conditional: bool, drop_attribute_prob: float, drop_all_prob: float,
-                 denoiser_objective: str = "reweighted", importance_sampling: bool = True,
+                 denoiser_objective: str = "likelihood", importance_sampling: bool = True,
                  bound_timesteps: int | None = 100, render=None, extra_state: dict | None = None):
         self.model, self.diffusion, self.normaliser = model.train(), diffusion, normaliser
         self.extra_modules = {}
@@ -306,8 +306,7 @@ class JointTask:
         ae, device = model.autoencoder, next(model.parameters()).device
         x, x_fit = self.heldout.to(device), self.fit_images.to(device)
         recon = ae.decode(ae.encode(x).mode()).clamp(-1, 1)
-        g = torch.Generator(device=device).manual_seed(0)
-        var = fit_decoder_variance(x_fit, ae.decode(ae.encode(x_fit).sample(generator=g)))
+        var = autoencoder_decoder_variance(ae, x_fit, torch.Generator(device=device).manual_seed(0))
         nll = diffusion_latent_nll(self.diffusion, model.denoiser, self.normaliser, mc_timesteps=self.bound_timesteps,
                                    generator=torch.Generator(device=device).manual_seed(1))
         bound = vae_bound(ae, x, nll, var, generator=torch.Generator(device=device).manual_seed(2))

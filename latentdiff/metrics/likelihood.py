@@ -36,10 +36,10 @@ def gaussian_decoder_nll(x: torch.Tensor, mean: torch.Tensor, var: float,
     treats x as continuous: −log N(x; μ, σ²), with neither the Δ²/12 nor the −D log Δ term.
     x, mean: (B, ...); var: σ², a positive float or a 0-d tensor (joint training learns it: gradients flow).
     """
-    if float(torch.as_tensor(var).detach()) <= 0:
-        raise ValueError(f"the decoder variance must be positive, got {float(torch.as_tensor(var).detach())}")
     x, mean = x.double(), mean.double()
     var = torch.as_tensor(var, dtype=torch.float64, device=x.device)
+    if float(var.detach()) <= 0:
+        raise ValueError(f"the decoder variance must be positive, got {float(var.detach())}")
     sq = (x - mean).pow(2)
     if bin_width is not None:
         sq = sq + bin_width**2 / 12
@@ -54,6 +54,13 @@ def fit_decoder_variance(x: torch.Tensor, mean: torch.Tensor, bin_width: float |
     values of (x − μ)² + Δ²/12 (the Δ²/12 drops with ``bin_width=None``). x, mean: (B, ...)."""
     sq = (x.double() - mean.double()).pow(2).mean()
     return float(sq + (bin_width**2 / 12 if bin_width is not None else 0.0))
+
+
+@torch.no_grad()
+def autoencoder_decoder_variance(autoencoder, images: torch.Tensor, generator: torch.Generator | None = None) -> float:
+    """``fit_decoder_variance`` of ``images`` (B, C, H, W) against their decodings at one draw z ~ q(z|x) each: the
+    decoder variance of the two-stage bound, fitted on held-out images other than the bound's own."""
+    return fit_decoder_variance(images, autoencoder.decode(autoencoder.encode(images).sample(generator=generator)))
 
 
 def gaussian_entropy(logvar: torch.Tensor) -> torch.Tensor:
