@@ -12,7 +12,10 @@ constant learning rate after its warm-up, so the X = 15 point is the first leg o
 come from two short calibration runs per kind (seconds per step and fixed cost, as bench/budget_curve.py does);
 every training runs with OMP_NUM_THREADS=1, ``--jobs`` at a time, and its own CPU time (``os.wait4``) is recorded.
 ``--other-extra`` X adds (c') joint training with the other ``joint.denoiser_objective`` than the recipe's
-(``reweighted``: the denoiser on its stage-two loss, ``likelihood``: on the bound itself).
+(``reweighted``: the denoiser on its stage-two loss, ``likelihood``: on the bound itself). ``--finish S`` adds
+(c''), for each ``--finish-extra`` X: a share S of the X minutes joint, the rest with the autoencoder frozen and the
+denoiser on its stage-two loss (``joint.autoencoder_steps``, calibrated as a kind of its own); (c) itself trains
+jointly to the end (``joint.autoencoder_steps=null``), whatever the recipe says.
 
 Scored for every point:
 - the two-stage bound in bits/dim on the first ``--bound-examples`` test images (``evaluate.py``'s bound: decoder
@@ -21,8 +24,8 @@ Scored for every point:
 - reconstruction PSNR, and FD / precision / recall of samples on the project judge at each ``--seeds`` (the
   library's evaluation, the run's recipe sampler); conditional runs add the class-conditional set and its
   class accuracy.
-Writes bench/results/joint_training_<start name>.json and a picture of (b) and (c) samples at the largest X side by
-side (same noise), bench/results/joint_training_<start name>.png.
+Writes bench/results/joint_training_<start name>.json and a picture of (b), (c) (and (c'')) samples at the largest X
+side by side (same noise), bench/results/joint_training_<start name>.png.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ def parse_args(argv=None):
     p.add_argument("--extra", type=float, nargs="+", default=[15.0, 30.0], help="extra CPU minutes per point")
     p.add_argument("--other-extra", type=float, default=15.0,
                    help="extra CPU minutes of joint training with the other joint.denoiser_objective (0: none)")
+    p.add_argument("--finish", type=float, default=0.0, metavar="S",
+                   help="(c''): share of the extra CPU trained jointly before the autoencoder freezes (0: none)")
+    p.add_argument("--finish-extra", type=float, nargs="+", default=None,
+                   help="extra CPU minutes of the (c'') points (default: every --extra)")
     p.add_argument("--steps", type=int, nargs=2, metavar=("STAGE_TWO", "JOINT"), default=None,
                    help="fixed steps per extra minute instead of calibration (--quick)")
     p.add_argument("--calib-steps", type=int, nargs=2, default=[20, 80])
@@ -73,15 +80,19 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not (args.start / "checkpoints" / "last.pt").is_file():
         p.error(f"--start {args.start}: no checkpoints/last.pt; train both stages first")
+    if not 0 <= args.finish < 1:
+        p.error(f"--finish {args.finish}: give the joint share of the budget, 0 < S < 1 (0: no finishing points)")
     if args.quick:
         args.steps = args.steps or [2, 2]
         args.extra, args.other_extra, args.seeds = [1.0, 2.0], 1.0, [0]
+        args.finish, args.finish_extra = args.finish or 0.5, None
         args.num, args.bound_examples, args.bound_timesteps, args.classifier_steps = 16, 8, 2, 5
         args.joint_overrides = ["joint.eval_examples=8", "joint.bound_timesteps=2", "train.batch_size=8",
                                 "train.warmup_steps=0"]
     else:
         args.joint_overrides = []
     args.out_dir = args.out_dir or ROOT / "runs" / "bench" / "joint" / args.start.name
+    args.finish_extra = (args.finish_extra or args.extra) if args.finish else []
     main = yaml.safe_load(JOINT_RECIPE.read_text())["joint"]["denoiser_objective"]
     args.objectives = {"joint_main": main, "joint_other": "reweighted" if main == "likelihood" else "likelihood"}
     return args
@@ -93,6 +104,7 @@ def parse_args(argv=None):
 def run_command(command: list[str], log: Path) -> float:
     """Run a training command with one thread; its CPU seconds (this child alone, so jobs may overlap)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         child = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         _, status, usage = os.wait4(child.pid, 0)
@@ -157,7 +169,8 @@ def joint(start: Path, folder: Path, legs: list[int], objective: str, overrides:
             continue
         command = [sys.executable, str(ROOT / "train_joint.py"), "--config", str(JOINT_RECIPE),
                    f"start.run={start}", f"name={folder.name}", f"out_dir={folder.parent}",
-                   f"joint.denoiser_objective={objective}", f"train.steps={steps}", *overrides,
+                   f"joint.denoiser_objective={objective}", f"train.steps={steps}", "joint.autoencoder_steps=null",
+                   *overrides,
                    *(q.format(n=legs[-1] + 1) for q in QUIET)]
         cpu += run_command(command, folder.parent / f"{folder.name}.log")
         point = Path(f"{folder}_{steps}")
@@ -170,22 +183,28 @@ def joint(start: Path, folder: Path, legs: list[int], objective: str, overrides:
 
 
 def calibrate(args, cache: Path) -> dict:
-    """Seconds per step and fixed cost of each kind from two short runs each (``--calib-steps``)."""
+    """Seconds per step and fixed cost of each kind from two short runs each (``--calib-steps``); kinds already in
+    the out-dir's calibration.json are kept. ``finish``: the frozen-autoencoder steps of (c'') (one joint step, then
+    the rest frozen; the joint step falls into the fixed cost)."""
     path = args.out_dir / "calibration.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    result = json.loads(path.read_text()) if path.exists() else {}
     folder = args.out_dir / "calibration"
-    kinds = ["stage_two", "joint_main"] + (["joint_other"] if args.other_extra else [])
+    kinds = ["stage_two", "joint_main"] + (["joint_other"] if args.other_extra else []) + \
+        (["finish"] if args.finish else [])
+    kinds = [k for k in kinds if k not in result]
+    if not kinds:
+        return result
 
     def one(kind, n):
         if kind == "stage_two":
             return n, stage_two_more(args.start, folder / f"stage_two_{n}", n, cache)["cpu_s"]
-        objective = args.objectives[kind]
-        return n, joint(args.start, folder / f"{kind}_{n}", [n], objective, args.joint_overrides)[-1]["cpu_s"]
+        objective = args.objectives["joint_other" if kind == "joint_other" else "joint_main"]
+        frozen = ["joint.autoencoder_steps=1"] if kind == "finish" else []
+        return n, joint(args.start, folder / f"{kind}_{n}", [n], objective, args.joint_overrides + frozen)[-1]["cpu_s"]
 
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {(k, n): pool.submit(one, k, n) for k in kinds for n in args.calib_steps}
-    result = {k: fit_calibration([futures[(k, n)].result() for n in args.calib_steps]) for k in kinds}
+    result.update({k: fit_calibration([futures[(k, n)].result() for n in args.calib_steps]) for k in kinds})
     path.write_text(json.dumps(result, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     return result
@@ -276,17 +295,21 @@ def row_of(point: str, extra: float, steps: int, cpu_s: float, s: dict) -> dict:
     return row
 
 
-def side_by_side(left: Path, right: Path, out: Path, n: int = 32) -> None:
-    """Samples of two runs from the same noise (seed 0), left | right, as one PNG."""
+def finish_point(extra: float, share: float) -> str:
+    return f"c'': +{extra:g} min, {share:.0%} joint then stage two"
+
+
+def side_by_side(runs: list[Path], out: Path, n: int = 32) -> None:
+    """Samples of runs from the same noise (seed 0), left to right, as one PNG."""
     import torch
 
     from latentdiff import LatentDiffusion
     from latentdiff.viz import image_grid, save_png
 
     grids = [image_grid(LatentDiffusion.from_run(run).sample(n, generator=torch.Generator().manual_seed(0)), nrow=8)
-             for run in (left, right)]
+             for run in runs]
     gap = torch.ones(grids[0].shape[0], grids[0].shape[1], 8)
-    save_png(torch.cat([grids[0], gap, grids[1]], dim=2), out)
+    save_png(torch.cat([part for grid in grids for part in (grid, gap)][:-1], dim=2), out)
 
 
 # ----------------------------------------------------------------------------- main
@@ -301,11 +324,20 @@ def main(argv=None):
     if args.steps:
         per_min = {"stage_two": args.steps[0], "joint_main": args.steps[1], "joint_other": args.steps[1]}
         steps = {k: {x: max(1, round(v * x)) for x in [*args.extra, args.other_extra]} for k, v in per_min.items()}
+        finish = {x: [max(1, round(args.finish * per_min["joint_main"] * x)), round(per_min["joint_main"] * x) + 1]
+                  for x in args.finish_extra}
         calibration = None
     else:
         calibration = calibrate(args, cache)
         steps = {k: {x: steps_for(60 * x, c) for x in [*args.extra, args.other_extra] if x}
-                 for k, c in calibration.items()}
+                 for k, c in calibration.items() if k != "finish"}
+        # (c''): the joint share's steps as (c) counts them, then the frozen steps the rest of the budget buys
+        finish = {}
+        for x in args.finish_extra:
+            n_joint = steps_for(60 * args.finish * x, calibration["joint_main"])
+            finish[x] = [n_joint, n_joint + math.floor(60 * (1 - args.finish) * x / calibration["finish"]["per_step_s"])]
+    if finish:
+        steps["finish"] = {x: {"autoencoder_steps": a, "steps": n} for x, (a, n) in finish.items()}
     print(f"steps per point: {json.dumps(steps)}", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         jobs = {("b", x): pool.submit(stage_two_more, args.start, args.out_dir / f"stage_two_{x:g}min",
@@ -316,7 +348,11 @@ def main(argv=None):
         if args.other_extra:
             jobs["c_other"] = pool.submit(joint, args.start, args.out_dir / f"joint_{args.objectives['joint_other']}",
                                           [steps["joint_other"][args.other_extra]], args.objectives["joint_other"],
-                                               args.joint_overrides)
+                                          args.joint_overrides)
+        for x, (n_joint, n) in finish.items():
+            jobs[("c_finish", x)] = pool.submit(
+                joint, args.start, args.out_dir / f"joint_finish{args.finish:g}_{x:g}min", [n],
+                args.objectives["joint_main"], [*args.joint_overrides, f"joint.autoencoder_steps={n_joint}"])
     runs = [("a: two-stage run", 0.0, 0, 0.0, args.start)]
     for x in args.extra:
         b = jobs[("b", x)].result()
@@ -328,6 +364,10 @@ def main(argv=None):
         c = jobs["c_other"].result()[-1]
         runs.append((f"c': +{args.other_extra:g} min joint ({args.objectives['joint_other']})", args.other_extra,
                      c["steps"], c["cpu_s"], Path(c["run"])))
+    for x in finish:
+        c = jobs[("c_finish", x)].result()[-1]
+        runs.append((finish_point(x, args.finish), x, c["steps"], c["cpu_s"],
+                     Path(c["run"])))
     rows = [row_of(point, x, n, cpu, scores(args, run)) for point, x, n, cpu, run in runs]
     largest = max(args.extra)
     by_point = {r["point"]: r for r in rows}
@@ -335,14 +375,17 @@ def main(argv=None):
     c_top = by_point[f"c: +{largest:g} min joint ({args.objectives['joint_main']})"]
     name = f"joint_training_{args.start.name}" + ("_quick" if args.quick else "")
     picture = results_path(name).with_suffix(".png")
-    side_by_side(Path(jobs[("b", largest)].result()["run"]), Path(jobs["c"].result()[-1]["run"]), picture)
+    side_by_side([Path(jobs[("b", largest)].result()["run"]), Path(jobs["c"].result()[-1]["run"]),
+                  *([Path(jobs[("c_finish", largest)].result()[-1]["run"])] if largest in finish else [])], picture)
     fd_sets = [k for k in rows[0] if k.startswith("fd_") and not k.endswith(("_seeds", "_vs_floor"))]
     columns = ["point", "cpu_min", "steps", "bpd", "bpd_se", "bpd_neg_entropy", "psnr", *fd_sets,
                *[k for k in rows[0] if k.startswith(("recall_", "class_accuracy_"))]]
     write_results(name, rows, columns, extra={
         "start": str(args.start), "calibration": calibration, "steps": steps, "picture": str(picture),
         "bound_ratio_c_over_b": c_top["bpd"] / b_top["bpd"],
-        "settings": {"seeds": args.seeds, "num": args.num, "bound_examples": args.bound_examples,
+        **({"bound_ratio_finish_over_b": by_point[finish_point(largest, args.finish)]["bpd"] / b_top["bpd"]}
+           if largest in finish else {}),
+        "settings": {"finish": args.finish, "seeds": args.seeds, "num": args.num, "bound_examples": args.bound_examples,
                      "bound_timesteps": args.bound_timesteps, "joint_recipe": str(JOINT_RECIPE)}})
 
 

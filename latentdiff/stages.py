@@ -339,7 +339,8 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, argv: list[str] | Non
         extra_state["attribute_prior"] = prior.state()
     task = JointTask(model, diffusion, normaliser, heldout, fit_images, start.conditional,
                      conditioning.drop_attribute_prob, conditioning.drop_all_prob, cfg.joint.denoiser_objective,
-                     cfg.joint.importance_sampling, cfg.joint.bound_timesteps, render, extra_state)
+                     cfg.joint.importance_sampling, cfg.joint.bound_timesteps, cfg.joint.autoencoder_steps, render,
+                     extra_state)
     if is_main_process():
         n_ae, n_den = (sum(p.numel() for p in m.parameters()) for m in (ae, denoiser))
         print(f"joint training: autoencoder {n_ae / 1e6:.2f} M + denoiser {n_den / 1e6:.2f} M parameters from "

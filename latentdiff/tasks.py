@@ -243,8 +243,10 @@ class JointTask:
     Batches are ``(images, attrs)``. The loss is the bound's one-sample estimate (``joint_bound_terms``) per image
     dimension, in bits; with ``denoiser_objective="reweighted"`` the denoiser sees none of it and trains on its
     recipe's own loss (``diffusion.training_loss``: its weighting, uniform t) on the same z_n, detached (LSGM's
-    split of the likelihood-weighted objective for q and the reweighted one for θ). ``best.pt`` is the lowest
-    held-out bound.
+    split of the likelihood-weighted objective for q and the reweighted one for θ). From step ``autoencoder_steps``
+    on the autoencoder and the decoder's variance are frozen (no gradient, so the optimiser skips them) and the
+    denoiser trains on that same recipe loss over the frozen encoder's z ~ q(z|x): stage two on the new latents.
+    ``best.pt`` is the lowest held-out bound.
 
     Args:
         model: ``JointModel`` (trainable; the EMA tracks all of it).
@@ -254,6 +256,7 @@ class JointTask:
         conditional, drop_attribute_prob, drop_all_prob: the start run's conditioning (the bound's cross-entropy
             uses the same dropped condition as the denoiser's loss).
         bound_timesteps: Monte Carlo timesteps per example in the evaluated bound (None: the exact sum).
+        autoencoder_steps: steps that train the autoencoder (None: every step).
         render: ``image_render``'s ``render(denoiser, step, decoder=autoencoder)``.
     """
 
@@ -262,13 +265,14 @@ class JointTask:
     def __init__(self, model: JointModel, diffusion, normaliser: LatentNormaliser, heldout: torch.Tensor,
                  fit_images: torch.Tensor, conditional: bool, drop_attribute_prob: float, drop_all_prob: float,
                  denoiser_objective: str = "likelihood", importance_sampling: bool = True,
-                 bound_timesteps: int | None = 100, render=None, extra_state: dict | None = None):
+                 bound_timesteps: int | None = 100, autoencoder_steps: int | None = None, render=None,
+                 extra_state: dict | None = None):
         self.model, self.diffusion, self.normaliser = model.train(), diffusion, normaliser
         self.extra_modules = {}
         self.heldout, self.fit_images = heldout, fit_images
         self.conditional, self.p_attr, self.p_all = conditional, drop_attribute_prob, drop_all_prob
         self.reweighted, self.importance_sampling = denoiser_objective == "reweighted", importance_sampling
-        self.bound_timesteps, self.render = bound_timesteps, render
+        self.bound_timesteps, self.autoencoder_steps, self.render = bound_timesteps, autoencoder_steps, render
         self.extra_state = extra_state or {}
         self.dims = heldout[0].numel()
 
@@ -282,6 +286,11 @@ class JointTask:
     def losses(self, batch, step):
         x, attrs = batch
         cond = drop_attributes(attrs, self.p_attr, self.p_all) if self.conditional else None
+        if self.autoencoder_steps is not None and step >= self.autoencoder_steps:
+            with torch.no_grad():
+                z_n = self.normaliser.normalise(self.model.autoencoder.encode(x).sample())
+            denoiser_loss = self.diffusion.training_loss(self.model.denoiser, z_n, cond=cond)
+            return {"model": denoiser_loss}, {"loss": denoiser_loss.detach(), "denoiser_loss": denoiser_loss.detach()}
         terms = joint_bound_terms(self.model, self.diffusion, self.normaliser, x, cond, self.importance_sampling,
                                   train_denoiser=not self.reweighted)
         to_bits = 1 / (self.dims * math.log(2))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 from test_end_to_end import ROOT, runs  # noqa: F401  (the tiny shapes runs fixture)
 
@@ -378,7 +379,8 @@ def test_autoguidance_quick_trains_a_guide_and_scores_each_scale_with_it(tmp_pat
 
 def test_joint_training_quick_compares_more_stage_two_with_joint_training_from_one_run(runs, tmp_path):  # noqa: F811
     """From the tiny shapes run: (b) copies resumed for more stage-two steps, (c) one joint run kept after each leg,
-    (c') the other denoiser objective; each point's bound and FDs are the scores of its own weights."""
+    (c') the other denoiser objective, (c'') joint then frozen (--quick: half the steps joint); each point's bound
+    and FDs are the scores of its own weights."""
     from latentdiff.checkpoints import load_checkpoint
 
     out, _ = runs
@@ -388,7 +390,8 @@ def test_joint_training_quick_compares_more_stage_two_with_joint_training_from_o
     rows = {r["point"]: r for r in result["rows"]}
     assert list(rows) == ["a: two-stage run", "b: +1 min stage two", "b: +2 min stage two",
                           "c: +1 min joint (likelihood)", "c: +2 min joint (likelihood)",
-                          "c': +1 min joint (reweighted)"]
+                          "c': +1 min joint (reweighted)", "c'': +1 min, 50% joint then stage two",
+                          "c'': +2 min, 50% joint then stage two"]
     first = load_checkpoint(start / "checkpoints" / "last.pt")["step"]
     b2 = tmp_path / "runs" / "stage_two_2min" / "shapes_ldm_kl"
     assert load_checkpoint(b2 / "checkpoints" / "last.pt")["step"] == first + 4
@@ -401,4 +404,16 @@ def test_joint_training_quick_compares_more_stage_two_with_joint_training_from_o
     assert rows["a: two-stage run"]["psnr"] != rows["c: +2 min joint (likelihood)"]["psnr"]
     c, b = rows["c: +2 min joint (likelihood)"], rows["b: +2 min stage two"]
     assert result["bound_ratio_c_over_b"] == c["bpd"] / b["bpd"]
+    assert result["steps"]["finish"] == {"1.0": {"autoencoder_steps": 1, "steps": 3},
+                                         "2.0": {"autoencoder_steps": 2, "steps": 5}}
+    # (c'') at 2 min: its first 2 steps are (c)'s first leg, then the autoencoder stays as it was while the denoiser
+    # trains on: its raw autoencoder weights are (c)'s after 2 steps, bit for bit, its denoiser's are not
+    finish = load_checkpoint(tmp_path / "runs" / "joint_finish0.5_2min_5" / "joint_finish0.5_2min" / "checkpoints"
+                             / "last.pt")
+    assert finish["step"] == 5
+    leg = load_checkpoint(c1 / "checkpoints" / "last.pt")
+    for key, value in leg["model"].items():
+        same = torch.equal(finish["model"][key], value)
+        assert same == (not key.startswith("denoiser.")), key
+    assert result["bound_ratio_finish_over_b"] == rows["c'': +2 min, 50% joint then stage two"]["bpd"] / b["bpd"]
     assert (tmp_path / "joint_training_shapes_ldm_kl_quick.png").stat().st_size > 1000

@@ -160,6 +160,32 @@ def test_cross_entropy_term_is_the_bound_of_normalised_latents_minus_the_log_det
     assert torch.allclose(terms["cross_entropy"], direct - log_det)
 
 
+def test_after_autoencoder_steps_only_the_denoiser_trains_on_its_stage_two_loss(joint_parts):
+    """Before ``autoencoder_steps`` the loss is the bound (bits/dim) and reaches the autoencoder; from it on the loss is
+    the denoiser's own ``training_loss`` of normalised z ~ q(z|x), same draws, and no gradient reaches the
+    autoencoder or the decoder's variance (so the optimiser leaves them as they are)."""
+    from latentdiff.tasks import JointTask
+
+    model, diff, normaliser, x = joint_parts
+    task = JointTask(model, diff, normaliser, x, x, False, 0.0, 0.0, autoencoder_steps=2)
+    attrs = torch.zeros(len(x), 0)
+    for step, joint in ((0, True), (1, True), (2, False), (7, False)):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(step)
+        losses, logs = task.losses((x, attrs), step)
+        losses["model"].backward()
+        ae_grads = [p.grad for p in model.autoencoder.parameters()] + [model.decoder_logvar.grad]
+        assert all(g is not None for g in ae_grads) if joint else all(g is None for g in ae_grads), step
+        assert all(p.grad is not None for p in model.denoiser.parameters())
+        assert ("bpd" in logs) == joint
+        if not joint:
+            torch.manual_seed(step)
+            with torch.no_grad():
+                z_n = normaliser.normalise(model.autoencoder.encode(x).sample())
+                reference = diff.training_loss(model.denoiser, z_n)
+            assert torch.equal(losses["model"].detach(), reference)
+
+
 # ----------------------------------------------------------------------------- the stage, end to end
 
 JOINT_TINY = ["train.steps=6", "train.batch_size=16", "train.eval_every=3", "train.image_every=6",
@@ -239,6 +265,7 @@ def test_joint_runs_are_refused_in_one_line_before_any_work(runs, tmp_path):  # 
     out, _ = runs
     for overrides, message in (([f"start.run={tmp_path / 'nowhere'}"], "start.run"),
                                (["train.guide_at=0.5"], "train.guide_at"),
+                               (["train.steps=6", "joint.autoencoder_steps=6"], "joint.autoencoder_steps"),
                                ([f"start.run={out / 'shapes_ae_kl'}"], "not a train_diffusion.py run")):
         r = cli("train_joint.py", "--config", ROOT / "configs/fashion_mnist/joint_kl.yaml",
                 f"start.run={out / 'shapes_ldm_kl'}", f"out_dir={tmp_path}", *overrides, check=False)

@@ -275,6 +275,10 @@ class JointConfig:
     importance_sampling: bool = True  # t ~ r ∝ λ_t ᾱ_t for the cross-entropy term (LSGM §3.3); false: uniform t
     eval_examples: int = field(default=256, metadata=check(min=1))  # held-out images in each evaluation's bound
     bound_timesteps: int | None = field(default=100, metadata=check(min=1))  # per example; null: the exact sum
+    # the autoencoder (and the decoder's variance) train for the first this many steps, then stay frozen while the
+    # denoiser finishes on its recipe's stage-two loss over the frozen encoder's z ~ q(z|x): the prior catches up
+    # with the moved latents, as stage two did after stage one (null: joint to the end)
+    autoencoder_steps: int | None = field(default=None, metadata=check(min=1))
 
 
 @dataclass
