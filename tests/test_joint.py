@@ -167,6 +167,10 @@ def test_after_autoencoder_steps_only_the_denoiser_trains_on_its_stage_two_loss(
     from latentdiff.tasks import JointTask
 
     model, diff, normaliser, x = joint_parts
+    with torch.no_grad():  # the UNet's zero-initialised output would make its loss blind to its input
+        for p in model.denoiser.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.1)
     task = JointTask(model, diff, normaliser, x, x, False, 0.0, 0.0, autoencoder_steps=2)
     attrs = torch.zeros(len(x), 0)
     for step, joint in ((0, True), (1, True), (2, False), (7, False)):
