@@ -25,6 +25,7 @@ from latentdiff.metrics.likelihood import (
     gaussian_entropy,
     vae_bound,
 )
+from latentdiff.runtime import is_main_process
 from latentdiff.viz import image_grid, scatter_image
 
 
@@ -273,6 +274,7 @@ class JointTask:
         self.conditional, self.p_attr, self.p_all = conditional, drop_attribute_prob, drop_all_prob
         self.reweighted, self.importance_sampling = denoiser_objective == "reweighted", importance_sampling
         self.bound_timesteps, self.autoencoder_steps, self.render = bound_timesteps, autoencoder_steps, render
+        self.frozen_said = False
         self.extra_state = extra_state or {}
         self.dims = heldout[0].numel()
 
@@ -287,6 +289,10 @@ class JointTask:
         x, attrs = batch
         cond = drop_attributes(attrs, self.p_attr, self.p_all) if self.conditional else None
         if self.autoencoder_steps is not None and step >= self.autoencoder_steps:
+            if not self.frozen_said and is_main_process():
+                print(f"step {step}: the autoencoder is frozen from here on (joint.autoencoder_steps); the denoiser "
+                      f"finishes on its stage-two loss", flush=True)
+            self.frozen_said = True
             with torch.no_grad():
                 z_n = self.normaliser.normalise(self.model.autoencoder.encode(x).sample())
             denoiser_loss = self.diffusion.training_loss(self.model.denoiser, z_n, cond=cond)
