@@ -20,7 +20,9 @@ from latentdiff.runtime import TrainingError, any_rank, is_main_process
 
 # Keys that may change when a run is continued: they do not alter what has been trained so far
 # (train.lr and train.grad_clip so that a run stopped by a NaN loss can go on more gently).
-RESUMABLE_KEYS = ("train.steps", "train.max_minutes", "train.lr", "train.grad_clip", "train.stop_on_divergence",
+# train.guide_at: the Trainer refuses a change that would move a guide already taken (or one whose step is past)
+RESUMABLE_KEYS = ("train.steps", "train.guide_at", "train.max_minutes", "train.lr", "train.grad_clip",
+                  "train.stop_on_divergence",
                   "train.log_every",
                   "train.eval_every",
                   "train.image_every", "train.checkpoint_every", "train.device", "data.num_workers",

@@ -241,9 +241,15 @@ class Trainer:
         self.best = state.get("best")
         self.guide_state = state.get("guide")
         if self.guide_state is not None and state.get("guide_step") != self.guide_step:
-            raise CheckpointError(f"this run kept its guide at step {state.get('guide_step')}, the config asks for "
-                                  f"step {self.guide_step} (train.guide_at × train.steps); resume with the values "
-                                  f"it was trained with")
+            kept = state.get("guide_step")
+            raise CheckpointError(f"this run kept its guide at step {kept}, the config asks for step "
+                                  f"{self.guide_step} (train.guide_at × train.steps); resume with the values it was "
+                                  f"trained with, or to train on with the guide it has set "
+                                  f"train.guide_at={kept / self.cfg.steps:.10g}")
+        if self.guide_state is None and self.guide_step is not None and self.guide_step <= self.step:
+            raise CheckpointError(f"train.guide_at × train.steps puts the guide at step {self.guide_step}, but this "
+                                  f"run is at step {self.step} and kept none (it had no guide_at then, or a later "
+                                  f"step); give a guide_at past step {self.step} of {self.cfg.steps}, or none")
         for k, d in state.get("health", {}).items():
             self.bands.setdefault(k, RunningBand()).load_state(d)
         if hasattr(self.task, "load_state"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import ToyTask, toy_dataset
 
-from latentdiff.checkpoints import load_checkpoint
+from latentdiff.checkpoints import CheckpointError, load_checkpoint
 from latentdiff.config import ConfigError, TrainConfig, to_dict
 from latentdiff.run_folder import prepare_run_dir
 from latentdiff.runtime import TrainingError
@@ -178,3 +178,22 @@ def test_guide_at_keeps_the_ema_of_that_step_in_every_later_checkpoint_and_survi
     resumed = load_checkpoint(tmp_path / "c/checkpoints/last.pt")
     assert torch.equal(ema_vector(resumed["guide"]), ema_vector(state["guide"]))
     assert run(tmp_path, "d", cfg(steps=12)).guide_state is None  # no guide_at: no guide
+
+
+def test_a_guided_run_trained_longer_is_refused_with_the_guide_at_that_keeps_its_guide(tmp_path):
+    """More train.steps would move the guide's step (guide_at × steps): refused, and the message names the guide_at
+    whose step is the one taken; with it the run trains on and keeps the same guide. A guide_at given to a run
+    that is already past its step is refused too (the guide would never be taken)."""
+    run(tmp_path, "a", cfg(steps=12, guide_at=0.5))
+    guide = load_checkpoint(tmp_path / "a/checkpoints/last.pt")["guide"]
+    with pytest.raises(CheckpointError, match=r"set train.guide_at=0.2142857143$") as refused:
+        run(tmp_path, "a", cfg(steps=28, guide_at=0.5))
+    assert "kept its guide at step 6, the config asks for step 14" in str(refused.value)
+    longer = run(tmp_path, "a", cfg(steps=28, guide_at=0.2142857143))
+    state = load_checkpoint(tmp_path / "a/checkpoints/last.pt")
+    assert longer.step == 28 and state["guide_step"] == 6
+    assert torch.equal(ema_vector(state["guide"]), ema_vector(guide))
+    run(tmp_path, "b", cfg(steps=12))
+    with pytest.raises(CheckpointError, match="puts the guide at step 6, but this run is at step 12 and kept none"):
+        run(tmp_path, "b", cfg(steps=24, guide_at=0.25))  # a guide step already passed is never taken
+    assert run(tmp_path, "b", cfg(steps=24, guide_at=0.75)).guide_step == 18  # one still ahead is
