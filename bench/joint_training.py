@@ -335,7 +335,8 @@ def main(argv=None):
         finish = {}
         for x in args.finish_extra:
             n_joint = steps_for(60 * args.finish * x, calibration["joint_main"])
-            finish[x] = [n_joint, n_joint + math.floor(60 * (1 - args.finish) * x / calibration["finish"]["per_step_s"])]
+            frozen_s = 60 * (1 - args.finish) * x
+            finish[x] = [n_joint, n_joint + math.floor(frozen_s / calibration["finish"]["per_step_s"])]
     if finish:
         steps["finish"] = {x: {"autoencoder_steps": a, "steps": n} for x, (a, n) in finish.items()}
     print(f"steps per point: {json.dumps(steps)}", flush=True)

@@ -604,6 +604,15 @@ def train(task, train_set, cfg: TrainConfig, run_dir, config_dict: dict, device,
     return trainer
 
 
+def resume_command(argv: list[str], world: int = 1) -> str:
+    """The command line that continues a stopped run: the same arguments less ``--overwrite``, after ``python`` for a
+    script (train_ae.py) and as it is for an installed command (latentdiff-train-ae)."""
+    cmd = shlex.join(a for a in argv if a != "--overwrite")
+    if world > 1:
+        return f"torchrun <the same options> {cmd}"
+    return f"python {cmd}" if str(argv[0]).endswith(".py") else cmd
+
+
 def _train_locked(trainer: Trainer, run_dir, config_dict: dict, resume: bool, overwrite: bool, argv) -> None:
     resuming = check_run_dir(run_dir, config_dict, resume, overwrite)
     if overwrite and is_main_process():
@@ -627,8 +636,7 @@ def _train_locked(trainer: Trainer, run_dir, config_dict: dict, resume: bool, ov
     trainer.fit()
     if is_main_process():
         if trainer.stop_reason is not None:
-            cmd = shlex.join(a for a in (argv if argv is not None else sys.argv) if a != "--overwrite")
-            launcher = "torchrun <the same options> " if trainer.world > 1 else "python "
             print(f"stopped at step {trainer.step} ({trainer.stop_reason}); checkpoint saved to "
-                  f"{trainer.ckpt_dir / 'last.pt'}; resume with: {launcher}{cmd}", flush=True)
+                  f"{trainer.ckpt_dir / 'last.pt'}; resume with: "
+                  f"{resume_command(argv if argv is not None else sys.argv, trainer.world)}", flush=True)
         print(f"TensorBoard logs: tensorboard --logdir {Path(run_dir) / 'tb'}", flush=True)

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 import pytest
+import torch
 from test_end_to_end import ROOT, runs  # noqa: F401  (the tiny shapes runs fixture)
 
 

@@ -11,7 +11,7 @@ from latentdiff.checkpoints import CheckpointError, load_checkpoint
 from latentdiff.config import ConfigError, TrainConfig, to_dict
 from latentdiff.run_folder import prepare_run_dir
 from latentdiff.runtime import TrainingError
-from latentdiff.training import Trainer, train
+from latentdiff.training import Trainer, resume_command, train
 
 
 def cfg(**kw):
@@ -197,3 +197,10 @@ def test_a_guided_run_trained_longer_is_refused_with_the_guide_at_that_keeps_its
     with pytest.raises(CheckpointError, match="puts the guide at step 6, but this run is at step 12 and kept none"):
         run(tmp_path, "b", cfg(steps=24, guide_at=0.25))  # a guide step already passed is never taken
     assert run(tmp_path, "b", cfg(steps=24, guide_at=0.75)).guide_step == 18  # one still ahead is
+
+
+def test_the_resume_hint_runs_a_script_with_python_and_an_installed_command_as_it_is():
+    assert resume_command(["train_ae.py", "--config", "a b.yaml", "--overwrite", "train.steps=9"]) == \
+        "python train_ae.py --config 'a b.yaml' train.steps=9"
+    assert resume_command(["latentdiff-train-ae", "--config", "c.yaml"]) == "latentdiff-train-ae --config c.yaml"
+    assert resume_command(["train_ae.py"], world=2) == "torchrun <the same options> train_ae.py"
