@@ -112,12 +112,17 @@ def output_path(args: EvalOptions) -> Path:
     return Path(args.out) if args.out else Path(args.run) / "eval.json"
 
 
+SAMPLER_OPTIONS = ("sampler", "steps", "eta", "guidance", "guidance_interval", "autoguidance", "guide")
+
+
 def sampler_settings(args: EvalOptions, ldm: LatentDiffusion | None) -> dict | None:
     """The settings the diffusion samples are drawn with (``LatentDiffusion.sampling_settings``, which refuses
     --steps above T and guidance on an unconditional run in one line), or None for an autoencoder run."""
     if ldm is None:
-        if args.autoguidance is not None or args.guide is not None:
-            raise ValueError("--autoguidance and --guide apply to a diffusion run; this is an autoencoder run")
+        given = [f"--{name.replace('_', '-')}" for name in SAMPLER_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: sampler settings apply to a diffusion run; this is an autoencoder "
+                             f"run, evaluated on its reconstructions (leave them out)")
         return None
     s = ldm.sampling_settings(args.sampler, args.steps, args.eta, args.guidance, args.guidance_interval,
                               autoguidance_scale=args.autoguidance)

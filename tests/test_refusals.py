@@ -164,6 +164,18 @@ def test_evaluate_and_visualize_refuse_them_too(bundles, tmp_path, capsys, no_wo
     assert files_under(tmp_path) == set()
 
 
+@pytest.mark.parametrize("given,named", [({"steps": 10, "eta": 0.5}, "--steps, --eta"),
+                                         ({"sampler": "ddim"}, "--sampler"),
+                                         ({"guidance_interval": (0, 0.6)}, "--guidance-interval"),
+                                         ({"autoguidance": 2.0}, "--autoguidance")])
+def test_evaluating_an_autoencoder_run_refuses_sampler_flags_instead_of_ignoring_them(given, named):
+    from latentdiff.evaluation import EvalOptions, sampler_settings
+
+    with pytest.raises(ValueError, match=f"^{named}: sampler settings apply to a diffusion run"):
+        sampler_settings(EvalOptions(run="ae_run", **given), None)
+    assert sampler_settings(EvalOptions(run="ae_run"), None) is None
+
+
 def test_a_conditional_run_still_takes_them(bundles, tmp_path):
     ldm = LatentDiffusion.from_pretrained(bundles["cond"])
     s = ldm.sampling_settings(guidance_scale=2, guidance_interval=(0, 0.6), steps=T)
