@@ -354,7 +354,8 @@ def remove_stale_cache_temporaries(root: Path) -> list[Path]:
         if not pid.isdigit() or (their_host and their_host != host) or _pid_alive(int(pid)):
             continue
         shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
+        if not p.exists():  # say "removed" only of what is gone
+            removed.append(p)
     return removed
 
 

@@ -250,6 +250,18 @@ class RunLock:
                 pass
 
 
+def training_process(run_dir: str | Path) -> str | None:
+    """"process PID on HOST" when ``run_dir/.lock`` names a process that may still be running there, else None.
+
+    Read only (the lock is never taken, so a training starting now is not disturbed); a lock file whose
+    process is gone is stale (``RunLock``), one of another host cannot be told and counts as running.
+    """
+    pid, host = RunLock(run_dir)._holder()
+    if pid is None or _stale(pid, host):
+        return None
+    return f"process {pid} on {host}"
+
+
 def _stale(pid: int, host: str) -> bool:
     import socket
 

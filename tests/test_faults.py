@@ -572,3 +572,19 @@ def test_29_5_a_finite_divergence_warns_once_naming_healthy_pt_or_stops_there(tm
     line = in_process_error(capsys, *toy(tmp_path, "train.steps=30", "train.lr=300", "train.stop_on_divergence=true"))
     assert re.search(r"^error: loss jumped to \S+ at step \d+, .*; train.stop_on_divergence: last.pt now holds the "
                      r"last healthy checkpoint \(step 0", line), line
+
+
+def test_a_stale_latent_cache_temporary_is_called_removed_only_when_it_is_gone(tmp_path, monkeypatch):
+    """A killed encode's folder (its PID gone, this host) is removed and named; one that rmtree could not remove is
+    not named; a live process's is left alone."""
+    from latentdiff.latents import remove_stale_cache_temporaries
+
+    host = socket.gethostname()
+    stale, live = tmp_path / f"a.tmp-{dead_pid()}-{host}", tmp_path / f"b.tmp-{os.getpid()}-{host}"
+    for folder in (stale, live):
+        (folder / "part-00000").mkdir(parents=True)
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # a removal that fails quietly (ignore_errors)
+    assert remove_stale_cache_temporaries(tmp_path) == [] and stale.exists()
+    monkeypatch.undo()
+    assert remove_stale_cache_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and live.exists()

@@ -30,7 +30,7 @@ from latentdiff.loading import (
     run_checkpoint,
 )
 from latentdiff.pipeline import LatentDiffusion
-from latentdiff.run_folder import LOCK_NAME, RunLock, _stale
+from latentdiff.run_folder import LOCK_NAME, training_process
 
 
 def parse_args(argv=None):
@@ -41,18 +41,6 @@ def parse_args(argv=None):
                    help="default: last for a diffusion run (as sample.py), best for an autoencoder run")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     return p.parse_args(argv)
-
-
-def training_process(run: Path) -> str | None:
-    """"process PID on HOST" when ``run/.lock`` names a process that may still be running there, else None.
-
-    Read only (the lock is never taken, so a training starting now is not disturbed); a lock file whose
-    process is gone is stale (``RunLock``), one of another host cannot be told and counts as running.
-    """
-    pid, host = RunLock(run)._holder()
-    if pid is None or _stale(pid, host):
-        return None
-    return f"process {pid} on {host}"
 
 
 def main(argv=None):
