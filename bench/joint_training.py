@@ -72,8 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--num", type=int, default=1000, help="samples per set, and held-out reference images")
     p.add_argument("--bound-examples", type=int, default=1000)
     p.add_argument("--bound-timesteps", type=int, default=100)
-    p.add_argument("--classifier-dir", type=Path, default=ROOT / "runs" / "bench" / "autoguidance" / "classifiers",
-                   help="the judge's cache (the autoguidance records' judge by default)")
+    p.add_argument("--classifier-dir", type=Path, default=None,
+                   help="the judge's cache (default: the autoguidance records' judge; --quick: <out-dir>/classifiers)")
     p.add_argument("--classifier-steps", type=int, default=None)
     p.add_argument("--out-dir", type=Path, default=None, help="default: runs/bench/joint/<start name>")
     p.add_argument("--quick", action="store_true", help="smoke test: --steps 2 2, tiny evaluation")
@@ -92,6 +92,8 @@ def parse_args(argv=None):
     else:
         args.joint_overrides = []
     args.out_dir = args.out_dir or ROOT / "runs" / "bench" / "joint" / args.start.name
+    args.classifier_dir = args.classifier_dir or (args.out_dir / "classifiers" if args.quick else
+                                                  ROOT / "runs" / "bench" / "autoguidance" / "classifiers")
     args.finish_extra = (args.finish_extra or args.extra) if args.finish else []
     main = yaml.safe_load(JOINT_RECIPE.read_text())["joint"]["denoiser_objective"]
     args.objectives = {"joint_main": main, "joint_other": "reweighted" if main == "likelihood" else "likelihood"}
