@@ -312,6 +312,11 @@ def train_joint(cfg: JointRunConfig, resume: bool = False, argv: list[str] | Non
         print(f"note: start.run samples with sample.autoguidance_scale={sections['sample']['autoguidance_scale']}; "
               f"a joint run has no guide (its latents move), so it samples with 1", file=sys.stderr, flush=True)
         sections["sample"] = {**sections["sample"], "autoguidance_scale": 1.0}
+    freeze_at = cfg.joint.autoencoder_steps
+    if freeze_at is not None and freeze_at >= cfg.train.steps and is_main_process():
+        print(f"note: joint.autoencoder_steps={freeze_at} is not below train.steps={cfg.train.steps}: the autoencoder "
+              f"trains to the end of this run (it freezes at step {freeze_at} if the run is trained longer)",
+              file=sys.stderr, flush=True)
     config_dict = {**sections, **to_dict(cfg)}
     preflight_run_dir(run_dir, config_dict, resume, overwrite)
     data_cfg = from_dict(DataConfig, sections["data"], prefix="data.")

@@ -7,6 +7,7 @@ gives every term of the bound (Ho et al. 2020, Eq. 5). For s = 1 and σ_t² = β
 is exact, so the bound equals the analytic cross-entropy ½ log 2π + (v + m²)/2 per dimension.
 """
 
+import json
 import math
 import shutil
 
@@ -194,7 +195,7 @@ def test_after_autoencoder_steps_only_the_denoiser_trains_on_its_stage_two_loss(
 
 JOINT_TINY = ["train.steps=6", "train.batch_size=16", "train.eval_every=3", "train.image_every=6",
               "train.checkpoint_every=3", "train.warmup_steps=0", "train.lr=1e-3", "joint.eval_examples=16",
-              "joint.bound_timesteps=5"]
+              "joint.bound_timesteps=5", "joint.autoencoder_steps=4"]  # the last 2 steps: the stage-two finish
 
 
 def joint_cli(out, start, *overrides, check=True):
@@ -217,7 +218,9 @@ def test_joint_run_lowers_the_bound_resumes_bit_exactly_and_samples_like_a_stage
     # stopped at 3 and continued after its start run was deleted: the same weights, bit for bit
     copy = tmp_path / "start_copy"
     shutil.copytree(start, copy)
-    joint_cli(tmp_path, copy, "name=halves", "train.steps=3")
+    first = joint_cli(tmp_path, copy, "name=halves", "train.steps=3")
+    assert "note: joint.autoencoder_steps=4 is not below train.steps=3: the autoencoder trains to the end" in \
+        first.stderr  # said, and kept: step 4 is where the longer run below freezes it
     shutil.rmtree(copy)
     resumed = joint_cli(tmp_path, copy, "name=halves")
     assert "is gone; resuming on this run's own checkpoint" in resumed.stderr
@@ -260,7 +263,7 @@ def test_joint_training_lowers_the_held_out_bound_of_its_start(runs, tmp_path): 
     """30 steps at lr 1e-3 from the tiny shapes run: the exact held-out bound (same images, same draws) drops."""
     out, _ = runs
     joint_cli(tmp_path, out / "shapes_ldm_kl", "name=longer", "train.steps=30", "train.eval_every=30",
-              "train.ema_decay=null")
+              "train.ema_decay=null", "joint.autoencoder_steps=null")
     before, after = held_out_bound(out / "shapes_ldm_kl"), held_out_bound(tmp_path / "longer")
     assert after < before - 0.05, (before, after)
 
@@ -269,9 +272,29 @@ def test_joint_runs_are_refused_in_one_line_before_any_work(runs, tmp_path):  # 
     out, _ = runs
     for overrides, message in (([f"start.run={tmp_path / 'nowhere'}"], "start.run"),
                                (["train.guide_at=0.5"], "train.guide_at"),
-                               (["train.steps=6", "joint.autoencoder_steps=6"], "joint.autoencoder_steps"),
                                ([f"start.run={out / 'shapes_ae_kl'}"], "not a train_diffusion.py run")):
         r = cli("train_joint.py", "--config", ROOT / "configs/fashion_mnist/joint_kl.yaml",
                 f"start.run={out / 'shapes_ldm_kl'}", f"out_dir={tmp_path}", *overrides, check=False)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "fashion_mnist_joint_kl").exists()
+
+
+def test_the_recipe_is_the_measured_joint_then_stage_two_run():
+    """configs/fashion_mnist/joint_kl.yaml trains what bench/joint_training.py measured as (c'') at 30 minutes: its
+    step counts, and the recipe's own denoiser objective (the bench overrides nothing else that trains)."""
+    recipe = yaml.safe_load((ROOT / "configs/fashion_mnist/joint_kl.yaml").read_text())
+    record = json.loads((ROOT / "bench/results/joint_training_vae_ldm_uncond_guide0.25.json").read_text())
+    measured = record["steps"]["finish"]["30.0"]
+    assert (recipe["joint"]["autoencoder_steps"], recipe["train"]["steps"]) == (measured["autoencoder_steps"],
+                                                                             measured["steps"])
+    assert record["settings"]["joint_recipe"].endswith("configs/fashion_mnist/joint_kl.yaml")
+
+
+def test_the_configs_defaults_are_the_recipes():
+    """The Python API (JointRunConfig()) and the recipe train the same run, start.run and name aside."""
+    from latentdiff.config import JointRunConfig, load_config, to_dict
+
+    recipe = to_dict(load_config(JointRunConfig, ROOT / "configs/fashion_mnist/joint_kl.yaml", []))
+    default = to_dict(JointRunConfig())
+    for section in ("joint", "train"):
+        assert recipe[section] == default[section], section

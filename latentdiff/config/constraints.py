@@ -263,13 +263,6 @@ def _(r):
                 "leave train.guide_at unset")
 
 
-@constraint(JointRunConfig, "joint.autoencoder_steps", "null, or fewer than train.steps")
-def _(r):
-    if r.joint.autoencoder_steps is not None and r.joint.autoencoder_steps >= r.train.steps:
-        return (f"{r.joint.autoencoder_steps} is not below train.steps={r.train.steps}, so the autoencoder would never "
-                f"be frozen: set it lower, or null to train it to the end")
-
-
 # -- stage one (autoencoders.models.check_architecture, autoencoders.losses) -----------------------------
 
 @constraint(AEModelConfig, "channel_mults", "1 to 4 multipliers, each ≥ 1 (f = 1, 2, 4 or 8)")

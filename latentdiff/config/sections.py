@@ -271,26 +271,28 @@ class JointConfig:
     # "likelihood": the denoiser trains on the bound itself, as the autoencoder does; "reweighted": on its recipe's
     # objective (diffusion.loss_weighting) at uniform t, the autoencoder on the likelihood-weighted one (LSGM's
     # split, which diverged on Fashion-MNIST: docs/results.md, "Joint training")
-    denoiser_objective: Literal["likelihood", "reweighted"] = "likelihood"
+    denoiser_objective: Literal["likelihood", "reweighted"] = field(default="likelihood", metadata=check(help=(
+        "likelihood: the denoiser trains on the bound too; reweighted: on its recipe's loss (LSGM's split)")))
     importance_sampling: bool = True  # t ~ r ∝ λ_t ᾱ_t for the cross-entropy term (LSGM §3.3); false: uniform t
     eval_examples: int = field(default=256, metadata=check(min=1))  # held-out images in each evaluation's bound
     bound_timesteps: int | None = field(default=100, metadata=check(min=1))  # per example; null: the exact sum
-    # the autoencoder (and the decoder's variance) train for the first this many steps, then stay frozen while the
-    # denoiser finishes on its recipe's stage-two loss over the frozen encoder's z ~ q(z|x): the prior catches up
-    # with the moved latents, as stage two did after stage one (null: joint to the end)
-    autoencoder_steps: int | None = field(default=None, metadata=check(min=1))
+    # after these steps the autoencoder and σ² freeze and the denoiser finishes on its recipe's loss over the frozen
+    # encoder's z ~ q(z|x): the prior catches up with the moved latents, as stage two did after stage one
+    autoencoder_steps: int | None = field(default=922, metadata=check(min=1, help=(
+        "steps that train the autoencoder, then the denoiser alone on its stage-two loss; null: joint to the end")))
 
 
 @dataclass
 class JointRunConfig:
-    """``train_joint.py``: encoder, decoder and latent denoiser fine-tuned together on the two-stage bound."""
+    """``train_joint.py``: encoder, decoder and latent denoiser fine-tuned together on the two-stage bound. The
+    defaults are configs/fashion_mnist/joint_kl.yaml's, the measured recipe (docs/results.md, "Joint training")."""
 
     name: str = "fashion_mnist_joint_kl"  # the run folder is <out_dir>/<name>
     out_dir: str = field(default="runs", metadata=check(path="folder"))  # parent of run folders
     start: StartConfig = field(default_factory=StartConfig)
     joint: JointConfig = field(default_factory=JointConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=2000, batch_size=64, lr=3e-4, warmup_steps=100, log_every=100, eval_every=1000, image_every=1000,
+        steps=5953, batch_size=64, lr=3e-4, warmup_steps=100, log_every=100, eval_every=1000, image_every=1000,
         checkpoint_every=500))
 
 
