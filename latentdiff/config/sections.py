@@ -278,7 +278,7 @@ class JointConfig:
     bound_timesteps: int | None = field(default=100, metadata=check(min=1))  # per example; null: the exact sum
     # after these steps the autoencoder and σ² freeze and the denoiser finishes on its recipe's loss over the frozen
     # encoder's z ~ q(z|x): the prior catches up with the moved latents, as stage two did after stage one
-    autoencoder_steps: int | None = field(default=922, metadata=check(min=1, help=(
+    autoencoder_steps: int | None = field(default=None, metadata=check(min=1, help=(
         "steps that train the autoencoder, then the denoiser alone on its stage-two loss; null: joint to the end")))
 
 
@@ -292,7 +292,7 @@ class JointRunConfig:
     start: StartConfig = field(default_factory=StartConfig)
     joint: JointConfig = field(default_factory=JointConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=5953, batch_size=64, lr=3e-4, warmup_steps=100, log_every=100, eval_every=1000, image_every=1000,
+        steps=3941, batch_size=64, lr=3e-4, warmup_steps=100, log_every=100, eval_every=1000, image_every=1000,
         checkpoint_every=500))
 
 
