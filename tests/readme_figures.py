@@ -765,20 +765,31 @@ JOINT_POINTS = {"(a) the two-stage run": "a: two-stage run", "(b) + 15 min of st
                 "(c'') + 30 min: a third joint, then stage two": "c'': +30 min, 33% joint then stage two"}
 
 
+def seeds(v) -> str:
+    return ", ".join(f2(x) for x in v)
+
+
+# the cells every joint table starts with (CPU, steps, bound ± SE, −H, PSNR, reconstructions' FD), then its own
+JOINT_CELLS = [("cpu_min", f1), ("steps", str), ("bpd", f2), ("bpd_se", f2), ("bpd_neg_entropy", f2), ("psnr", f2),
+               ("fd_reconstructions", f2)]
+
+
+def joint_table_row(value: Callable, label: str, own: str, own_cells: list[tuple]) -> Figure:
+    return Figure(f"| {label} | {{}} | {{}} | {{}} ± {{}} | {{}} | {{}} | {{}} | {own} |",
+                  [value(label, key, fmt) for key, fmt in JOINT_CELLS + own_cells])
+
+
 def jv(point: str, key: str, fmt=f2) -> V:
     return V(JOINT, *row(point=JOINT_POINTS[point]), key, fmt=fmt)
 
 
 def joint_row(label: str) -> Figure:
-    return Figure(f"| {label} | {{}} | {{}} | {{}} ± {{}} | {{}} | {{}} | {{}} | {{}} ({{}}×) | {{}} | {{}} |",
-                  [jv(label, "cpu_min", f1), jv(label, "steps", str), jv(label, "bpd"), jv(label, "bpd_se"),
-                   jv(label, "bpd_neg_entropy"), jv(label, "psnr"), jv(label, "fd_reconstructions"),
-                   jv(label, "fd_ldm"), jv(label, "fd_ldm_vs_floor"), jv(label, "precision_ldm"),
-                   jv(label, "recall_ldm")])
+    return joint_table_row(jv, label, "{} ({}×) | {} | {}", [("fd_ldm", f2), ("fd_ldm_vs_floor", f2),
+                                                             ("precision_ldm", f2), ("recall_ldm", f2)])
 
 
 def joint_seeds(point: str) -> V:
-    return V(JOINT, *row(point=JOINT_POINTS[point]), "fd_ldm_seeds", fmt=lambda v: ", ".join(f2(x) for x in v))
+    return jv(point, "fd_ldm_seeds", seeds)
 
 
 def joint_worse_on(result) -> str:
@@ -832,17 +843,13 @@ def jcv(point: str, key: str, fmt=f2) -> V:
 
 
 def joint_cond_row(label: str) -> Figure:
-    return Figure(f"| {label} | {{}} | {{}} | {{}} ± {{}} | {{}} | {{}} | {{}} | {{}} ({{}}×) | {{}} % | {{}} | {{}} |",
-                  [jcv(label, "cpu_min", f1), jcv(label, "steps", str), jcv(label, "bpd"), jcv(label, "bpd_se"),
-                   jcv(label, "bpd_neg_entropy"), jcv(label, "psnr"), jcv(label, "fd_reconstructions"),
-                   jcv(label, "fd_ldm_conditional"), jcv(label, "fd_ldm_conditional_vs_floor"),
-                   jcv(label, "class_accuracy_ldm_conditional", pct), jcv(label, "recall_ldm_conditional"),
-                   jcv(label, "fd_ldm")])
+    return joint_table_row(jcv, label, "{} ({}×) | {} % | {} | {}",
+                           [("fd_ldm_conditional", f2), ("fd_ldm_conditional_vs_floor", f2),
+                            ("class_accuracy_ldm_conditional", pct), ("recall_ldm_conditional", f2), ("fd_ldm", f2)])
 
 
 def cond_seeds(point: str) -> V:
-    return V(JOINT_COND, *row(point=JOINT_COND_POINTS[point]), "fd_ldm_conditional_seeds",
-             fmt=lambda v: ", ".join(f2(x) for x in v))
+    return jcv(point, "fd_ldm_conditional_seeds", seeds)
 
 
 def cond_within_b(point: str):
