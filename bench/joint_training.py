@@ -326,8 +326,8 @@ def main(argv=None):
     if args.steps:
         per_min = {"stage_two": args.steps[0], "joint_main": args.steps[1], "joint_other": args.steps[1]}
         steps = {k: {x: max(1, round(v * x)) for x in [*args.extra, args.other_extra]} for k, v in per_min.items()}
-        finish = {x: [max(1, round(args.finish * per_min["joint_main"] * x)), round(per_min["joint_main"] * x) + 1]
-                  for x in args.finish_extra}
+        finish = {x: {"autoencoder_steps": max(1, round(args.finish * per_min["joint_main"] * x)),
+                      "steps": round(per_min["joint_main"] * x) + 1} for x in args.finish_extra}
         calibration = None
     else:
         calibration = calibrate(args, cache)
@@ -338,9 +338,10 @@ def main(argv=None):
         for x in args.finish_extra:
             n_joint = steps_for(60 * args.finish * x, calibration["joint_main"])
             frozen_s = 60 * (1 - args.finish) * x
-            finish[x] = [n_joint, n_joint + math.floor(frozen_s / calibration["finish"]["per_step_s"])]
+            finish[x] = {"autoencoder_steps": n_joint,
+                         "steps": n_joint + math.floor(frozen_s / calibration["finish"]["per_step_s"])}
     if finish:
-        steps["finish"] = {x: {"autoencoder_steps": a, "steps": n} for x, (a, n) in finish.items()}
+        steps["finish"] = finish
     print(f"steps per point: {json.dumps(steps)}", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         jobs = {("b", x): pool.submit(stage_two_more, args.start, args.out_dir / f"stage_two_{x:g}min",
@@ -352,10 +353,11 @@ def main(argv=None):
             jobs["c_other"] = pool.submit(joint, args.start, args.out_dir / f"joint_{args.objectives['joint_other']}",
                                           [steps["joint_other"][args.other_extra]], args.objectives["joint_other"],
                                           args.joint_overrides)
-        for x, (n_joint, n) in finish.items():
-            jobs[("c_finish", x)] = pool.submit(
-                joint, args.start, args.out_dir / f"joint_finish{args.finish:g}_{x:g}min", [n],
-                args.objectives["joint_main"], [*args.joint_overrides, f"joint.autoencoder_steps={n_joint}"])
+        for x, f in finish.items():
+            folder = args.out_dir / f"joint_finish{args.finish:g}_{x:g}min"
+            jobs[("c_finish", x)] = pool.submit(joint, args.start, folder, [f["steps"]], args.objectives["joint_main"],
+                                                [*args.joint_overrides,
+                                                 f"joint.autoencoder_steps={f['autoencoder_steps']}"])
     runs = [("a: two-stage run", 0.0, 0, 0.0, args.start)]
     for x in args.extra:
         b = jobs[("b", x)].result()
@@ -369,8 +371,7 @@ def main(argv=None):
                      c["steps"], c["cpu_s"], Path(c["run"])))
     for x in finish:
         c = jobs[("c_finish", x)].result()[-1]
-        runs.append((finish_point(x, args.finish), x, c["steps"], c["cpu_s"],
-                     Path(c["run"])))
+        runs.append((finish_point(x, args.finish), x, c["steps"], c["cpu_s"], Path(c["run"])))
     rows = [row_of(point, x, n, cpu, scores(args, run)) for point, x, n, cpu, run in runs]
     largest = max(args.extra)
     by_point = {r["point"]: r for r in rows}
