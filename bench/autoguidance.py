@@ -22,6 +22,11 @@ reference images asked for with the recipe's classifier-free guidance (scale and
 top, and the judge's class accuracy is recorded. The reconstructions' FD is the floor. Resumable as the curve is.
 Writes bench/results/autoguidance_<dataset>_<budget>min_<kind>[_cond]_guide<guide-at>.json (``--quick``:
 autoguidance_shapes_quick[_cond].json).
+
+The budget curve's autoguided rows: the row at ``CURVE_SCALES``' w_a (1.5 unconditional, 1.25 on top of CFG) also
+goes into budget_curve_<dataset>.json, as ``dedicated_uncond_autoguided`` (``cond_model_cfg_autoguided``), and the
+curve's plot is redrawn, when the guide is the recipe's (a snapshot at the recipe's ``train.guide_at``, the recipe's
+CFG) and the curve has this point with these steps (``--quick``: budget_curve_shapes_quick.json's fixed-steps point).
 """
 
 from __future__ import annotations
@@ -34,12 +39,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from budget_curve import KINDS, QUICK_AE, QUICK_LDM, evaluate, train  # noqa: E402
+import budget_curve as bc  # noqa: E402
+from budget_curve import KINDS, add_autoguided, evaluate, seed_columns, train  # noqa: E402
+from common import ROOT, provenance, results_path, write_results  # noqa: E402
 
 # the stage-two models: (recipe overrides, the budget curve's row it reproduces at w_a = 1, the scored set)
 MODELS = {"uncond": (["conditioning.enabled=false"], "dedicated_uncond", "ldm"),
           "cond": ([], "cond_model_cfg", "ldm_conditional")}
-from common import ROOT, results_path, write_results  # noqa: E402
+# The w_a of the rows this bench adds to the budget curve (its variants <curve row>_autoguided), one per model and the
+# same at every budget: the lowest mean FD at the curve's 20-minute VAE point (autoguidance_fashion_mnist_20min_vae_
+# guide0.25.json, _vae_cond_guide0.25.json; tests/test_records.py keeps them equal), not each point's own best.
+CURVE_SCALES = {"uncond": 1.5, "cond": 1.25}
 
 
 def parse_args(argv=None):
@@ -72,7 +82,8 @@ def parse_args(argv=None):
     args.sample_steps, args.classifier_steps = None, None
     args.gmm_components, args.gmm_fit_examples, args.bound_examples, args.bound_timesteps = 10, 10000, 16, 4
     if args.quick:
-        args.dataset, args.num, args.seeds, args.sample_steps, args.classifier_steps = "shapes", 16, [0], 4, 5
+        args.dataset, args.num, args.seeds, args.classifier_steps = "shapes", 16, [0], 5
+        args.sample_steps = bc.QUICK_SAMPLE_STEPS  # as the quick curve's, whose fixed-steps point this one retrains
         args.bound_examples, args.bound_timesteps = 4, 2
     args.classifier_dir = args.out_dir / "classifiers"
     return args
@@ -97,13 +108,13 @@ def stats(values: list[float]) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    rows = []
+    rows, curve_rows = [], []
     overrides, variant, scored = MODELS[args.model]
     for kind in args.kinds:
         ae_recipe, ldm_recipe = (ROOT / "configs" / args.dataset / f"{name}.yaml" for name in KINDS[kind])
         if args.quick:
             ae_steps, ldm_steps, curve = 8, 8, None
-            ae_extra, ldm_extra = QUICK_AE, QUICK_LDM
+            ae_extra, ldm_extra = bc.QUICK_AE, bc.QUICK_LDM
         else:
             ae_steps, ldm_steps, curve = curve_steps(args.dataset, kind, args.budget, variant)
             ae_extra, ldm_extra = [], []
@@ -121,6 +132,8 @@ def main(argv=None):
                                 [f"ae.run={where / f'{kind}_ae'}", *overrides,
                                  f"denoiser.channels={args.guide_channels}", *ldm_extra], cap_minutes=240)["cpu_s"]
         floor = None
+        cpu_min = (ae["cpu_s"] + ldm["cpu_s"] + guide_cpu_s) / 60
+        budget = None if args.quick else args.budget
         for w in args.scales:
             sampling = {"autoguidance_scale": w} | ({} if args.guidance is None else {"guidance_scale": args.guidance})
             evals = [evaluate(args, ldm_run, seed, gmm=False, sampling=sampling, guide=guide_run)
@@ -129,7 +142,14 @@ def main(argv=None):
             fd = stats([s["fd"] for s in sets])
             floor = evals[0]["samples"]["reconstructions"]["fd"]
             accuracy = [s["attribute_accuracy"]["joint"] for s in sets if "attribute_accuracy" in s]
-            rows.append({"kind": kind, "model": args.model, "budget_min": None if args.quick else args.budget,
+            if w == CURVE_SCALES[args.model] and recipe_guide(args, ldm_recipe):
+                curve_rows.append({"kind": kind, "budget_min": budget, "variant": f"{variant}_autoguided",
+                                   "cpu_min": cpu_min, "ae_steps": ae_steps, "ldm_steps": ldm_steps}
+                                  | seed_columns(sets, class_accuracy=args.model == "cond")
+                                  | {"x_min": args.budget if not args.quick else cpu_min, "w_a": w,
+                                     "guide_at": args.guide_at, "record": f"{record_name(args)}.json",
+                                     "command": provenance()["command"]})
+            rows.append({"kind": kind, "model": args.model, "budget_min": budget,
                          "guide_at": args.guide_at, "w_a": w, "fd": fd["mean"], "fd_std": fd["std"],
                          "fd_seeds": fd["seeds"], "precision": statistics.fmean(s["precision"] for s in sets),
                          "recall": statistics.fmean(s["recall"] for s in sets),
@@ -140,19 +160,42 @@ def main(argv=None):
                          "curve_fd": None if curve is None else curve["fd"],
                          "ae_steps": ae_steps, "ldm_steps": ldm_steps,
                          "guide": "snapshot" if guide_run is None else f"channels {args.guide_channels}",
-                         "cpu_min": (ae["cpu_s"] + ldm["cpu_s"] + guide_cpu_s) / 60,
+                         "cpu_min": cpu_min,
                          "sampler": evals[0]["settings"]["sampler"],
                          "sample_steps": evals[0]["settings"]["steps"]})
+        for row in (r for r in curve_rows if r["kind"] == kind):  # the same run unguided: the curve's own FD again
+            row["unguided_fd"] = next(r["fd"] for r in rows if r["kind"] == kind and r["w_a"] == 1.0)
+    write_results(record_name(args), rows, ["kind", "model", "guide_at", "w_a", "fd", "fd_std", "x_floor", "precision",
+                                            "recall", "class_accuracy", "reconstructions_fd", "curve_fd", "cpu_min"],
+                  extra={"out_dir": str(args.out_dir), "seeds": args.seeds, "num": args.num})
+    curve = results_path(f"budget_curve_{args.dataset}" + ("_quick" if args.quick else ""))
+    if curve_rows:
+        for note in add_autoguided(curve, curve_rows):
+            print(f"note: {note}", flush=True)
+        print(f"wrote {len(curve_rows)} autoguided row(s) at w_a = {CURVE_SCALES[args.model]:g} into {curve}")
+    elif recipe_guide(args, ldm_recipe):
+        print(f"note: --scales has no {CURVE_SCALES[args.model]:g}, the budget curve's w_a for --model {args.model}: "
+              f"nothing added to {curve.name}", flush=True)
+
+
+def record_name(args) -> str:
+    """The bench's own record: bench/results/<this>.json, one per budget, kind, model, CFG and guide."""
     name = f"autoguidance_{args.dataset}_" + ("quick" if args.quick else f"{args.budget:g}min")
     if len(args.kinds) == 1 and not args.quick:  # one kind per process (two cores: two processes): one file each
         name += f"_{args.kinds[0]}"
     name += "_cond" if args.model == "cond" else ""
     name += "" if args.guidance is None else f"_cfg{args.guidance:g}"
     small = "" if args.guide_channels is None else f"small{args.guide_channels}_"
-    name += "" if args.quick else f"_guide{small}{args.guide_at:g}"  # one file per guide: a sweep of guides keeps each
-    write_results(name, rows, ["kind", "model", "guide_at", "w_a", "fd", "fd_std", "x_floor", "precision", "recall",
-                               "class_accuracy", "reconstructions_fd", "curve_fd", "cpu_min"],
-                  extra={"out_dir": str(args.out_dir), "seeds": args.seeds, "num": args.num})
+    return name + ("" if args.quick else f"_guide{small}{args.guide_at:g}")  # one file per guide: a sweep keeps each
+
+
+def recipe_guide(args, ldm_recipe: Path) -> bool:
+    """Whether this run samples as its recipe would: a snapshot guide at the recipe's ``train.guide_at`` (any, for a
+    recipe without one, as the shapes ones) and the recipe's CFG: the budget curve's autoguided rows are only those."""
+    import yaml
+
+    recipe_at = (yaml.safe_load(ldm_recipe.read_text()).get("train") or {}).get("guide_at")
+    return args.guide_channels is None and args.guidance is None and recipe_at in (None, args.guide_at)
 
 
 if __name__ == "__main__":

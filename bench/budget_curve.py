@@ -67,7 +67,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, provenance, results_path, write_results  # noqa: E402
+from common import ROOT, provenance, relative_to_checkout, results_path, write_results  # noqa: E402
 
 KINDS = {"vae": ("ae_kl", "ldm_kl"), "rae": ("ae_rae", "ldm_rae")}  # recipes in configs/<dataset>/
 MODELS = {"uncond": ["conditioning.enabled=false"], "cond": []}  # the stage-two models, as recipe overrides
@@ -77,6 +77,10 @@ VARIANTS = {"dedicated_uncond": ("uncond", "ldm"), "cond_model_uncond": ("cond",
             "gmm": ("cond", "gmm"),
             "reconstructions": ("cond", "reconstructions"), "data": ("cond", "data")}
 SAMPLED = ("dedicated_uncond", "cond_model_uncond", "cond_model_cfg", "cond_model_drawn")  # sets a stage two drew
+# Rows bench/autoguidance.py adds to this curve's JSON: a curve point's stage two retrained with the same steps and a
+# guide snapshot (train.guide_at, which leaves training as it is), sampled autoguided. Variant -> the curve's variant
+# whose runs it retrains; a rerun of the curve keeps such a row while that variant's steps are still the row's.
+AUTOGUIDED = {"dedicated_uncond_autoguided": "dedicated_uncond", "cond_model_cfg_autoguided": "cond_model_cfg"}
 METRICS = ("fd", "precision", "recall")
 SCHEDULE_KEYS = ("train.warmup_steps", "loss.kl_warmup_steps")  # scaled with the steps, as fractions
 
@@ -84,6 +88,7 @@ SCHEDULE_KEYS = ("train.warmup_steps", "loss.kl_warmup_steps")  # scaled with th
 QUICK_DATA = ["data.train_size=256", "data.test_size=64", "train.batch_size=32"]
 QUICK_AE = [*QUICK_DATA, "eval_samples=32"]
 QUICK_LDM = [*QUICK_DATA, "bound_examples=16", "sample.num=12", "sample.steps=4", "denoiser.channels=32"]
+QUICK_SAMPLE_STEPS = 2  # the reverse steps of a --quick evaluation (every bench scoring the quick curve's runs)
 
 
 # ----------------------------------------------------------------------------- steps from a CPU budget
@@ -318,7 +323,8 @@ def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None
     autoguide with (``evaluate.py --guide``), named in the file as _guide<its folder's name>."""
     from latentdiff.evaluation import EvalOptions, evaluate_run
 
-    sampling = {"steps": args.sample_steps} | (sampling or {})
+    # --sample-steps, when given, wins over the recipe's (a quick run's training-time sample.steps is not a recipe)
+    sampling = (sampling or {}) | ({} if args.sample_steps is None else {"steps": args.sample_steps})
     asked = {k: v for k, v in sampling.items() if v is not None}
     def text(v):
         return f"{v:g}" if isinstance(v, float) else "-".join(f"{x:g}" for x in v) if isinstance(v, list) else f"{v}"
@@ -393,6 +399,8 @@ def plot(rows: list[dict], kinds: list[str], path: Path, x_label: str) -> None:
               "cond_model_uncond": ("tab:orange", "-", "s", "conditional LDM, no class asked"),
               "cond_model_cfg": ("tab:green", "-", "^", "conditional LDM, class + CFG"),
               "cond_model_drawn": ("tab:olive", "-", "v", "conditional LDM, class drawn from the data + CFG"),
+              "dedicated_uncond_autoguided": ("tab:purple", "-.", "o", "unconditional LDM, autoguided"),
+              "cond_model_cfg_autoguided": ("tab:cyan", "-.", "^", "conditional LDM, class + CFG + autoguidance"),
               "gmm": ("tab:red", "--", "D", "ex-post GMM, same autoencoder"),
               "reconstructions": ("gray", ":", ".", "reconstructions (floor)"),
               "data": ("black", ":", ".", "other test images (judge floor)")}
@@ -455,7 +463,7 @@ def parse_args(argv=None):
     args.ae_overrides, args.ldm_overrides = [], []
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     if args.quick:
-        args.dataset, args.num, args.sample_steps = "shapes", 16, 2
+        args.dataset, args.num, args.sample_steps = "shapes", 16, QUICK_SAMPLE_STEPS
         if args.budgets is None:
             args.steps = args.steps or [8, 8]
         args.classifier_steps, args.gmm_components, args.gmm_fit_examples = 5, 2, 128
@@ -517,10 +525,16 @@ def main(argv=None):
                 points.append(run_point(args, recipes[kind], kind, budget, calibration) | {
                     "command": provenance()["command"]})
     name = f"budget_curve_{args.dataset}{'_quick' if args.quick else ''}"
-    points = with_earlier_points(results_path(name), args.out_dir, points)
+    earlier = json.loads(results_path(name).read_text()) if results_path(name).exists() else {}
+    points = with_earlier_points(earlier, args.out_dir, points)
     rows = [row for point in points for row in point_rows(point)]
     for row in rows:  # the plot's x: the budget, or the measured CPU time when the steps were fixed
         row["x_min"] = row["budget_min"] if row["budget_min"] is not None else row["cpu_min"]
+    guided, dropped = same_steps([r for r in earlier.get("rows", []) if r["variant"] in AUTOGUIDED], rows)
+    for row in dropped:
+        print(f"note: dropped the {row['variant']} row of {row['kind']} at {budget_text(row['budget_min'])}: the "
+              f"curve's runs there now have other steps; bench/autoguidance.py adds it again", flush=True)
+    rows += guided
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     columns = ["kind", "budget_min", "cpu_min", "variant", "ae_steps", "ldm_steps", "fd", "fd_std", "precision",
                "recall", "class_accuracy"]
@@ -529,16 +543,56 @@ def main(argv=None):
         "variants": {v: {"model": m, "eval_set": s} for v, (m, s) in VARIANTS.items()}, "points": points,
         "plot": None if args.no_plot else f"{name}.png"})
     if not args.no_plot:
-        x_label = "total CPU minutes, both stages (budget)" if not args.steps else "measured CPU minutes, both stages"
-        plot(rows, [k for k in KINDS if any(r["kind"] == k for r in rows)], out.with_suffix(".png"), x_label)
+        plot_curve(rows, settings, out.with_suffix(".png"))
 
 
-def with_earlier_points(path: Path, out_dir: Path, points: list[dict]) -> list[dict]:
-    """This sweep's points and those that earlier sweeps of the same run folder wrote to ``path`` for other
-    (kind, budget) pairs, in budget then kind order: a sweep run in pieces (a budget or a kind at a time, or
+def plot_curve(rows: list[dict], settings: dict, path: Path) -> None:
+    """The curve's plot of ``rows``: x is the budget, or the measured CPU time when the sweep fixed the steps."""
+    x_label = "total CPU minutes, both stages (budget)" if not settings.get("steps") else \
+        "measured CPU minutes, both stages"
+    plot(rows, [k for k in KINDS if any(r["kind"] == k for r in rows)], path, x_label)
+
+
+def budget_text(minutes: float | None) -> str:
+    return "fixed steps" if minutes is None else f"{minutes:g} CPU minutes"
+
+
+def same_steps(guided: list[dict], rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Split autoguided rows (``AUTOGUIDED``) into those whose point in the curve's ``rows`` has the same autoencoder
+    and stage-two steps for the variant they retrain (the same runs but for the guide: kept) and the others."""
+    steps = {(r["kind"], r["budget_min"], r["variant"]): (r["ae_steps"], r["ldm_steps"]) for r in rows}
+    kept, other = [], []
+    for row in guided:
+        same = steps.get((row["kind"], row["budget_min"], AUTOGUIDED[row["variant"]])) == (row["ae_steps"],
+                                                                                            row["ldm_steps"])
+        (kept if same else other).append(row)
+    return kept, other
+
+
+def add_autoguided(path: Path, new: list[dict], plot_it: bool = True) -> list[str]:
+    """Write autoguided rows (bench/autoguidance.py) into the curve's JSON at ``path``, each replacing the row of its
+    kind, budget and variant, and redraw the curve's plot (when it has one and ``plot_it``). A row whose point the
+    curve lacks, or holds with other steps, is not added: one note each is returned."""
+    if not path.exists():
+        return [f"{path.name} does not exist (run bench/budget_curve.py first): no row added to it"]
+    curve = json.loads(path.read_text())
+    fits, other = same_steps(new, curve["rows"])
+    notes = [f"{row['variant']} of {row['kind']} at {budget_text(row['budget_min'])} not added to {path.name}: it has "
+             f"no such point with {row['ae_steps']} + {row['ldm_steps']} steps" for row in other]
+    replaced = {(r["kind"], r["budget_min"], r["variant"]) for r in fits}
+    kept = [r for r in curve["rows"] if (r["kind"], r["budget_min"], r["variant"]) not in replaced]
+    curve["rows"] = kept + fits
+    path.write_text(json.dumps(relative_to_checkout(curve), indent=1))
+    if plot_it and curve.get("plot") and fits:
+        plot_curve(curve["rows"], curve.get("settings", {}), path.with_suffix(".png"))
+    return notes
+
+
+def with_earlier_points(earlier: dict, out_dir: Path, points: list[dict]) -> list[dict]:
+    """This sweep's points and those that earlier sweeps of the same run folder wrote to the JSON ``earlier`` for
+    other (kind, budget) pairs, in budget then kind order: a sweep run in pieces (a budget or a kind at a time, or
     several at once on several cores) keeps one JSON and one plot. Each point names the command that scored it.
     The JSON names the folder relative to the checkout (write_results), older ones absolutely: both resolve."""
-    earlier = json.loads(path.read_text()) if path.exists() else {}
     earlier_dir = earlier.get("settings", {}).get("out_dir")
     if earlier_dir is None or (ROOT / earlier_dir).resolve() != out_dir:
         return points  # another sweep's folder (or none): its points are not this sweep's runs

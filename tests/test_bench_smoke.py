@@ -137,7 +137,8 @@ def test_inpainting_quick_reports_kept_psnr_and_the_judge(runs, tmp_path):  # no
 def test_budget_curve_quick_scores_every_variant_from_the_trained_steps_and_resumes(tmp_path):
     """Both autoencoder kinds, both stage-two models, every scored set over two seeds; the steps in the JSON are
     the steps in the run folders' checkpoints; a sweep run in two pieces (one kind, then the other) keeps both
-    in one JSON; a rerun of the whole trains and samples nothing again."""
+    in one JSON; bench/autoguidance.py's row joins it, its unguided FD the curve's own; a rerun of the whole trains
+    and samples nothing again and keeps that row."""
     import importlib.util
     from pathlib import Path
 
@@ -173,10 +174,22 @@ def test_budget_curve_quick_scores_every_variant_from_the_trained_steps_and_resu
                                         else None)
     assert (tmp_path / "budget_curve_shapes_quick.png").stat().st_size > 1000 if plot else result["plot"] is None
 
+    # bench/autoguidance.py retrains the VAE point with a guide snapshot and adds its w_a = 1.5 row to the curve
+    bench("autoguidance.py", "--quick", "--scales", 1, 1.5, "--out-dir", tmp_path / "runs", results=tmp_path)
+    guided = json.loads((tmp_path / "budget_curve_shapes_quick.json").read_text())["rows"]
+    scored = json.loads((tmp_path / "autoguidance_shapes_quick.json").read_text())["rows"]
+    assert guided[:len(result["rows"])] == result["rows"]
+    [row] = guided[len(result["rows"]):]
+    assert (row["kind"], row["variant"], row["w_a"], row["ae_steps"], row["ldm_steps"]) == (
+        "vae", "dedicated_uncond_autoguided", 1.5, 8, 8)
+    assert row["fd_seeds"] == scored[1]["fd_seeds"] and row["fd"] == scored[1]["fd"] != scored[0]["fd"]
+    own = next(r for r in result["rows"] if (r["kind"], r["variant"]) == ("vae", "dedicated_uncond"))
+    assert row["unguided_fd"] == scored[0]["fd"] == own["fd_seeds"][0]  # retrained with a guide: the same model
+
     again = bench("budget_curve.py", *args, results=tmp_path)
     assert "training " not in again and again.count("done already") == 6
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
-    assert json.loads((tmp_path / "budget_curve_shapes_quick.json").read_text())["rows"] == result["rows"]
+    assert json.loads((tmp_path / "budget_curve_shapes_quick.json").read_text())["rows"] == guided  # kept
 
 
 def test_budget_curve_sizes_steps_from_the_calibrated_cost_per_step_and_fixed_cost():

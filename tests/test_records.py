@@ -67,15 +67,62 @@ def test_write_results_writes_paths_under_the_checkout_relative_to_it(tmp_path, 
 
 
 @pytest.mark.parametrize("recorded", ["runs/bench/budget_curve_x", str(ROOT / "runs" / "bench" / "budget_curve_x")])
-def test_budget_curve_keeps_earlier_points_of_the_same_folder_named_relative_or_absolute(tmp_path, recorded):
+def test_budget_curve_keeps_earlier_points_of_the_same_folder_named_relative_or_absolute(recorded):
     from budget_curve import with_earlier_points
 
     earlier = {"settings": {"out_dir": recorded}, "points": [{"kind": "vae", "budget_min": 10.0, "from": "earlier"},
                                                              {"kind": "vae", "budget_min": 20.0, "from": "earlier"}]}
-    path = tmp_path / "budget_curve_x.json"
-    path.write_text(json.dumps(earlier))
+    earlier = json.loads(json.dumps(earlier))  # as read back from the JSON
     now = [{"kind": "vae", "budget_min": 20.0, "from": "now"}]
-    kept = with_earlier_points(path, (ROOT / "runs" / "bench" / "budget_curve_x").resolve(), now)
+    kept = with_earlier_points(earlier, (ROOT / "runs" / "bench" / "budget_curve_x").resolve(), now)
     assert [(p["budget_min"], p["from"]) for p in kept] == [(10.0, "earlier"), (20.0, "now")]
-    other = with_earlier_points(path, (ROOT / "runs" / "bench" / "budget_curve_y").resolve(), now)
+    other = with_earlier_points(earlier, (ROOT / "runs" / "bench" / "budget_curve_y").resolve(), now)
     assert other == now  # another sweep's folder: its points are not this sweep's
+
+
+def curve_row(kind, variant, ae_steps, ldm_steps, fd, budget=20.0):
+    return {"kind": kind, "budget_min": budget, "variant": variant, "ae_steps": ae_steps, "ldm_steps": ldm_steps,
+            "fd": fd}
+
+
+def test_autoguided_rows_enter_the_curve_only_where_its_point_has_their_steps_and_replace_their_own(tmp_path):
+    """bench/autoguidance.py's rows are retrained curve points: one is added where the curve's variant it retrains
+    has the same autoencoder and stage-two steps, replaces an earlier row of its kind, budget and variant, and is
+    refused (with a note naming it) where the steps differ or the point is missing; the curve's own rows stay."""
+    from budget_curve import add_autoguided
+
+    own = [curve_row("vae", "dedicated_uncond", 1635, 3260, 1.43),
+           curve_row("rae", "dedicated_uncond", 1437, 3095, 1.95), curve_row("vae", "cond_model_cfg", 1635, 2969, 0.76)]
+    old = curve_row("vae", "dedicated_uncond_autoguided", 1635, 3260, 9.99)
+    path = tmp_path / "budget_curve_x.json"
+    path.write_text(json.dumps({"rows": [*own, old], "plot": None}))
+    new = [curve_row("vae", "dedicated_uncond_autoguided", 1635, 3260, 1.16),
+           curve_row("rae", "dedicated_uncond_autoguided", 1437, 3000, 1.47),  # the curve's RAE has 3095 steps
+           curve_row("vae", "cond_model_cfg_autoguided", 1635, 2969, 0.74, budget=45.0)]  # no 45-minute point
+    notes = add_autoguided(path, new)
+    rows = json.loads(path.read_text())["rows"]
+    assert rows == [*own, new[0]]
+    assert len(notes) == 2 and notes[0].startswith("dedicated_uncond_autoguided of rae at 20 CPU minutes not added")
+    assert "45 CPU minutes" in notes[1]
+    assert add_autoguided(tmp_path / "missing.json", new)[0].startswith("missing.json does not exist")
+
+
+def test_a_rerun_curve_keeps_the_autoguided_rows_whose_variant_kept_its_steps():
+    from budget_curve import same_steps
+
+    rows = [curve_row("vae", "dedicated_uncond", 1635, 3260, 1.43),
+            curve_row("vae", "cond_model_cfg", 1635, 2969, 0.76)]
+    same = curve_row("vae", "dedicated_uncond_autoguided", 1635, 3260, 1.16)
+    moved = curve_row("vae", "cond_model_cfg_autoguided", 1635, 3000, 0.74)  # the curve's cond model: 2969 steps
+    other_ae = curve_row("vae", "dedicated_uncond_autoguided", 1600, 3260, 1.2, budget=20.0)
+    assert same_steps([same, moved], rows) == ([same], [moved])
+    assert same_steps([other_ae], rows) == ([], [other_ae])
+
+
+def test_the_curves_autoguidance_scales_are_the_best_measured_at_its_20_minute_vae_point():
+    """The w_a of the budget curve's autoguided rows is chosen once, at the 20-minute VAE point, for every budget."""
+    from autoguidance import CURVE_SCALES
+
+    for model, record in (("uncond", "vae"), ("cond", "vae_cond")):
+        rows = json.loads((RESULTS / f"autoguidance_fashion_mnist_20min_{record}_guide0.25.json").read_text())["rows"]
+        assert min(rows, key=lambda r: r["fd"])["w_a"] == CURVE_SCALES[model]
