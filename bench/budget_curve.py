@@ -584,7 +584,11 @@ def add_autoguided(path: Path, new: list[dict], plot_it: bool = True) -> list[st
     curve["rows"] = kept + fits
     path.write_text(json.dumps(relative_to_checkout(curve), indent=1))
     if plot_it and curve.get("plot") and fits:
-        plot_curve(curve["rows"], curve.get("settings", {}), path.with_suffix(".png"))
+        try:
+            plot_curve(curve["rows"], curve.get("settings", {}), path.with_suffix(".png"))
+        except ImportError:  # hours of training are not lost to a missing plotting library: the JSON is written
+            notes.append(f"{path.with_suffix('.png').name} not redrawn: it needs matplotlib (pip install -r "
+                         f"requirements-bench.txt); rerun this command, which trains and samples nothing again")
     return notes
 
 
