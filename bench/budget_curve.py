@@ -404,7 +404,7 @@ def plot(rows: list[dict], kinds: list[str], path: Path, x_label: str) -> None:
               "gmm": ("tab:red", "--", "D", "ex-post GMM, same autoencoder"),
               "reconstructions": ("gray", ":", ".", "reconstructions (floor)"),
               "data": ("black", ":", ".", "other test images (judge floor)")}
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 5.2), squeeze=False, sharey=True)
     for ax, kind in zip(axes[0], kinds):
         for variant, (color, line, marker, label) in styles.items():
             pts = sorted((r["x_min"], r["fd"], r["fd_min"], r["fd_max"]) for r in rows
@@ -419,8 +419,12 @@ def plot(rows: list[dict], kinds: list[str], path: Path, x_label: str) -> None:
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("FD (judge features), lower is better")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
+    drawn = {}  # one legend for the panels, below them: a set drawn in either panel, in the styles' order
+    for ax in axes[0]:
+        drawn.update(zip(*reversed(ax.get_legend_handles_labels())))
+    order = [label for *_, label in styles.values() if label in drawn]
+    fig.legend([drawn[label] for label in order], order, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.045 * math.ceil(len(order) / 3), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
