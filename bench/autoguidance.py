@@ -67,6 +67,10 @@ def parse_args(argv=None):
     p.add_argument("--guidance", type=float, default=None,
                    help="--model cond: classifier-free guidance scale (default: the recipe's); 1 scores autoguidance "
                         "in place of CFG")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="guide only where LO <= t/T <= HI (default: the recipe's, which an unconditional model does "
+                        "not apply): the interval of every guidance, autoguidance included; unconditional, w_a = 1 "
+                        "is scored without it (nothing to limit)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "bench" / "autoguidance")
@@ -76,6 +80,8 @@ def parse_args(argv=None):
         p.error(f"--guide-at {args.guide_at}: give a fraction in (0, 1)")
     if args.guidance is not None and args.model != "cond":
         p.error("--guidance applies to --model cond (an unconditional model has no classifier-free guidance)")
+    if args.guidance_interval is not None and not 0 <= args.guidance_interval[0] < args.guidance_interval[1] <= 1:
+        p.error("--guidance-interval LO HI: give 0 <= LO < HI <= 1 (fractions of T)")
     if 1.0 not in args.scales:
         p.error("--scales must include 1 (the unguided model every other scale is compared with)")
     # what budget_curve.evaluate reads
@@ -136,6 +142,8 @@ def main(argv=None):
         budget = None if args.quick else args.budget
         for w in args.scales:
             sampling = {"autoguidance_scale": w} | ({} if args.guidance is None else {"guidance_scale": args.guidance})
+            if args.guidance_interval is not None and (w != 1 or args.model == "cond"):
+                sampling["guidance_interval"] = list(args.guidance_interval)
             evals = [evaluate(args, ldm_run, seed, gmm=False, sampling=sampling, guide=guide_run)
                      for seed in args.seeds]
             sets = [e["samples"][scored] for e in evals]
@@ -185,17 +193,20 @@ def record_name(args) -> str:
         name += f"_{args.kinds[0]}"
     name += "_cond" if args.model == "cond" else ""
     name += "" if args.guidance is None else f"_cfg{args.guidance:g}"
+    name += "" if args.guidance_interval is None else "_interval{:g}-{:g}".format(*args.guidance_interval)
     small = "" if args.guide_channels is None else f"small{args.guide_channels}_"
     return name + ("" if args.quick else f"_guide{small}{args.guide_at:g}")  # one file per guide: a sweep keeps each
 
 
 def recipe_guide(args, ldm_recipe: Path) -> bool:
     """Whether this run samples as its recipe would: a snapshot guide at the recipe's ``train.guide_at`` (any, for a
-    recipe without one, as the shapes ones) and the recipe's CFG: the budget curve's autoguided rows are only those."""
+    recipe without one, as the shapes ones), the recipe's CFG and interval: the budget curve's autoguided rows are only
+    those."""
     import yaml
 
     recipe_at = (yaml.safe_load(ldm_recipe.read_text()).get("train") or {}).get("guide_at")
-    return args.guide_channels is None and args.guidance is None and recipe_at in (None, args.guide_at)
+    return (args.guide_channels is None and args.guidance is None and args.guidance_interval is None
+            and recipe_at in (None, args.guide_at))
 
 
 if __name__ == "__main__":

@@ -144,9 +144,12 @@ class LatentDiffusion(nn.Module):
                 alike, inside the guidance interval; refused (not ignored) when there is no guide.
         A value given that this run cannot honour is refused with a one-line ValueError naming the argument and
         its command-line flag, never clipped or ignored: ``steps`` outside 1..T, and on an unconditional run a
-        ``guidance_scale`` other than 1, any ``guidance_interval`` and ``unasked="data"`` (there is no condition
-        to guide, to limit or to complete). An unconditional run resolves to guidance_scale 1, no interval and
-        unasked "model", whatever its ``sample:`` section says.
+        ``guidance_scale`` other than 1, ``unasked="data"`` and, without autoguidance, any ``guidance_interval``
+        (there is no condition to guide or to complete, no guidance to limit). An unconditional run resolves to
+        guidance_scale 1 and unasked "model" whatever its ``sample:`` section says, and to no interval unless one is
+        given here with autoguidance on: the section's interval is the classifier-free guidance's of the recipe it
+        shares with the conditional model (Fashion-MNIST), and is not applied to an unconditional run's autoguidance
+        unasked.
         Returns {"sampler", "steps", "eta", "guidance_scale", "guidance_interval", "unasked", "autoguidance_scale"}.
         """
         if unasked not in (None, "model", "data"):
@@ -157,9 +160,6 @@ class LatentDiffusion(nn.Module):
                 raise ValueError(f"guidance_scale={guidance_scale:g} (--guidance): {UNCONDITIONAL}, so there is no "
                                  f"condition to guide towards; leave it unset, or guide with a latent classifier "
                                  f"(classifier=, --classifier)")
-            if guidance_interval is not None:
-                raise ValueError(f"guidance_interval={tuple(guidance_interval)} (--guidance-interval): "
-                                 f"{UNCONDITIONAL}, so there is no classifier-free guidance to limit; leave it unset")
             if unasked == "data":
                 raise ValueError(f"unasked='data' (--unasked data): {UNCONDITIONAL}, so there are no attributes to "
                                  f"draw; leave it unset")
@@ -167,6 +167,10 @@ class LatentDiffusion(nn.Module):
         autoguidance_scale = run.autoguidance_scale if autoguidance_scale is None else float(autoguidance_scale)
         if autoguidance_scale < 0:
             raise ValueError(f"autoguidance_scale={autoguidance_scale:g} (--autoguidance): give w_a ≥ 0 (1: off)")
+        if not self.conditional and guidance_interval is not None and autoguidance_scale == 1:
+            raise ValueError(f"guidance_interval={tuple(guidance_interval)} (--guidance-interval): {UNCONDITIONAL}, "
+                             f"so there is no classifier-free guidance to limit, and autoguidance is off (w_a = 1); "
+                             f"leave it unset")
         if autoguidance_scale != 1 and self.guide is None:
             raise ValueError(f"autoguidance_scale={autoguidance_scale:g} (--autoguidance): this model has no guide "
                              f"(trained without train.guide_at); give one with use_guide(RUN) (--guide RUN), or "
@@ -184,8 +188,8 @@ class LatentDiffusion(nn.Module):
             guidance_scale = run.guidance_scale if guidance_scale is None else guidance_scale
             interval = run.guidance_interval if guidance_interval is None else guidance_interval
             unasked = unasked or run.unasked
-        else:  # the plain model: the sample: section's guidance has nothing to act on
-            guidance_scale, interval, unasked = 1.0, None, "model"
+        else:  # the plain model: the sample: section's guidance has nothing to act on; an interval given limits
+            guidance_scale, interval, unasked = 1.0, guidance_interval, "model"  # its autoguidance
         return {"sampler": sampler, "steps": None if steps is None else int(steps), "eta": float(eta),
                 "guidance_scale": float(guidance_scale),
                 "guidance_interval": None if interval is None else tuple(float(v) for v in interval),

@@ -152,3 +152,24 @@ def test_autoguidance_without_a_guide_is_refused_not_ignored():
     with pytest.raises(ValueError, match="no guide"):
         gaussian_ldm({"autoguidance_scale": 1.5}).sampling_settings()
     assert gaussian_ldm({}).sampling_settings()["autoguidance_scale"] == 1.0  # off by default, no guide needed
+
+
+def test_an_unconditional_runs_autoguidance_is_limited_by_an_interval_given_and_such_an_interval_needs_it():
+    """On an unconditional run an interval given limits its autoguidance, as the diffusion's own sampler does; the
+    sample: section's interval (the classifier-free guidance's of a shared recipe) is not applied unasked; without
+    autoguidance an interval has nothing to limit and is refused."""
+    ldm = gaussian_ldm({"guidance_interval": [0.0, 0.6]}, guide_s=1.5)
+    noise = x_T((4, 3))
+    everywhere = ldm.sample(4, noise=noise, autoguidance_scale=2.0)
+    assert torch.allclose(everywhere, noise * closed_form_end(ldm.diffusion, 1.0, 1.5, 2.0), rtol=5e-3)
+    assert torch.equal(ldm.sample(4, noise=noise, autoguidance_scale=2.0, guidance_interval=(0.0, 1.0)), everywhere)
+    limited = ldm.sample(4, noise=noise, autoguidance_scale=2.0, guidance_interval=(0.0, 0.6))
+    direct = ldm.diffusion.sample(ldm.denoiser, (4, 3), sampler="ddim", steps=1000, noise=noise,
+                                  autoguidance=(ldm.guide, 2.0), guidance_interval=(0.0, 0.6))
+    assert torch.allclose(limited, direct, rtol=1e-6)
+    plain = noise * closed_form_end(ldm.diffusion, 1.0, 1.5, 1.0)
+    assert (limited - plain).abs().min() > 1e-3 and (limited - everywhere).abs().min() > 1e-3  # neither end
+    assert ldm.sampling_settings(autoguidance_scale=2.0)["guidance_interval"] is None
+    with pytest.raises(ValueError, match=r"guidance_interval=\(0.0, 0.6\) \(--guidance-interval\): .*autoguidance "
+                                         r"is off \(w_a = 1\)"):
+        ldm.sample(4, noise=noise, guidance_interval=(0.0, 0.6))
