@@ -383,6 +383,10 @@ BUDGET = "budget_curve_fashion_mnist.json"
 
 
 POINTS = tuple((kind, minutes) for minutes in (10.0, 20.0, 45.0) for kind in ("vae", "rae"))  # the README's columns
+AG_UNCOND_LABEL = ("unconditional LDM autoguided by its own EMA of a quarter of the way through, w_a = 1.5 (× the "
+                   "reconstructions')")
+AG_COND_LABEL = ("conditional LDM, classes of the reference images, w = 2 below 0.6 T and autoguidance w_a = 1.25 "
+                 "(× the reconstructions')")
 
 
 def budget(variant: str, kind: str, minutes: float, key: str = "fd") -> V:
@@ -395,6 +399,19 @@ def budget_ratio(variant: str, to: str, kind: str, minutes: float) -> V:
         fd = {r["variant"]: r["fd"] for r in result["rows"] if r["kind"] == kind and r["budget_min"] == minutes}
         return fd[variant] / fd[to]
     return V(BUDGET, fn=ratio)
+
+
+def measured_cell(variant: str, kind: str, minutes: float, key: str = "fd") -> V:
+    """'FD (× the reconstructions')' (``key`` "cpu_min": the CPU minutes) of a row the curve may lack: "–" where
+    it has none (a point not measured yet, as the table says)."""
+    def cell(result) -> str:
+        at = {r["variant"]: r for r in result["rows"] if r["kind"] == kind and r["budget_min"] == minutes}
+        if variant not in at:
+            return "–"
+        if key == "cpu_min":
+            return f1(at[variant]["cpu_min"])
+        return f"{f2(at[variant]['fd'])} ({f2(at[variant]['fd'] / at['reconstructions']['fd'])}×)"
+    return V(BUDGET, fmt=str, fn=cell)
 
 
 def budget_cells(variant: str, to: str | None) -> list[V]:
@@ -413,6 +430,14 @@ FIGURES += [
 ] + [
     Figure("| conditional LDM, classes of the reference images, w = 2 below 0.6 T (× the reconstructions') | "
            + " | ".join(["{} ({}×)"] * len(POINTS)) + " |", budget_cells("cond_model_cfg", "reconstructions")),
+    Figure(f"| {AG_UNCOND_LABEL} | " + " | ".join(["{}"] * len(POINTS)) + " |",
+           [measured_cell("dedicated_uncond_autoguided", k, m) for k, m in POINTS]),
+    Figure(f"| {AG_COND_LABEL} | " + " | ".join(["{}"] * len(POINTS)) + " |",
+           [measured_cell("cond_model_cfg_autoguided", k, m) for k, m in POINTS]),
+    Figure("| measured CPU minutes of the autoguided retrains (the guide costs none), autoencoder + the unconditional "
+           "/ the conditional model | " + " | ".join(["{} / {}"] * len(POINTS)) + " |",
+           [measured_cell(v, k, m, key="cpu_min") for k, m in POINTS
+            for v in ("dedicated_uncond_autoguided", "cond_model_cfg_autoguided")]),
     Figure("| ex-post GMM on the same autoencoder's latents | " + " | ".join(["{}"] * len(POINTS)) + " |",
            budget_cells("gmm", None)),
     Figure("| the autoencoder's reconstructions (the floor) | " + " | ".join(["{}"] * len(POINTS)) + " |",
@@ -708,16 +733,16 @@ FIGURES += [
 ]
 
 
-def ag_value(name: str, w: float, key: str, fmt=f2, fn=None) -> V:
-    return V(autoguided(name), *row(w_a=w), key, fmt=fmt, fn=fn)
+def ag_value(name: str, w: float, key: str, fmt=f2, fn=None, minutes: int = 20) -> V:
+    return V(autoguided(name, minutes), *row(w_a=w), key, fmt=fmt, fn=fn)
 
 
-def ag_gain(name: str) -> V:
+def ag_gain(name: str, minutes: int = 20) -> V:
     """How much lower (in %) the FD is at w_a = 1.5 than at 1."""
     def gain(result):
         fd = {r["w_a"]: r["fd"] for r in result["rows"]}
         return 100 * (1 - fd[1.5] / fd[1.0])
-    return V(autoguided(name), fmt=f0, fn=gain)
+    return V(autoguided(name, minutes), fmt=f0, fn=gain)
 
 
 def lower_on_every_seed(result) -> str:
@@ -726,6 +751,7 @@ def lower_on_every_seed(result) -> str:
 
 
 COND, COND1 = "vae_cond_guide0.25", "vae_cond_cfg1_guide0.25"
+VAE_IV, RAE_IV = "vae_interval0-0.6_guide0.25", "rae_interval0-0.6_guide0.25"
 FIGURES += [
     Figure("Unconditional, autoguidance lowers the FD on {} sampling seed for both autoencoders, by {} % (VAE) "
            "and {} % (RAE) at w_a = 1.5", [V(autoguided("vae_guide0.25"), fmt=str, fn=lower_on_every_seed),
@@ -736,17 +762,40 @@ FIGURES += [
            [ag_value(COND, 1.0, "class_accuracy", pct), ag_value(COND, 1.25, "class_accuracy", pct),
             ag_value(COND1, 1.5, "fd"), ag_value(COND1, 1.5, "recall"), ag_value(COND, 1.0, "recall"),
             ag_value(COND1, 1.5, "class_accuracy", pct), ag_value(COND, 1.0, "class_accuracy", pct)]),
-    Figure("missed (VAE {}×, RAE {}×, from {}× and {}×)",
+    Figure("unconditional ≤ 2× at 20 minutes: missed, VAE {}× and RAE {}× (from {}× and {}× unguided), and {}× for the "
+           "VAE with its autoguidance limited to below 0.6 T",
            [ag_value("vae_guide0.25", 1.5, "x_floor"), ag_value("rae_guide0.25", 1.5, "x_floor"),
-            ag_value("vae_guide0.25", 1.0, "x_floor"), ag_value("rae_guide0.25", 1.0, "x_floor")]),
-    Figure("missed ({}× at best)", [V(autoguided(COND), fmt=f2,
-                                      fn=lambda result: min(r["x_floor"] for r in result["rows"]))]),
+            ag_value("vae_guide0.25", 1.0, "x_floor"), ag_value("rae_guide0.25", 1.0, "x_floor"),
+            ag_value(VAE_IV, 1.5, "x_floor")]),
+    Figure("unconditional ≤ 1.5× at 45 minutes: {} for the VAE, {}× at the curve's w_a = 1.5 ({}× at 1.25, from {}× "
+           "unguided), {} for the RAE, {}× ({}× at 1.25, from {}×)",
+           [v for k in ("vae", "rae") for v in (
+               ag_value(f"{k}_guide0.25", 1.5, "x_floor", fmt=str, fn=lambda x: "met" if x <= 1.5 else "missed",
+                        minutes=45),
+               *(ag_value(f"{k}_guide0.25", w, "x_floor", minutes=45) for w in (1.5, 1.25, 1.0)))]),
+    Figure("class-conditional ≤ 1.3× at 20 minutes, with class accuracy and recall no lower than CFG's: {}, VAE {}× at "
+           "w_a = 1.25 (class accuracy {} % against {} % with CFG alone, recall {} against {}), RAE {}× ({} % against "
+           "{} %, recall {} against {})",
+           [ag_value("rae_cond_guide0.25", 1.25, "x_floor", fmt=str,
+                     fn=lambda x: "missed" if x > 1.3 else "met for the RAE")]
+           + [v for k in ("vae", "rae") for v in (
+               ag_value(f"{k}_cond_guide0.25", 1.25, "x_floor"),
+               *(ag_value(f"{k}_cond_guide0.25", w, "class_accuracy", fmt=pct) for w in (1.25, 1.0)),
+               *(ag_value(f"{k}_cond_guide0.25", w, "recall") for w in (1.25, 1.0)))]),
+    Figure("(at w_a = 1.5, {} % for the VAE and {} % for the RAE at 10 minutes, {} % and {} % at 20, {} % and {} % at "
+           "45)", [ag_gain(f"{k}_guide0.25", m) for m in (10, 20, 45) for k in ("vae", "rae")]),
+    Figure("the retrained runs' unguided FDs are not the curve's to the decimal (VAE {} against {}, RAE {} against "
+           "{})", [ag_value(f"{k}_guide0.25", 1.0, key, minutes=45) for k in ("vae", "rae")
+                   for key in ("fd", "curve_fd")]),
 ]
 
 FIGURES += [
     Figure("| the same, unconditional, autoguided by its own EMA of a quarter of the way through (w_a = 1.5): FD × the "
            "reconstructions', VAE / RAE | {}× → {}× / {}× → {}× |",
            [ag_value(f"{k}_guide0.25", w, "x_floor") for k in ("vae", "rae") for w in (1.0, 1.5)], doc=README),
+    Figure("| the same at 45 CPU minutes (the autoguided line of the plot), VAE / RAE | {}× → {}× / {}× → {}× |",
+           [ag_value(f"{k}_guide0.25", w, "x_floor", minutes=45) for k in ("vae", "rae") for w in (1.0, 1.5)],
+           doc=README),
 ]
 
 def lower_than_at_every_level(name: str):
@@ -759,7 +808,6 @@ def lower_than_at_every_level(name: str):
     return fn
 
 
-VAE_IV, RAE_IV = "vae_interval0-0.6_guide0.25", "rae_interval0-0.6_guide0.25"
 FIGURES += [
     Figure("with autoguidance on) lowers the VAE's FD at w_a = 1.5 on {} seed, to {} ({}×), and leaves the RAE's where "
            "it was ({} against {})",
@@ -777,6 +825,32 @@ FIGURES += [
     Figure("| VAE, unconditional, guide a separate 16-channel stage two trained for 25 % of the steps | {} ({}×) | | "
            "{} ({}×) | {} ({}×) | {} ({}×) |", ag_cells("vae_guidesmall16_0.25", (1.0, 1.5, 2.0, 3.0))),
 ]
+
+# -- autoguidance at the budget curve's other points: the curve's autoguided rows come from these records
+AG_SCALES = (1.0, 1.25, 1.5, 2.0)  # the table's columns
+
+
+def ag_budget_row(label: str, name: str, minutes: int, scales, curve_w: float) -> Figure:
+    """A point's FD (× floor) at each scale it was scored at (blank where not), recall at w_a = 1 and at the curve's
+    w_a, and (class asked) class accuracy at both."""
+    cells = " | ".join("{} ({}×)" if w in scales else "" for w in AG_SCALES)
+    cond = "cond" in name
+    values = ag_cells(name, scales, minutes) + [V(autoguided(name, minutes), *row(w_a=w), "recall")
+                                                for w in (1.0, curve_w)]
+    if cond:
+        values += [V(autoguided(name, minutes), *row(w_a=w), "class_accuracy", fmt=pct) for w in (1.0, curve_w)]
+    return Figure(f"| {label} | {cells} | {{}} / {{}} | " + ("{} / {} % |" if cond else " |"), values)
+
+
+FIGURES += [ag_budget_row(label, name, minutes, scales, curve_w) for label, name, minutes, scales, curve_w in (
+    ("VAE, unconditional, 10 min", "vae_guide0.25", 10, (1.0, 1.5), 1.5),
+    ("VAE, unconditional, 45 min", "vae_guide0.25", 45, AG_SCALES, 1.5),
+    ("RAE, unconditional, 10 min", "rae_guide0.25", 10, (1.0, 1.5), 1.5),
+    ("RAE, unconditional, 45 min", "rae_guide0.25", 45, AG_SCALES, 1.5),
+    ("VAE, class asked, CFG w = 2 below 0.6 T, 10 min", "vae_cond_guide0.25", 10, (1.0, 1.25), 1.25),
+    ("VAE, class asked, 20 min", "vae_cond_guide0.25", 20, AG_SCALES, 1.25),
+    ("RAE, class asked, 10 min", "rae_cond_guide0.25", 10, (1.0, 1.25), 1.25),
+    ("RAE, class asked, 20 min", "rae_cond_guide0.25", 20, (1.0, 1.25), 1.25))]
 
 # -- joint training (bench/joint_training.py) against more stage two, 2026-12-04
 JOINT = "joint_training_vae_ldm_uncond_guide0.25.json"
