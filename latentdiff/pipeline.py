@@ -170,7 +170,7 @@ class LatentDiffusion(nn.Module):
         if not self.conditional and guidance_interval is not None and autoguidance_scale == 1:
             raise ValueError(f"guidance_interval={tuple(guidance_interval)} (--guidance-interval): {UNCONDITIONAL}, "
                              f"so there is no classifier-free guidance to limit, and autoguidance is off (w_a = 1); "
-                             f"leave it unset")
+                             f"leave it unset, or autoguide (--autoguidance W_A) inside it")
         if autoguidance_scale != 1 and self.guide is None:
             raise ValueError(f"autoguidance_scale={autoguidance_scale:g} (--autoguidance): this model has no guide "
                              f"(trained without train.guide_at); give one with use_guide(RUN) (--guide RUN), or "
