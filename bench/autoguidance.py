@@ -116,6 +116,8 @@ def main(argv=None):
     args = parse_args(argv)
     rows, curve_rows = [], []
     overrides, variant, scored = MODELS[args.model]
+    command = provenance()["command"]
+    as_recipe = False  # whether any kind sampled as its recipe would: only those rows may go into the curve
     for kind in args.kinds:
         ae_recipe, ldm_recipe = (ROOT / "configs" / args.dataset / f"{name}.yaml" for name in KINDS[kind])
         if args.quick:
@@ -140,6 +142,8 @@ def main(argv=None):
         floor = None
         cpu_min = (ae["cpu_s"] + ldm["cpu_s"] + guide_cpu_s) / 60
         budget = None if args.quick else args.budget
+        kind_as_recipe = recipe_guide(args, ldm_recipe)  # read once per kind, not once per scale
+        as_recipe |= kind_as_recipe
         for w in args.scales:
             sampling = {"autoguidance_scale": w} | ({} if args.guidance is None else {"guidance_scale": args.guidance})
             if args.guidance_interval is not None and (w != 1 or args.model == "cond"):
@@ -150,13 +154,13 @@ def main(argv=None):
             fd = stats([s["fd"] for s in sets])
             floor = evals[0]["samples"]["reconstructions"]["fd"]
             accuracy = [s["attribute_accuracy"]["joint"] for s in sets if "attribute_accuracy" in s]
-            if w == CURVE_SCALES[args.model] and recipe_guide(args, ldm_recipe):
+            if w == CURVE_SCALES[args.model] and kind_as_recipe:
                 curve_rows.append({"kind": kind, "budget_min": budget, "variant": f"{variant}_autoguided",
                                    "cpu_min": cpu_min, "ae_steps": ae_steps, "ldm_steps": ldm_steps}
                                   | seed_columns(sets, class_accuracy=args.model == "cond")
-                                  | {"x_min": args.budget if not args.quick else cpu_min, "w_a": w,
+                                  | {"x_min": cpu_min if budget is None else budget, "w_a": w,
                                      "guide_at": args.guide_at, "record": f"{record_name(args)}.json",
-                                     "command": provenance()["command"]})
+                                     "command": command})
             rows.append({"kind": kind, "model": args.model, "budget_min": budget,
                          "guide_at": args.guide_at, "w_a": w, "fd": fd["mean"], "fd_std": fd["std"],
                          "fd_seeds": fd["seeds"], "precision": statistics.fmean(s["precision"] for s in sets),
@@ -181,7 +185,7 @@ def main(argv=None):
         for note in add_autoguided(curve, curve_rows):
             print(f"note: {note}", flush=True)
         print(f"wrote {len(curve_rows)} autoguided row(s) at w_a = {CURVE_SCALES[args.model]:g} into {curve}")
-    elif recipe_guide(args, ldm_recipe):
+    elif as_recipe:
         print(f"note: --scales has no {CURVE_SCALES[args.model]:g}, the budget curve's w_a for --model {args.model}: "
               f"nothing added to {curve.name}", flush=True)
 

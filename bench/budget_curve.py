@@ -325,8 +325,9 @@ def evaluate(args, run: Path, seed: int, gmm: bool, sampling: dict | None = None
 
     # --sample-steps, when given, wins over the recipe's (a quick run's training-time sample.steps is not a recipe);
     # "steps" stays the first key either way, so the file names (the cache) keep their order
-    sampling = {"steps": args.sample_steps} | (sampling or {}) | (
-        {} if args.sample_steps is None else {"steps": args.sample_steps})
+    sampling = {"steps": args.sample_steps} | (sampling or {})
+    if args.sample_steps is not None:
+        sampling["steps"] = args.sample_steps
     asked = {k: v for k, v in sampling.items() if v is not None}
     def text(v):
         return f"{v:g}" if isinstance(v, float) else "-".join(f"{x:g}" for x in v) if isinstance(v, list) else f"{v}"
