@@ -67,7 +67,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, provenance, relative_to_checkout, results_path, write_results  # noqa: E402
+from common import ROOT, locked, provenance, relative_to_checkout, results_path, write_json, write_results  # noqa: E402
 
 KINDS = {"vae": ("ae_kl", "ldm_kl"), "rae": ("ae_rae", "ldm_rae")}  # recipes in configs/<dataset>/
 MODELS = {"uncond": ["conditioning.enabled=false"], "cond": []}  # the stage-two models, as recipe overrides
@@ -190,7 +190,7 @@ def train(script: str, recipe: Path, run: Path, steps: int, overrides: list[str]
             record["cpu_s"] += cpu_of_children() - before
             record["attempts"] += 1
             record["steps_trained"] = last_step(run)
-            record_path.write_text(json.dumps(record, indent=1))
+            write_json(record_path, record)
     if code != 0:
         from latentdiff.runtime import TrainingError
 
@@ -201,7 +201,7 @@ def train(script: str, recipe: Path, run: Path, steps: int, overrides: list[str]
     if record["capped"]:
         print(f"note: {run.name} stopped at the wall-clock cap (train.max_minutes) after {record['steps_trained']} of "
               f"{steps} steps", flush=True)
-    record_path.write_text(json.dumps(record, indent=1))
+    write_json(record_path, record)
     if not keep_cache:
         shutil.rmtree(cache_of(run), ignore_errors=True)
     return record
@@ -307,8 +307,9 @@ def calibrate(args, recipes: dict, folder: Path) -> dict:
         print(f"calibration {kind}: " + ", ".join(f"{s} {c['per_step_s']:.3f} s/step + {c['fixed_s']:.1f} s"
                                                   for s, c in fits.items()), flush=True)
         stages[kind] = fits
-        folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "stages": stages}, indent=1))
+        with locked(path):  # a sweep of another kind may have added its own since this one read the file
+            now = json.loads(path.read_text()) if path.exists() else {"key": key, "stages": {}}
+            write_json(path, {"key": key, "stages": {**now["stages"], kind: fits}})
     return stages
 
 
@@ -532,25 +533,26 @@ def main(argv=None):
                 points.append(run_point(args, recipes[kind], kind, budget, calibration) | {
                     "command": provenance()["command"]})
     name = f"budget_curve_{args.dataset}{'_quick' if args.quick else ''}"
-    earlier = json.loads(results_path(name).read_text()) if results_path(name).exists() else {}
-    points = with_earlier_points(earlier, args.out_dir, points)
-    rows = [row for point in points for row in point_rows(point)]
-    for row in rows:  # the plot's x: the budget, or the measured CPU time when the steps were fixed
-        row["x_min"] = row["budget_min"] if row["budget_min"] is not None else row["cpu_min"]
-    guided, dropped = same_steps([r for r in earlier.get("rows", []) if r["variant"] in AUTOGUIDED], rows)
-    for row in dropped:
-        print(f"note: dropped the {row['variant']} row of {row['kind']} at {budget_text(row['budget_min'])}: the "
-              f"curve's runs there now have other steps; bench/autoguidance.py adds it again", flush=True)
-    rows += guided
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    columns = ["kind", "budget_min", "cpu_min", "variant", "ae_steps", "ldm_steps", "fd", "fd_std", "precision",
-               "recall", "class_accuracy"]
-    out = write_results(name, rows, columns, extra={
-        "settings": settings, "threads": 1, "commit": git_commit(), "calibration": calibration,
-        "variants": {v: {"model": m, "eval_set": s} for v, (m, s) in VARIANTS.items()}, "points": points,
-        "plot": None if args.no_plot else f"{name}.png"})
-    if not args.no_plot:
-        plot_curve(rows, settings, out.with_suffix(".png"))
+    with locked(results_path(name)):  # a sweep of the other kind, or bench/autoguidance.py, may write it meanwhile
+        earlier = json.loads(results_path(name).read_text()) if results_path(name).exists() else {}
+        points = with_earlier_points(earlier, args.out_dir, points)
+        rows = [row for point in points for row in point_rows(point)]
+        for row in rows:  # the plot's x: the budget, or the measured CPU time when the steps were fixed
+            row["x_min"] = row["budget_min"] if row["budget_min"] is not None else row["cpu_min"]
+        guided, dropped = same_steps([r for r in earlier.get("rows", []) if r["variant"] in AUTOGUIDED], rows)
+        for row in dropped:
+            print(f"note: dropped the {row['variant']} row of {row['kind']} at {budget_text(row['budget_min'])}: "
+                  f"the curve's runs there now have other steps; bench/autoguidance.py adds it again", flush=True)
+        rows += guided
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        columns = ["kind", "budget_min", "cpu_min", "variant", "ae_steps", "ldm_steps", "fd", "fd_std", "precision",
+                   "recall", "class_accuracy"]
+        out = write_results(name, rows, columns, extra={
+            "settings": settings, "threads": 1, "commit": git_commit(), "calibration": calibration,
+            "variants": {v: {"model": m, "eval_set": s} for v, (m, s) in VARIANTS.items()}, "points": points,
+            "plot": None if args.no_plot else f"{name}.png"})
+        if not args.no_plot:
+            plot_curve(rows, settings, out.with_suffix(".png"))
 
 
 def plot_curve(rows: list[dict], settings: dict, path: Path) -> None:
@@ -582,15 +584,22 @@ def add_autoguided(path: Path, new: list[dict], plot_it: bool = True) -> list[st
     curve lacks, or holds with other steps, is not added: one note each is returned."""
     if not path.exists():
         return [f"{path.name} does not exist (run bench/budget_curve.py first): no row added to it"]
-    curve = json.loads(path.read_text())
-    fits, other = same_steps(new, curve["rows"])
-    notes = [f"{row['variant']} of {row['kind']} at {budget_text(row['budget_min'])} not added to {path.name}: it has "
-             f"no such point with {row['ae_steps']} + {row['ldm_steps']} steps" for row in other]
-    replaced = {(r["kind"], r["budget_min"], r["variant"]) for r in fits}
-    kept = [r for r in curve["rows"] if (r["kind"], r["budget_min"], r["variant"]) not in replaced]
-    curve["rows"] = kept + fits
-    path.write_text(json.dumps(relative_to_checkout(curve), indent=1))
-    if plot_it and curve.get("plot") and fits:
+    with locked(path):  # the other kind's bench may add its rows at the same time
+        curve = json.loads(path.read_text())
+        fits, other = same_steps(new, curve["rows"])
+        replaced = {(r["kind"], r["budget_min"], r["variant"]) for r in fits}
+        curve["rows"] = [r for r in curve["rows"] if (r["kind"], r["budget_min"], r["variant"]) not in replaced] + fits
+        write_json(path, relative_to_checkout(curve))
+        notes = redraw_curve(path, curve, plot_it and bool(fits))
+    return [f"{row['variant']} of {row['kind']} at {budget_text(row['budget_min'])} not added to {path.name}: it has "
+            f"no such point with {row['ae_steps']} + {row['ldm_steps']} steps" for row in other] + notes
+
+
+def redraw_curve(path: Path, curve: dict, wanted: bool) -> list[str]:
+    """Redraw the curve's plot beside ``path`` when ``wanted`` and the curve has one; a note when matplotlib is
+    missing (the JSON is written by then)."""
+    notes = []
+    if wanted and curve.get("plot"):
         try:
             plot_curve(curve["rows"], curve.get("settings", {}), path.with_suffix(".png"))
         except ImportError:  # hours of training are not lost to a missing plotting library: the JSON is written

@@ -15,7 +15,13 @@ import re
 import shlex
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the records are written without a lock (one bench at a time there)
+    fcntl = None
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -81,6 +87,32 @@ def relative_to_checkout(value, root: Path = ROOT):
     return under.sub(lambda m: "" if m.group(1) == "/" else ".", value)
 
 
+@contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on ``path``'s folder while a record there is read, changed and written back.
+
+    The docs' commands run two benches at once (one per core) that add rows to the same JSON (the budget curve's,
+    its calibration); without the lock the later writer, having read the file before the earlier one wrote it,
+    drops the earlier one's rows. ``flock`` on the folder itself: no lock file is left behind, and the kernel drops
+    the lock when its holder dies. Not reentrant: a block holding it must not enter another for the same folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the flock
+
+
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as JSON atomically (a temporary file beside it, then a rename): a reader, or a bench killed
+    mid-write, sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
 def write_results(name: str, rows: list[dict], columns: list[str], extra: dict | None = None) -> Path:
     """Print the table and write bench/results/<name>.json with its ``provenance()`` (the folder can be moved
     with LATENTDIFF_BENCH_RESULTS, as the smoke tests do, so they never touch the committed results); every
@@ -90,6 +122,6 @@ def write_results(name: str, rows: list[dict], columns: list[str], extra: dict |
     print(markdown_table(rows, columns))
     out = results_path(name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(relative_to_checkout({**meta, "rows": rows, **(extra or {})}), indent=1))
+    write_json(out, relative_to_checkout({**meta, "rows": rows, **(extra or {})}))
     print(f"\nwrote {out}")
     return out

@@ -46,7 +46,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from budget_curve import fit_calibration, last_step, steps_for  # noqa: E402
-from common import ROOT, results_path, write_results  # noqa: E402
+from common import ROOT, results_path, write_json, write_results  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -155,7 +155,7 @@ def stage_two_more(start: Path, folder: Path, steps: int, cache: Path) -> dict:
                *(q.format(n=total) for q in QUIET)]
     out = {"run": str(run), "steps": steps, "cpu_s": run_command(command, folder.parent / f"{folder.name}.log"),
            "command": command}
-    record.write_text(json.dumps(out, indent=1))
+    write_json(record, out)
     return out
 
 
@@ -179,7 +179,7 @@ def joint(start: Path, folder: Path, legs: list[int], objective: str, overrides:
         shutil.rmtree(point, ignore_errors=True)
         shutil.copytree(folder, point / folder.name)
         item = {"run": str(point / folder.name), "steps": steps, "cpu_s": cpu, "command": command}
-        record.write_text(json.dumps(item, indent=1))
+        write_json(record, item)
         out.append(item)
     return out
 
@@ -207,7 +207,7 @@ def calibrate(args, cache: Path) -> dict:
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {(k, n): pool.submit(one, k, n) for k in kinds for n in args.calib_steps}
     result.update({k: fit_calibration([futures[(k, n)].result() for n in args.calib_steps]) for k in kinds})
-    path.write_text(json.dumps(result, indent=1))
+    write_json(path, result)
     shutil.rmtree(folder, ignore_errors=True)
     return result
 
@@ -267,7 +267,7 @@ def scores(args, run: Path) -> dict:
             for key in ("fd", "precision", "recall"):
                 row[key].append(s[key])
             row["class_accuracy"].append((s.get("attribute_accuracy") or {}).get("joint"))
-    cache.write_text(json.dumps(out, indent=1))
+    write_json(cache, out)
     return out
 
 

@@ -2,6 +2,7 @@
 under the checkout relative to it, and the bench scripts that read a path back resolve it against the checkout."""
 
 import json
+import os
 import re
 import sys
 
@@ -105,6 +106,36 @@ def test_autoguided_rows_enter_the_curve_only_where_its_point_has_their_steps_an
     assert len(notes) == 2 and notes[0].startswith("dedicated_uncond_autoguided of rae at 20 CPU minutes not added")
     assert "45 CPU minutes" in notes[1]
     assert add_autoguided(tmp_path / "missing.json", new)[0].startswith("missing.json does not exist")
+
+
+def test_adding_autoguided_rows_holds_the_curves_lock_from_read_to_write(tmp_path, monkeypatch):
+    """The VAE's and the RAE's autoguidance benches run at once and both add rows to the curve's JSON: between
+    reading it and writing it back, add_autoguided holds the folder's lock (common.locked), so the other bench
+    cannot write in between (its rows would be lost) and waits; the file is then the old one or the new one, never
+    half of one (written beside it, then renamed)."""
+    fcntl = pytest.importorskip("fcntl")
+    import budget_curve
+
+    path = tmp_path / "budget_curve_x.json"
+    path.write_text(json.dumps({"rows": [curve_row("vae", "dedicated_uncond", 1635, 3260, 1.43)], "plot": None}))
+    probed = []
+
+    def same_steps_while_another_bench_tries_to_write(new, rows):
+        fd = os.open(tmp_path, os.O_RDONLY)  # another writer's own handle on the folder
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        probed.append(True)
+        return real(new, rows)
+
+    real = budget_curve.same_steps
+    monkeypatch.setattr(budget_curve, "same_steps", same_steps_while_another_bench_tries_to_write)
+    row = curve_row("vae", "dedicated_uncond_autoguided", 1635, 3260, 1.16)
+    assert budget_curve.add_autoguided(path, [row]) == [] and probed
+    assert json.loads(path.read_text())["rows"][-1] == row
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["budget_curve_x.json"]  # no temporary file left
 
 
 def test_a_rerun_curve_keeps_the_autoguided_rows_whose_variant_kept_its_steps():
