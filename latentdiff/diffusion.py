@@ -505,6 +505,32 @@ class GaussianDiffusion:
         return int(start_t) + 1
 
     # -- variational bound ------------------------------------------------------------------------------
+    def mc_timestep_draws(self, batch: int, k: int, generator: torch.Generator | None = None,
+                          gen_device: torch.device | str = "cpu", defensive: float = 0.1):
+        """K timestep indices per example in 1..T−1 and their weights, for an unbiased estimate of a sum over
+        them, Σ_t L_t ≈ Σ_j w_j L_{t_j}: stratified importance sampling.
+
+        The proposal r_t = (1 − ε) r^IS_t + ε / (T − 1): ``importance_distribution`` restricted to 1..T−1 (the
+        terms' expected size for Gaussian latents: most of the sum lies near t = 1), mixed with the uniform
+        distribution so that no t has a vanishing probability and no weight exceeds (T − 1) / (ε K) ("defensive"
+        importance sampling, Hesterberg 1995). Each example draws u_j uniform in [j/K, (j+1)/K) and t_j =
+        F⁻¹(u_j) (F: r's CDF); w_j = 1 / (K r_{t_j}). Unbiased: over the K strata, t is drawn with total
+        probability K r_t. The draws are sorted and may repeat a t (a t with r_t > 1/K spans strata).
+
+        Returns:
+            (B, K) int64 indices, (B, K) float64 weights, both on the CPU.
+        """
+        n = self.num_timesteps - 1
+        if not 1 <= k <= n:
+            raise ValueError(f"mc_timesteps must be in 1..{n} (or None for the exact sum), got {k}")
+        r = self.importance_distribution()[1:].cpu()
+        r = (1 - defensive) * r / r.sum() + defensive / n
+        cdf = r.cumsum(0)
+        u = (torch.arange(k) + torch.rand(batch, k, generator=generator, device=gen_device,
+                                          dtype=torch.float64).cpu()) / k
+        index = torch.searchsorted(cdf, u * cdf[-1]).clamp(max=n - 1)  # cdf[-1]: 1 up to rounding
+        return index + 1, 1.0 / (k * r[index])
+
     @torch.no_grad()
     def nll_bound(self, model, x0: torch.Tensor, cond=None, mc_timesteps: int | None = None,
                   batch_t: int = 10, generator: torch.Generator | None = None,
@@ -517,14 +543,16 @@ class GaussianDiffusion:
 
         Args:
             model: ``model(x_t, t, cond)`` → tensor like x_t; x0: (B, ...) data; cond: its condition.
-            mc_timesteps: None sums every t exactly; K draws, per example, K distinct t ∈ 2..T uniformly and
-                scales their sum by (T−1)/K, an unbiased estimate of Σ L_{t−1} (L_0 is always exact).
+            mc_timesteps: None sums every t exactly; K: an unbiased estimate of Σ_{t≥2} L_{t−1} (L_0 is always
+                exact) from K draws per example, by stratified importance sampling (``mc_timestep_draws``): far
+                less variance than K uniform draws, whose sum is carried by the few near t = 1.
             batch_t: timesteps evaluated per model call (the model sees B · batch_t examples at once).
             generator: for x_t and the Monte Carlo timesteps.
-            return_terms: also return "terms" (B, n) per-timestep values and their indices "t" (B, n)
-                (a term at index 0 is L_0, at index i ≥ 1 the paper's L_i; n = T, or K + 1 with K draws).
+            return_terms: also return "terms" (B, n) per-timestep values, their indices "t" (B, n) (a term at
+                index 0 is L_0, at index i ≥ 1 the paper's L_i; n = T, or K + 1 with K draws) and "weights"
+                (B, n) float64, each term's weight in the total (1 for L_0 and in the exact sum).
         Returns:
-            dict of (B,) float64 tensors: prior, diffusion, decoder, total, bpd (+ terms, t).
+            dict of (B,) float64 tensors: prior, diffusion, decoder, total, bpd (+ terms, t, weights).
         """
         if batch_t < 1:
             raise ValueError(f"batch_t must be >= 1, got {batch_t}")
@@ -532,17 +560,10 @@ class GaussianDiffusion:
         dims = x0[0].numel()
         gen_device = generator.device if generator is not None else x0.device
         if mc_timesteps is None:
-            timesteps, scale = torch.arange(T).expand(batch, T), 1.0
+            timesteps, weights = torch.arange(T).expand(batch, T), torch.ones(batch, T - 1, dtype=torch.float64)
         else:
-            if not 1 <= mc_timesteps <= T - 1:
-                raise ValueError(f"mc_timesteps must be in 1..{T - 1} (or None for the exact sum), "
-                                 f"got {mc_timesteps}")
-            # Each example draws its own K distinct t from 2..T (indices 1..T−1), so the batch mean
-            # also averages over the choice of timesteps.
-            ranks = torch.rand(batch, T - 1, generator=generator, device=gen_device).cpu().argsort(dim=1)
-            chosen = ranks[:, :mc_timesteps].sort(dim=1).values + 1
+            chosen, weights = self.mc_timestep_draws(batch, mc_timesteps, generator, gen_device)
             timesteps = torch.cat([torch.zeros(batch, 1, dtype=torch.long), chosen], dim=1)
-            scale = (T - 1) / mc_timesteps
 
         def model64(x, t, c=None):  # the network runs in the data's dtype; the bound's algebra in float64
             return model(x.to(x0.dtype), t, c)
@@ -565,10 +586,11 @@ class GaussianDiffusion:
         terms = torch.cat(terms, dim=1)  # (B, n)
 
         prior = self.prior_term(x0_64)
-        decoder, diffusion = terms[:, 0], terms[:, 1:].sum(1) * scale
+        decoder, diffusion = terms[:, 0], (terms[:, 1:] * weights.to(terms.device)).sum(1)
         total = prior + diffusion + decoder
         out = {"prior": prior, "diffusion": diffusion, "decoder": decoder, "total": total,
                "bpd": total / (dims * math.log(2))}
         if return_terms:
-            out.update(terms=terms, t=timesteps)
+            out.update(terms=terms, t=timesteps,
+                       weights=torch.cat([torch.ones(batch, 1, dtype=torch.float64), weights], dim=1))
         return out
