@@ -1020,3 +1020,25 @@ FIGURES += [
            [jcv(C30, "bpd"), jcv(B30, "bpd"), jcv(C30, "fd_ldm_conditional"), jcv(B30, "fd_ldm_conditional")],
            doc=README),
 ]
+
+# -- the bound's Monte Carlo estimator (bench/bound_estimator.py), 2026-12-04
+BOUND_MC = "bound_estimator_vae_ldm_uncond_guide0.25.json"
+
+
+def bound_mc_row(label: str, index: int) -> Figure:
+    def at(key, fmt=f2):
+        return V(BOUND_MC, "rows", index, key, fmt=fmt)
+    return Figure(f"| {label} | {{}} / {{}} | {{}} | {{}} | {{}} ({{}}×) |",
+                  [at("bpd"), at("bpd_other_draws"), at("per_image_sd"), at("standard_error"), at("cpu_s", f0),
+                   at("cpu_vs_exact", lambda v: "1" if v == 1 else f2(v))])
+
+
+FIGURES += [
+    bound_mc_row("the exact sum over all 1000 timesteps", 0),
+    bound_mc_row("100 timesteps, stratified importance sampling (the library's)", 1),
+    bound_mc_row("100 timesteps drawn uniformly (the estimator before this date)", 2),
+    Figure("uniform draws, which rarely look near t = 1 where the sum lies, carried {} times its noise per image",
+           [V(BOUND_MC, "rows", fmt=f0, fn=lambda rows: rows[2]["per_image_sd"] / rows[1]["per_image_sd"])]),
+    Figure("the exact sum over all {} timesteps", [V(BOUND_MC, "T", fmt=str)]),
+    Figure("its first {} test images' latents", [V(BOUND_MC, "examples", fmt=str)]),
+]

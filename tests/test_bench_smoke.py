@@ -120,6 +120,26 @@ def test_speed_benches_against_diffusers_run_quick(script, tmp_path):
     assert "|" in stdout and len(list(tmp_path.glob("*.json"))) == 1
 
 
+def test_bound_estimator_scores_the_exact_sum_and_both_monte_carlo_estimators(runs, tmp_path):  # noqa: F811
+    """Each estimator twice on the same latents: the exact sum's two means differ only by its x_t draws, the
+    stratified importance sampler's per-image noise is below uniform draws' (the sum lies near t = 1); bad input
+    is one line and exit 2."""
+    out, _ = runs
+    run = out / "shapes_ldm_kl"
+    bench("bound_estimator.py", "--run", run, "--examples", 16, "--timesteps", 10, results=tmp_path)
+    result = json.loads((tmp_path / "bound_estimator_shapes_ldm_kl.json").read_text())
+    exact, stratified, uniform = result["rows"]
+    assert result["examples"] == 16 and exact["timesteps"] == result["T"] and stratified["timesteps"] == 10
+    assert "stratified" in stratified["estimator"] and "uniform" in uniform["estimator"]
+    assert exact["cpu_vs_exact"] == 1 and stratified["cpu_s"] < exact["cpu_s"]
+    assert stratified["per_image_sd"] < uniform["per_image_sd"]
+    assert abs(exact["bpd"] - exact["bpd_other_draws"]) < 4 * exact["per_image_sd"]
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bound_estimator.py"), "--run", run, "--timesteps",
+                        str(10**6)], capture_output=True, text=True, env={**os.environ,
+                                                                          "LATENTDIFF_BENCH_RESULTS": str(tmp_path)})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--timesteps" in r.stderr
+
+
 def test_inpainting_quick_reports_kept_psnr_and_the_judge(runs, tmp_path):  # noqa: F811
     out, _ = runs
     bench("inpainting.py", "--run", out / "shapes_ldm_kl", "--quick", "--sampler", "ddpm", "--resample", 1, 2,
