@@ -590,22 +590,15 @@ def add_autoguided(path: Path, new: list[dict], plot_it: bool = True) -> list[st
         replaced = {(r["kind"], r["budget_min"], r["variant"]) for r in fits}
         curve["rows"] = [r for r in curve["rows"] if (r["kind"], r["budget_min"], r["variant"]) not in replaced] + fits
         write_json(path, relative_to_checkout(curve))
-        notes = redraw_curve(path, curve, plot_it and bool(fits))
+        notes = []
+        if plot_it and fits and curve.get("plot"):
+            try:
+                plot_curve(curve["rows"], curve.get("settings", {}), path.with_suffix(".png"))
+            except ImportError:  # hours of training are not lost to a missing plotting library: the JSON is written
+                notes.append(f"{path.with_suffix('.png').name} not redrawn: it needs matplotlib (pip install -r "
+                             f"requirements-bench.txt); rerun this command, which trains and samples nothing again")
     return [f"{row['variant']} of {row['kind']} at {budget_text(row['budget_min'])} not added to {path.name}: it has "
             f"no such point with {row['ae_steps']} + {row['ldm_steps']} steps" for row in other] + notes
-
-
-def redraw_curve(path: Path, curve: dict, wanted: bool) -> list[str]:
-    """Redraw the curve's plot beside ``path`` when ``wanted`` and the curve has one; a note when matplotlib is
-    missing (the JSON is written by then)."""
-    notes = []
-    if wanted and curve.get("plot"):
-        try:
-            plot_curve(curve["rows"], curve.get("settings", {}), path.with_suffix(".png"))
-        except ImportError:  # hours of training are not lost to a missing plotting library: the JSON is written
-            notes.append(f"{path.with_suffix('.png').name} not redrawn: it needs matplotlib (pip install -r "
-                         f"requirements-bench.txt); rerun this command, which trains and samples nothing again")
-    return notes
 
 
 def with_earlier_points(earlier: dict, out_dir: Path, points: list[dict]) -> list[dict]:

@@ -106,11 +106,11 @@ def locked(path: Path):
 
 
 def write_json(path: Path, data) -> None:
-    """Write ``data`` as JSON atomically (a temporary file beside it, then a rename): a reader, or a bench killed
-    mid-write, sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    """Write ``data`` as JSON atomically (``latentdiff.checkpoints.write_text_atomic``): a reader, or a bench
+    killed mid-write, sees the old file or the new one, never half of one."""
+    from latentdiff.checkpoints import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def write_results(name: str, rows: list[dict], columns: list[str], extra: dict | None = None) -> Path:

@@ -63,6 +63,19 @@ def free_space(folder: str | Path) -> str:
         return f"free space on {folder} unknown: {e.strerror or e}"
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a hidden ``.<name>.tmp<pid>`` beside it, then a rename, so a reader
+    or a kill sees the old file or the new one, never half of one (``remove_stale_temporaries`` clears what a kill
+    left). For small text files (configs, JSON records); checkpoints go through ``save_checkpoint``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no temporary behind
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from latentdiff.baselines import GaussianMixturePrior, sklearn_available
 from latentdiff.builders import build_data
 from latentdiff.bundle import is_bundle
-from latentdiff.checkpoints import load_checkpoint
+from latentdiff.checkpoints import load_checkpoint, write_text_atomic
 from latentdiff.cli import check_autoguidance_flags, check_output_path
 from latentdiff.config import DataConfig, from_dict
 from latentdiff.diffusion import check_guidance_interval
@@ -450,7 +450,7 @@ def evaluate_run(args: EvalOptions, device="cpu") -> dict:
 
     out = output_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(finite(result), indent=1, allow_nan=False) + "\n")
+    write_text_atomic(out, json.dumps(finite(result), indent=1, allow_nan=False) + "\n")
     print(table(result))
     for note in notes:
         print(f"note: {note}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from latentdiff.checkpoints import HEALTHY
+from latentdiff.checkpoints import HEALTHY, write_text_atomic
 from latentdiff.runtime import TrainingError, any_rank, is_main_process
 
 # Keys that may change when a run is continued: they do not alter what has been trained so far
@@ -139,9 +139,7 @@ def write_run_config(run_dir: str | Path, config_dict: dict) -> None:
     if is_main_process():
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / f".config.yaml.tmp{os.getpid()}"
-        tmp.write_text(yaml.safe_dump(config_dict, sort_keys=False))
-        os.replace(tmp, run_dir / "config.yaml")
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config_dict, sort_keys=False))
 
 
 def prepare_run_dir(run_dir: str | Path, config_dict: dict, resume: bool, overwrite: bool = False) -> bool:
